@@ -1,0 +1,232 @@
+//! Settings: the raw form clients send (serde, every field optional, camelCase) and the
+//! validated `Config` that is passed explicitly to the parts that need it.
+//!
+//! Applying raw settings never leaves a half-valid config: each invalid value is reported with
+//! a message and the previous value is kept.
+
+use serde::Deserialize;
+
+use crate::context::WindowConfig;
+use crate::models::DEFAULT_MODEL;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Registry name, path to a .gguf, or hf:OWNER/REPO/FILE.
+    pub model: String,
+    /// Decode threads; `None` means the number of physical cores.
+    pub threads: Option<usize>,
+    pub context_tokens: u32,
+    /// How long a completion request waits for a suggestion, for clients that take the
+    /// `ghostline/suggestionReady` notification.
+    pub budget_ms: u64,
+    /// How long a completion request waits for a suggestion, for other clients.
+    pub max_wait_ms: u64,
+    /// Pause after a change before the engine starts; adapted to the typing speed up to this.
+    pub debounce_ms: u64,
+    pub max_tokens: usize,
+    pub multi_line: bool,
+    pub max_lines: usize,
+    /// Language ids that get completions; empty means all.
+    pub languages: Vec<String>,
+    pub windows: WindowConfig,
+    /// Serve typed-ahead characters from the current suggestion (switch off only to measure).
+    pub typed_ahead: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            model: DEFAULT_MODEL.to_string(),
+            threads: None,
+            context_tokens: 4096,
+            budget_ms: 8,
+            max_wait_ms: 2000,
+            debounce_ms: 0,
+            max_tokens: 48,
+            multi_line: true,
+            max_lines: 8,
+            languages: Vec::new(),
+            windows: WindowConfig::default(),
+            typed_ahead: true,
+        }
+    }
+}
+
+/// Settings as a client sends them, in `initializationOptions` or
+/// `workspace/didChangeConfiguration` (either at the top level or under a `ghostline` key).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RawSettings {
+    pub model: Option<String>,
+    pub threads: Option<serde_json::Value>,
+    pub context_tokens: Option<serde_json::Value>,
+    pub budget_ms: Option<serde_json::Value>,
+    pub max_wait_ms: Option<serde_json::Value>,
+    pub debounce_ms: Option<serde_json::Value>,
+    pub max_tokens: Option<serde_json::Value>,
+    pub multi_line: Option<serde_json::Value>,
+    pub max_lines: Option<serde_json::Value>,
+    pub languages: Option<serde_json::Value>,
+    pub prefix_lines: Option<serde_json::Value>,
+    pub suffix_lines: Option<serde_json::Value>,
+    pub typed_ahead: Option<serde_json::Value>,
+    /// Whether the client handles `ghostline/suggestionReady` (also a client capability).
+    pub suggestion_ready_notification: Option<bool>,
+}
+
+impl RawSettings {
+    /// Reads settings from a JSON value, accepting `{ "ghostline": {...} }` or the bare object.
+    pub fn from_json(value: &serde_json::Value) -> Result<RawSettings, String> {
+        let object = value.get("ghostline").unwrap_or(value);
+        if object.is_null() {
+            return Ok(RawSettings::default());
+        }
+        serde_json::from_value(object.clone()).map_err(|err| format!("invalid settings: {err}"))
+    }
+}
+
+/// What changed when raw settings were applied.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// One message per invalid value (the previous value was kept).
+    pub errors: Vec<String>,
+    /// The engine must be restarted (model, threads or context size changed).
+    pub engine_changed: bool,
+}
+
+fn integer(name: &str, value: &serde_json::Value, min: u64, max: u64, errors: &mut Vec<String>) -> Option<u64> {
+    match value.as_u64() {
+        Some(number) if (min..=max).contains(&number) => Some(number),
+        _ => {
+            errors.push(format!("setting {name} must be a whole number from {min} to {max}, got {value}; keeping the previous value"));
+            None
+        }
+    }
+}
+
+fn boolean(name: &str, value: &serde_json::Value, errors: &mut Vec<String>) -> Option<bool> {
+    let res = value.as_bool();
+    if res.is_none() {
+        errors.push(format!("setting {name} must be true or false, got {value}; keeping the previous value"));
+    }
+    res
+}
+
+impl Config {
+    pub fn apply(&mut self, raw: &RawSettings) -> Applied {
+        let mut applied = Applied::default();
+        let errors = &mut applied.errors;
+        let before_engine = (self.model.clone(), self.threads, self.context_tokens);
+        if let Some(model) = &raw.model {
+            if model.trim().is_empty() {
+                errors.push("setting model must not be empty; keeping the previous value".to_string());
+            } else {
+                self.model = model.trim().to_string();
+            }
+        }
+        if let Some(value) = &raw.threads {
+            if value.is_null() {
+                self.threads = None;
+            } else if let Some(threads) = integer("threads", value, 1, 256, errors) {
+                self.threads = Some(threads as usize);
+            }
+        }
+        if let Some(value) = &raw.context_tokens {
+            if let Some(tokens) = integer("contextTokens", value, 512, 131_072, errors) {
+                self.context_tokens = tokens as u32;
+            }
+        }
+        if let Some(value) = &raw.budget_ms {
+            if let Some(ms) = integer("budgetMs", value, 0, 10_000, errors) {
+                self.budget_ms = ms;
+            }
+        }
+        if let Some(value) = &raw.max_wait_ms {
+            if let Some(ms) = integer("maxWaitMs", value, 0, 60_000, errors) {
+                self.max_wait_ms = ms;
+            }
+        }
+        if let Some(value) = &raw.debounce_ms {
+            if let Some(ms) = integer("debounceMs", value, 0, 5_000, errors) {
+                self.debounce_ms = ms;
+            }
+        }
+        if let Some(value) = &raw.max_tokens {
+            if let Some(tokens) = integer("maxTokens", value, 1, 1024, errors) {
+                self.max_tokens = tokens as usize;
+            }
+        }
+        if let Some(value) = &raw.multi_line {
+            if let Some(multi_line) = boolean("multiLine", value, errors) {
+                self.multi_line = multi_line;
+            }
+        }
+        if let Some(value) = &raw.max_lines {
+            if let Some(lines) = integer("maxLines", value, 1, 200, errors) {
+                self.max_lines = lines as usize;
+            }
+        }
+        if let Some(value) = &raw.prefix_lines {
+            if let Some(lines) = integer("prefixLines", value, 0, 2000, errors) {
+                self.windows.prefix_lines = lines as usize;
+            }
+        }
+        if let Some(value) = &raw.suffix_lines {
+            if let Some(lines) = integer("suffixLines", value, 0, 500, errors) {
+                self.windows.suffix_lines = lines as usize;
+            }
+        }
+        if let Some(value) = &raw.typed_ahead {
+            if let Some(typed_ahead) = boolean("typedAhead", value, errors) {
+                self.typed_ahead = typed_ahead;
+            }
+        }
+        if let Some(value) = &raw.languages {
+            match value.as_array().map(|items| items.iter().map(|item| item.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()) {
+                Some(Some(languages)) => self.languages = languages,
+                _ => errors.push(format!("setting languages must be a list of language ids, got {value}; keeping the previous value")),
+            }
+        }
+        applied.engine_changed = before_engine != (self.model.clone(), self.threads, self.context_tokens);
+        applied
+    }
+
+    pub fn language_enabled(&self, language_id: &str) -> bool {
+        self.languages.is_empty() || self.languages.iter().any(|language| language == language_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn valid_settings_apply_and_invalid_keep_previous() {
+        let mut config = Config::default();
+        let raw = RawSettings::from_json(&json!({"ghostline": {"budgetMs": 20, "maxTokens": -3, "multiLine": "yes", "languages": ["rust", "python"]}})).unwrap();
+        let applied = config.apply(&raw);
+        assert_eq!(config.budget_ms, 20);
+        assert_eq!(config.max_tokens, Config::default().max_tokens);
+        assert!(config.multi_line);
+        assert_eq!(applied.errors.len(), 2, "{:?}", applied.errors);
+        assert!(applied.errors[0].contains("maxTokens"));
+        assert!(!applied.engine_changed);
+        assert!(config.language_enabled("rust"));
+        assert!(!config.language_enabled("go"));
+    }
+
+    #[test]
+    fn model_change_requires_engine_restart() {
+        let mut config = Config::default();
+        let applied = config.apply(&RawSettings::from_json(&json!({"model": "smollm2-135m"})).unwrap());
+        assert!(applied.engine_changed);
+        assert_eq!(config.model, "smollm2-135m");
+    }
+
+    #[test]
+    fn malformed_settings_object_is_an_error() {
+        assert!(RawSettings::from_json(&json!({"model": 5})).is_err());
+        assert!(RawSettings::from_json(&json!(null)).is_ok());
+    }
+}

@@ -1,0 +1,279 @@
+//! Prompt construction: windows of the document around the cursor, laid out from most stable to
+//! most volatile so that typing re-decodes as few tokens as possible.
+//!
+//! Layout for a model with fill-in-the-middle tokens (prefix-suffix-middle order, the order
+//! these models are trained on):
+//!
+//! ```text
+//! [extra context] <fim_prefix> WINDOW <fim_suffix> REST_OF_LINE + NEXT_LINES <fim_middle> LINE_HEAD
+//! ```
+//!
+//! WINDOW is the lines above the cursor line, starting on a line anchored to a multiple of
+//! `anchor_lines` so it moves rarely. LINE_HEAD, the text of the cursor line before the cursor,
+//! is placed after the middle marker as the start of the middle the model writes: the true
+//! middle is exactly that head plus the completion, so the prompt stays a faithful
+//! prefix-suffix-middle example, and a typed character only changes the last tokens of the
+//! prompt. Everything up to the middle marker changes only when the cursor leaves the line.
+//! A model without fill-in-the-middle tokens gets WINDOW + LINE_HEAD as plain text.
+//!
+//! This module never sees LSP types and never calls llama.cpp.
+
+use ropey::Rope;
+
+use crate::engine::{Prompt, Special, SpecialSupport};
+
+/// Sizes of the windows around the cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowConfig {
+    /// At least this many lines above the cursor line go into the prompt.
+    pub prefix_lines: usize,
+    /// The window's first line is a multiple of this, so it moves once every this many lines.
+    pub anchor_lines: usize,
+    /// Lines after the cursor line that go into the suffix.
+    pub suffix_lines: usize,
+    /// Character caps, so one huge line cannot blow up the prompt.
+    pub max_prefix_chars: usize,
+    pub max_suffix_chars: usize,
+    pub max_line_head_chars: usize,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            prefix_lines: 64,
+            anchor_lines: 16,
+            suffix_lines: 4,
+            max_prefix_chars: 6000,
+            max_suffix_chars: 1500,
+            max_line_head_chars: 1000,
+        }
+    }
+}
+
+/// The cursor, as a line and a character column (both 0-based, in Unicode scalar values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorPosition {
+    pub line: usize,
+    pub column: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PositionError {
+    #[error("line {line} is past the end of the document ({n_lines} lines)")]
+    LineOutOfRange { line: usize, n_lines: usize },
+    #[error("column {column} is past the end of line {line} ({line_len} characters)")]
+    ColumnOutOfRange { line: usize, column: usize, line_len: usize },
+}
+
+/// A prompt and the text around the cursor it was built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltPrompt {
+    pub prompt: Prompt,
+    /// The cursor line before the cursor (the volatile tail of the prompt).
+    pub line_head: String,
+    /// The cursor line after the cursor.
+    pub line_tail: String,
+    /// The lines after the cursor line that were put in the suffix (for post-processing).
+    pub next_lines: String,
+}
+
+/// Number of characters of a rope line, without its line break.
+pub fn line_len_chars(rope: &Rope, line: usize) -> usize {
+    let slice = rope.line(line);
+    let mut len = slice.len_chars();
+    if len > 0 && slice.char(len - 1) == '\n' {
+        len -= 1;
+        if len > 0 && slice.char(len - 1) == '\r' {
+            len -= 1;
+        }
+    } else if len > 0 && slice.char(len - 1) == '\r' {
+        len -= 1;
+    }
+    len
+}
+
+/// Checks a cursor against the document and returns its char index.
+pub fn cursor_char_idx(rope: &Rope, cursor: CursorPosition) -> Result<usize, PositionError> {
+    let n_lines = rope.len_lines();
+    if cursor.line >= n_lines {
+        return Err(PositionError::LineOutOfRange { line: cursor.line, n_lines });
+    }
+    let line_len = line_len_chars(rope, cursor.line);
+    if cursor.column > line_len {
+        return Err(PositionError::ColumnOutOfRange { line: cursor.line, column: cursor.column, line_len });
+    }
+    Ok(rope.line_to_char(cursor.line) + cursor.column)
+}
+
+/// Builds the prompt for a cursor position.
+pub fn build_prompt(
+    rope: &Rope,
+    cursor: CursorPosition,
+    windows: &WindowConfig,
+    special: SpecialSupport,
+) -> Result<BuiltPrompt, PositionError> {
+    let cursor_idx = cursor_char_idx(rope, cursor)?;
+    let line_start_idx = rope.line_to_char(cursor.line);
+    let anchor = windows.anchor_lines.max(1);
+    let first_line = cursor.line.saturating_sub(windows.prefix_lines) / anchor * anchor;
+    let window_start_idx = rope.line_to_char(first_line);
+
+    let mut window = rope.slice(window_start_idx..line_start_idx).to_string();
+    if window.chars().count() > windows.max_prefix_chars {
+        window = cut_to_last_chars_on_line_boundary(&window, windows.max_prefix_chars);
+    }
+    let line_head_full = rope.slice(line_start_idx..cursor_idx);
+    let line_head = last_chars(&line_head_full.to_string(), windows.max_line_head_chars);
+    let line_end_idx = line_start_idx + line_len_chars(rope, cursor.line);
+    let line_tail = rope.slice(cursor_idx..line_end_idx).to_string();
+    let next_lines_start = if cursor.line + 1 < rope.len_lines() {
+        rope.line_to_char(cursor.line + 1)
+    } else {
+        rope.len_chars()
+    };
+    let next_lines_end_line = (cursor.line + 1 + windows.suffix_lines).min(rope.len_lines());
+    let next_lines_end = if next_lines_end_line < rope.len_lines() {
+        rope.line_to_char(next_lines_end_line)
+    } else {
+        rope.len_chars()
+    };
+    let next_lines = rope.slice(next_lines_start..next_lines_end.max(next_lines_start)).to_string();
+
+    let mut prompt = Prompt::default();
+    if special.bos {
+        prompt.push_special(Special::Bos);
+    }
+    if special.fim {
+        let line_break = rope.slice(line_end_idx..next_lines_start).to_string();
+        let suffix = first_chars(&format!("{line_tail}{line_break}{next_lines}"), windows.max_suffix_chars);
+        prompt.push_special(Special::FimPrefix);
+        prompt.push_text(window);
+        prompt.push_special(Special::FimSuffix);
+        prompt.push_text(suffix);
+        prompt.push_special(Special::FimMiddle);
+        prompt.push_text(line_head.clone());
+    } else {
+        prompt.push_text(window);
+        prompt.push_text(line_head.clone());
+    }
+    Ok(BuiltPrompt { prompt, line_head, line_tail, next_lines })
+}
+
+fn last_chars(text: &str, max_chars: usize) -> String {
+    let n_chars = text.chars().count();
+    if n_chars <= max_chars {
+        return text.to_string();
+    }
+    text.chars().skip(n_chars - max_chars).collect()
+}
+
+fn first_chars(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+/// Keeps at most `max_chars` of the end of `text`, starting on a line boundary when one exists
+/// in the kept part (a window that starts mid-line confuses the model about indentation).
+fn cut_to_last_chars_on_line_boundary(text: &str, max_chars: usize) -> String {
+    let kept = last_chars(text, max_chars);
+    match kept.find('\n') {
+        Some(newline_idx) if newline_idx + 1 < kept.len() => kept[newline_idx + 1..].to_string(),
+        _ => kept,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Piece;
+
+    const FIM: SpecialSupport = SpecialSupport { fim: true, file_separator: true, repo_name: true, bos: false };
+    const PLAIN: SpecialSupport = SpecialSupport { fim: false, file_separator: false, repo_name: false, bos: true };
+
+    fn rope(text: &str) -> Rope {
+        Rope::from_str(text)
+    }
+
+    #[test]
+    fn fim_layout_puts_line_head_after_middle_marker() {
+        let doc = rope("def area(radius):\n    return 3.14 * \n\nprint(area(2))\n");
+        let built = build_prompt(&doc, CursorPosition { line: 1, column: 18 }, &WindowConfig::default(), FIM).unwrap();
+        assert_eq!(
+            built.prompt.to_debug_string(),
+            "<FimPrefix>def area(radius):\n<FimSuffix>\n\nprint(area(2))\n<FimMiddle>    return 3.14 * "
+        );
+        assert_eq!(built.line_head, "    return 3.14 * ");
+        assert_eq!(built.line_tail, "");
+    }
+
+    #[test]
+    fn typing_only_changes_the_last_piece() {
+        let before = rope("fn main() {\n    let x = \n}\n");
+        let after = rope("fn main() {\n    let x = 4\n}\n");
+        let windows = WindowConfig::default();
+        let first = build_prompt(&before, CursorPosition { line: 1, column: 12 }, &windows, FIM).unwrap();
+        let second = build_prompt(&after, CursorPosition { line: 1, column: 13 }, &windows, FIM).unwrap();
+        let n = first.prompt.pieces.len();
+        assert_eq!(n, second.prompt.pieces.len());
+        assert_eq!(first.prompt.pieces[..n - 1], second.prompt.pieces[..n - 1]);
+        assert_eq!(second.prompt.pieces[n - 1], Piece::Text("    let x = 4".into()));
+    }
+
+    #[test]
+    fn plain_layout_without_fim_tokens() {
+        let doc = rope("# Title\nSome text");
+        let built = build_prompt(&doc, CursorPosition { line: 1, column: 4 }, &WindowConfig::default(), PLAIN).unwrap();
+        assert_eq!(built.prompt.to_debug_string(), "<Bos># Title\nSome");
+        assert_eq!(built.line_tail, " text");
+    }
+
+    #[test]
+    fn window_is_anchored_and_moves_rarely() {
+        let text: String = (0..200).map(|idx| format!("line {idx}\n")).collect();
+        let doc = rope(&text);
+        let windows = WindowConfig { prefix_lines: 10, anchor_lines: 8, ..WindowConfig::default() };
+        let at = |line| {
+            let built = build_prompt(&doc, CursorPosition { line, column: 0 }, &windows, PLAIN).unwrap();
+            match &built.prompt.pieces[1] {
+                Piece::Text(text) => text.lines().next().unwrap().to_string(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(at(100), "line 88");
+        assert_eq!(at(101), "line 88");
+        assert_eq!(at(105), "line 88");
+        assert_eq!(at(106), "line 96");
+    }
+
+    #[test]
+    fn positions_out_of_range_are_errors() {
+        let doc = rope("ab\ncd");
+        let windows = WindowConfig::default();
+        assert_eq!(
+            build_prompt(&doc, CursorPosition { line: 5, column: 0 }, &windows, FIM).unwrap_err(),
+            PositionError::LineOutOfRange { line: 5, n_lines: 2 }
+        );
+        assert_eq!(
+            build_prompt(&doc, CursorPosition { line: 0, column: 3 }, &windows, FIM).unwrap_err(),
+            PositionError::ColumnOutOfRange { line: 0, column: 3, line_len: 2 }
+        );
+        assert!(build_prompt(&doc, CursorPosition { line: 1, column: 2 }, &windows, FIM).is_ok());
+    }
+
+    #[test]
+    fn crlf_line_endings_are_not_part_of_the_line() {
+        let doc = rope("a = 1\r\nb = \r\nc\r\n");
+        assert_eq!(line_len_chars(&doc, 1), 4);
+        let built = build_prompt(&doc, CursorPosition { line: 1, column: 4 }, &WindowConfig::default(), FIM).unwrap();
+        assert_eq!(built.line_tail, "");
+        assert_eq!(built.prompt.to_debug_string(), "<FimPrefix>a = 1\r\n<FimSuffix>\r\nc\r\n<FimMiddle>b = ");
+    }
+
+    #[test]
+    fn huge_lines_are_capped() {
+        let long_line = "x".repeat(50_000);
+        let doc = rope(&format!("{long_line}\n{long_line}"));
+        let windows = WindowConfig::default();
+        let built = build_prompt(&doc, CursorPosition { line: 1, column: 50_000 }, &windows, FIM).unwrap();
+        assert!(built.prompt.to_debug_string().chars().count() < windows.max_prefix_chars + windows.max_suffix_chars + windows.max_line_head_chars + 50);
+    }
+}

@@ -1,0 +1,254 @@
+//! The engine: one named OS thread that owns llama.cpp (model and context), and a cloneable
+//! handle that the rest of the program uses to talk to it.
+//!
+//! Invariants:
+//! - Nothing outside `worker.rs` touches llama.cpp; the handle only sends jobs and reads results.
+//! - Submitting a job supersedes every earlier job: the decode loop checks one atomic between
+//!   every two decode steps and stops at once.
+//! - The KV cache always mirrors `worker::KvState::tokens`; a job only decodes the tokens after
+//!   the longest common prefix with it.
+//! - The engine never sees a rope, a document or an LSP type: it takes a `Prompt` and returns text.
+
+pub mod prompt;
+pub mod stop;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+pub use prompt::{Piece, Prompt, Special, SpecialSupport};
+pub use stop::StopRules;
+
+/// How to load the model and size the context.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model_path: PathBuf,
+    /// Threads for decoding; defaults to the number of physical cores.
+    pub threads: usize,
+    /// Context size in tokens (prompt plus generation).
+    pub context_tokens: u32,
+    /// Prompt tokens decoded per step; smaller steps let cancellation land sooner.
+    pub prompt_chunk_tokens: usize,
+}
+
+impl EngineConfig {
+    pub fn new(model_path: PathBuf) -> EngineConfig {
+        EngineConfig { model_path, threads: physical_cores(), context_tokens: 4096, prompt_chunk_tokens: 32 }
+    }
+}
+
+/// What the loaded model is and can do.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub name: String,
+    pub size_bytes: u64,
+    pub n_params: u64,
+    pub context_tokens: u32,
+    pub threads: usize,
+    pub special: SpecialSupport,
+    pub load_ms: f64,
+}
+
+/// How to generate for one job.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub stop: StopRules,
+    /// Stop generating (keeping what was generated) once this instant has passed.
+    pub deadline: Option<Instant>,
+    /// Roll back the prompt's last token when the prompt ends in text, and make the first
+    /// generated tokens reproduce it: a cursor in the middle of a word (or after a space) then
+    /// gets the natural tokenization instead of an out-of-distribution split.
+    pub token_healing: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams { max_tokens: 48, stop: StopRules::default(), deadline: None, token_healing: true }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model produced an end-of-generation or control token.
+    EndOfGeneration,
+    /// A stop rule (end of line, line count, stop string) fired.
+    StopRule,
+    MaxTokens,
+    Deadline,
+    /// The job's own cancel flag was set.
+    Cancelled,
+    /// A newer job was submitted.
+    Superseded,
+    /// The context has no room left for another token.
+    ContextFull,
+}
+
+/// The result of one job, with the counts that show how much of the KV cache was reused.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Completion {
+    pub text: String,
+    pub stop_reason: StopReason,
+    pub prompt_tokens: usize,
+    pub reused_tokens: usize,
+    pub decoded_tokens: usize,
+    pub generated_tokens: usize,
+    pub prompt_ms: f64,
+    pub generation_ms: f64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("could not initialise llama.cpp: {0}")]
+    Backend(String),
+    #[error("could not load model {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("could not create a llama.cpp context: {0}")]
+    Context(String),
+    #[error("llama.cpp failed to decode: {0}")]
+    Decode(String),
+    #[error("the engine thread has stopped")]
+    Stopped,
+}
+
+/// What a job has produced so far; published after every generated token.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub text: String,
+    pub generated_tokens: usize,
+    pub done: Option<Result<Completion, EngineError>>,
+}
+
+/// A cloneable handle to the engine thread.
+#[derive(Clone)]
+pub struct Engine {
+    sender: mpsc::Sender<worker::Command>,
+    latest_job_id: Arc<AtomicU64>,
+    info: Arc<ModelInfo>,
+}
+
+/// One submitted job: its progress, and a way to cancel it.
+pub struct Job {
+    pub id: u64,
+    cancel: Arc<AtomicBool>,
+    progress: watch::Receiver<Progress>,
+}
+
+impl Engine {
+    /// Starts the engine thread and waits until the model is loaded.
+    pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
+        let (sender, receiver) = mpsc::channel();
+        let (ready_sender, ready_receiver) = mpsc::channel();
+        let latest_job_id = Arc::new(AtomicU64::new(0));
+        let worker_latest_job_id = latest_job_id.clone();
+        std::thread::Builder::new()
+            .name("ghostline-engine".to_string())
+            .spawn(move || worker::run(config, receiver, ready_sender, worker_latest_job_id))
+            .map_err(|err| EngineError::Backend(format!("cannot start the engine thread: {err}")))?;
+        let info = ready_receiver.recv().map_err(|_| EngineError::Stopped)??;
+        Ok(Engine { sender, latest_job_id, info: Arc::new(info) })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Queues a job, superseding every job submitted before it.
+    pub fn submit(&self, prompt: Prompt, params: GenerateParams) -> Job {
+        let id = self.latest_job_id.fetch_add(1, Ordering::SeqCst) + 1;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (progress_sender, progress) = watch::channel(Progress::default());
+        let job = worker::JobRequest { id, prompt, params, cancel: cancel.clone(), progress: progress_sender };
+        if let Err(mpsc::SendError(worker::Command::Run(job))) = self.sender.send(worker::Command::Run(job)) {
+            job.progress.send_modify(|progress| progress.done = Some(Err(EngineError::Stopped)));
+        }
+        Job { id, cancel, progress }
+    }
+
+    /// Submits a job and waits for it to finish.
+    pub async fn complete(&self, prompt: Prompt, params: GenerateParams) -> Result<Completion, EngineError> {
+        self.submit(prompt, params).wait().await
+    }
+
+    /// Submits a job and blocks this (non-async) thread until it finishes.
+    pub fn complete_blocking(&self, prompt: Prompt, params: GenerateParams) -> Result<Completion, EngineError> {
+        self.submit(prompt, params).wait_blocking()
+    }
+
+    /// Tokenizes text with the model's vocabulary (no special tokens).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<i32>, EngineError> {
+        let (reply_sender, reply) = mpsc::channel();
+        self.sender
+            .send(worker::Command::Tokenize(text.to_string(), reply_sender))
+            .map_err(|_| EngineError::Stopped)?;
+        reply.recv().map_err(|_| EngineError::Stopped)
+    }
+}
+
+impl Job {
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// The progress right now.
+    pub fn snapshot(&self) -> Progress {
+        self.progress.borrow().clone()
+    }
+
+    /// A receiver that is notified after every generated token.
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
+    pub async fn wait(&mut self) -> Result<Completion, EngineError> {
+        match self.progress.wait_for(|progress| progress.done.is_some()).await {
+            Ok(progress) => progress.done.clone().unwrap_or(Err(EngineError::Stopped)),
+            Err(_) => Err(EngineError::Stopped),
+        }
+    }
+
+    pub fn wait_blocking(mut self) -> Result<Completion, EngineError> {
+        // A small runtime of its own, so callers without tokio (the CLI, tests) can wait.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|err| EngineError::Backend(err.to_string()))?;
+        runtime.block_on(self.wait())
+    }
+}
+
+/// The number of physical cores (hyper-threads share execution units, and llama.cpp decodes
+/// fastest with one thread per physical core), falling back to the logical count.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else { return logical };
+    let mut cores = std::collections::HashSet::new();
+    let mut physical_id = String::new();
+    for line in cpuinfo.lines() {
+        if let Some((key, value)) = line.split_once(':') {
+            match key.trim() {
+                "physical id" => physical_id = value.trim().to_string(),
+                "core id" => {
+                    cores.insert((physical_id.clone(), value.trim().to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical)
+    }
+}
+
+/// The CPU features llama.cpp was built with and uses, as llama.cpp reports them.
+pub fn system_info() -> String {
+    worker::system_info()
+}

@@ -1,0 +1,451 @@
+//! The engine thread: the only code that calls llama.cpp.
+//!
+//! It owns the backend, the model and one context, and runs jobs one at a time: tokenize the
+//! prompt (reusing the tokens of unchanged pieces), keep the longest common token prefix with
+//! the KV cache, remove the rest, decode the new tokens in chunks, then generate greedily,
+//! publishing the text after every token. Between every two decode steps it checks the job's
+//! cancel flag, the latest job id (supersession) and the deadline.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::watch;
+
+use super::{
+    Completion, EngineConfig, EngineError, GenerateParams, ModelInfo, Piece, Progress, Prompt,
+    Special, SpecialSupport, StopReason,
+};
+
+pub(super) enum Command {
+    Run(JobRequest),
+    Tokenize(String, mpsc::Sender<Vec<i32>>),
+}
+
+pub(super) struct JobRequest {
+    pub id: u64,
+    pub prompt: Prompt,
+    pub params: GenerateParams,
+    pub cancel: Arc<AtomicBool>,
+    pub progress: watch::Sender<Progress>,
+}
+
+/// llama.cpp's backend may be initialised once per process; every engine shares it.
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|err| err.to_string())
+        })
+        .as_ref()
+        .map_err(|err| EngineError::Backend(err.clone()))
+}
+
+pub(super) fn system_info() -> String {
+    if backend().is_err() {
+        return String::from("llama.cpp backend unavailable");
+    }
+    // SAFETY: llama_print_system_info returns a pointer to a static, NUL-terminated buffer.
+    let info = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
+    info.to_string_lossy().into_owned()
+}
+
+/// What is in the KV cache of sequence 0, token by token, and the tokens of the pieces of the
+/// previous prompt (so unchanged pieces are not tokenized again).
+#[derive(Default)]
+struct KvState {
+    tokens: Vec<LlamaToken>,
+    piece_cache: Vec<(Piece, Vec<LlamaToken>)>,
+}
+
+pub(super) fn run(
+    config: EngineConfig,
+    commands: mpsc::Receiver<Command>,
+    ready: mpsc::Sender<Result<ModelInfo, EngineError>>,
+    latest_job_id: Arc<AtomicU64>,
+) {
+    let load_start = Instant::now();
+    let backend = match backend() {
+        Ok(backend) => backend,
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    let model = match LlamaModel::load_from_file(backend, &config.model_path, &LlamaModelParams::default()) {
+        Ok(model) => model,
+        Err(err) => {
+            let _ = ready.send(Err(EngineError::Load { path: config.model_path.clone(), reason: err.to_string() }));
+            return;
+        }
+    };
+    let threads = i32::try_from(config.threads.max(1)).unwrap_or(1);
+    let context_tokens = config.context_tokens.min(model.n_ctx_train().max(512));
+    let context_params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(context_tokens))
+        .with_n_batch(512)
+        .with_n_ubatch(512)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    let mut context = match model.new_context(backend, context_params) {
+        Ok(context) => context,
+        Err(err) => {
+            let _ = ready.send(Err(EngineError::Context(err.to_string())));
+            return;
+        }
+    };
+    let vocab = model.vocab();
+    let special = special_support(&model);
+    let info = ModelInfo {
+        path: config.model_path.clone(),
+        name: model.meta_val_str("general.name").unwrap_or_else(|_| String::from("unknown")),
+        size_bytes: model.size(),
+        n_params: model.n_params(),
+        context_tokens: context.n_ctx(),
+        threads: config.threads.max(1),
+        special,
+        load_ms: load_start.elapsed().as_secs_f64() * 1000.0,
+    };
+    tracing::info!(name = %info.name, load_ms = info.load_ms, ?special, "model loaded");
+    if ready.send(Ok(info)).is_err() {
+        return;
+    }
+
+    // The bytes of every token, once, so generation and token healing never call back into
+    // the tokenizer for single tokens. Control tokens render as nothing.
+    let token_pieces: Vec<Vec<u8>> = (0..vocab.n_tokens())
+        .map(|token| {
+            let token = LlamaToken(token);
+            if vocab.is_control(token) || vocab.is_eog(token) {
+                Vec::new()
+            } else {
+                vocab.token_to_piece(token, false, None)
+            }
+        })
+        .collect();
+    let mut state = KvState::default();
+    let chunk_tokens = config.prompt_chunk_tokens.clamp(1, 512);
+    let mut batch = LlamaBatch::new(512, 1);
+    while let Ok(command) = commands.recv() {
+        match command {
+            Command::Tokenize(text, reply) => {
+                let tokens = vocab.tokenize(text.as_bytes(), false, false);
+                let _ = reply.send(tokens.into_iter().map(|token| token.0).collect());
+            }
+            Command::Run(job) => {
+                let res = if job.id != latest_job_id.load(Ordering::SeqCst) {
+                    Ok(superseded_before_start())
+                } else {
+                    let runner = JobRunner {
+                        model: &model,
+                        context: &mut context,
+                        batch: &mut batch,
+                        state: &mut state,
+                        token_pieces: &token_pieces,
+                        chunk_tokens,
+                        latest_job_id: &latest_job_id,
+                        job: &job,
+                    };
+                    runner.run()
+                };
+                if let Err(err) = &res {
+                    tracing::error!(%err, "job failed; clearing the KV cache");
+                    context.clear_kv_cache();
+                    state.tokens.clear();
+                }
+                job.progress.send_modify(|progress| progress.done = Some(res));
+            }
+        }
+    }
+    tracing::debug!("engine thread stopping");
+}
+
+fn superseded_before_start() -> Completion {
+    Completion {
+        text: String::new(),
+        stop_reason: StopReason::Superseded,
+        prompt_tokens: 0,
+        reused_tokens: 0,
+        decoded_tokens: 0,
+        generated_tokens: 0,
+        prompt_ms: 0.0,
+        generation_ms: 0.0,
+    }
+}
+
+/// A token id that is in the vocabulary; llama.cpp reports a missing special token as -1.
+fn valid_token(model: &LlamaModel, token: LlamaToken) -> Option<LlamaToken> {
+    (token.0 >= 0 && token.0 < model.vocab().n_tokens()).then_some(token)
+}
+
+fn special_token(model: &LlamaModel, special: Special) -> Option<LlamaToken> {
+    let vocab = model.vocab();
+    match special {
+        Special::Bos => valid_token(model, vocab.bos()),
+        Special::FimPrefix => valid_token(model, vocab.fim_pre()),
+        Special::FimSuffix => valid_token(model, vocab.fim_suf()),
+        Special::FimMiddle => valid_token(model, vocab.fim_mid()),
+        Special::FileSeparator => valid_token(model, vocab.fim_sep()),
+        Special::RepoName => valid_token(model, vocab.fim_rep()),
+    }
+}
+
+fn special_support(model: &LlamaModel) -> SpecialSupport {
+    let has = |special| special_token(model, special).is_some();
+    SpecialSupport {
+        fim: has(Special::FimPrefix) && has(Special::FimSuffix) && has(Special::FimMiddle),
+        file_separator: has(Special::FileSeparator),
+        repo_name: has(Special::RepoName),
+        bos: model.vocab().should_add_bos() && has(Special::Bos),
+    }
+}
+
+struct JobRunner<'run, 'model> {
+    model: &'model LlamaModel,
+    context: &'run mut LlamaContext<'model>,
+    batch: &'run mut LlamaBatch<'static>,
+    state: &'run mut KvState,
+    token_pieces: &'run [Vec<u8>],
+    chunk_tokens: usize,
+    latest_job_id: &'run AtomicU64,
+    job: &'run JobRequest,
+}
+
+impl JobRunner<'_, '_> {
+    /// Why the job must stop now, if it must.
+    fn interruption(&self) -> Option<StopReason> {
+        if self.job.cancel.load(Ordering::Relaxed) {
+            return Some(StopReason::Cancelled);
+        }
+        if self.latest_job_id.load(Ordering::Relaxed) != self.job.id {
+            return Some(StopReason::Superseded);
+        }
+        if self.job.params.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Some(StopReason::Deadline);
+        }
+        None
+    }
+
+    fn tokenize_prompt(&mut self) -> Vec<LlamaToken> {
+        let vocab = self.model.vocab();
+        let mut tokens = Vec::new();
+        let mut new_piece_cache = Vec::with_capacity(self.job.prompt.pieces.len());
+        for (piece_idx, piece) in self.job.prompt.pieces.iter().enumerate() {
+            let piece_tokens = match piece {
+                Piece::Special(special) => special_token(self.model, *special).into_iter().collect(),
+                Piece::Text(text) => match self.state.piece_cache.get(piece_idx) {
+                    Some((cached_piece, cached_tokens)) if cached_piece == piece => cached_tokens.clone(),
+                    _ => vocab.tokenize(text.as_bytes(), false, false),
+                },
+            };
+            tokens.extend_from_slice(&piece_tokens);
+            new_piece_cache.push((piece.clone(), piece_tokens));
+        }
+        self.state.piece_cache = new_piece_cache;
+        tokens
+    }
+
+    fn run(mut self) -> Result<Completion, EngineError> {
+        let prompt_start = Instant::now();
+        let mut tokens = self.tokenize_prompt();
+        let n_ctx = self.context.n_ctx() as usize;
+        let max_prompt = n_ctx.saturating_sub(self.job.params.max_tokens + 1).max(1);
+        if tokens.len() > max_prompt {
+            // Keep the most recent text: it matters most for the next tokens.
+            let excess = tokens.len() - max_prompt;
+            tokens.drain(..excess);
+        }
+        if tokens.is_empty() {
+            return Ok(Completion { prompt_ms: 0.0, ..superseded_before_start_with(StopReason::EndOfGeneration) });
+        }
+        let mut healed_bytes = Vec::new();
+        if self.job.params.token_healing && tokens.len() > 1 && matches!(self.job.prompt.pieces.last(), Some(Piece::Text(_))) {
+            if let Some(last) = tokens.pop() {
+                healed_bytes = self.token_pieces.get(last.0 as usize).cloned().unwrap_or_default();
+                if healed_bytes.is_empty() {
+                    tokens.push(last);
+                }
+            }
+        }
+
+        let common = common_prefix_len(&self.state.tokens, &tokens).min(tokens.len() - 1);
+        if common < self.state.tokens.len() {
+            let removed = self
+                .context
+                .clear_kv_cache_seq(Some(0), Some(common as u32), None)
+                .map_err(|err| EngineError::Decode(err.to_string()))?;
+            if !removed {
+                self.context.clear_kv_cache();
+                self.state.tokens.clear();
+            } else {
+                self.state.tokens.truncate(common);
+            }
+        }
+        let reused_tokens = self.state.tokens.len();
+        let mut decoded_tokens = 0;
+        let mut completion = Completion {
+            text: String::new(),
+            stop_reason: StopReason::EndOfGeneration,
+            prompt_tokens: tokens.len(),
+            reused_tokens,
+            decoded_tokens: 0,
+            generated_tokens: 0,
+            prompt_ms: 0.0,
+            generation_ms: 0.0,
+        };
+
+        let mut logits_idx = 0;
+        while self.state.tokens.len() < tokens.len() {
+            if let Some(reason) = self.interruption() {
+                completion.stop_reason = reason;
+                completion.decoded_tokens = decoded_tokens;
+                completion.prompt_ms = ms_since(prompt_start);
+                return Ok(completion);
+            }
+            let start = self.state.tokens.len();
+            let end = (start + self.chunk_tokens).min(tokens.len());
+            self.batch.clear();
+            for (token_idx, token) in tokens[start..end].iter().enumerate() {
+                let is_last = start + token_idx + 1 == tokens.len();
+                self.batch
+                    .add(*token, (start + token_idx) as i32, &[0], is_last)
+                    .map_err(|err| EngineError::Decode(err.to_string()))?;
+            }
+            self.context.decode(self.batch).map_err(|err| EngineError::Decode(err.to_string()))?;
+            self.state.tokens.extend_from_slice(&tokens[start..end]);
+            decoded_tokens += end - start;
+            logits_idx = (end - start - 1) as i32;
+        }
+        completion.decoded_tokens = decoded_tokens;
+        completion.prompt_ms = ms_since(prompt_start);
+
+        self.generate(&mut completion, logits_idx, healed_bytes)?;
+        Ok(completion)
+    }
+
+    /// Generates greedily. While `healed_bytes` (the rolled-back end of the prompt) is not yet
+    /// reproduced, only tokens consistent with it are allowed, and its bytes are not emitted.
+    fn generate(&mut self, completion: &mut Completion, mut logits_idx: i32, mut healed_bytes: Vec<u8>) -> Result<(), EngineError> {
+        let generation_start = Instant::now();
+        let vocab = self.model.vocab();
+        let n_ctx = self.context.n_ctx() as usize;
+        let mut pending_bytes: Vec<u8> = Vec::new();
+        let mut text = String::new();
+        completion.stop_reason = StopReason::MaxTokens;
+        for _ in 0..self.job.params.max_tokens {
+            if let Some(reason) = self.interruption() {
+                completion.stop_reason = reason;
+                break;
+            }
+            let logits = self.context.get_logits_ith(logits_idx);
+            let token = if healed_bytes.is_empty() {
+                argmax(logits)
+            } else {
+                constrained_argmax(logits, self.token_pieces, &healed_bytes)
+            };
+            if vocab.is_eog(token) || vocab.is_control(token) {
+                completion.stop_reason = StopReason::EndOfGeneration;
+                break;
+            }
+            completion.generated_tokens += 1;
+            let piece = self.token_pieces.get(token.0 as usize).map(Vec::as_slice).unwrap_or_default();
+            if healed_bytes.is_empty() {
+                pending_bytes.extend_from_slice(piece);
+            } else if piece.len() >= healed_bytes.len() {
+                pending_bytes.extend_from_slice(&piece[healed_bytes.len()..]);
+                healed_bytes.clear();
+            } else {
+                healed_bytes.drain(..piece.len());
+            }
+            let n_valid = match std::str::from_utf8(&pending_bytes) {
+                Ok(valid) => valid.len(),
+                Err(err) if err.error_len().is_none() => err.valid_up_to(),
+                // Invalid bytes that no later token can complete: replace them.
+                Err(_) => {
+                    text.push_str(&String::from_utf8_lossy(&pending_bytes));
+                    pending_bytes.clear();
+                    0
+                }
+            };
+            if n_valid > 0 {
+                text.push_str(std::str::from_utf8(&pending_bytes[..n_valid]).unwrap_or_default());
+                pending_bytes.drain(..n_valid);
+            }
+            if let Some(cut) = self.job.params.stop.check(&text) {
+                text.truncate(cut);
+                completion.stop_reason = StopReason::StopRule;
+                self.publish(&text, completion.generated_tokens);
+                break;
+            }
+            self.publish(&text, completion.generated_tokens);
+            if self.state.tokens.len() + 1 >= n_ctx {
+                completion.stop_reason = StopReason::ContextFull;
+                break;
+            }
+            self.batch.clear();
+            let position = self.state.tokens.len() as i32;
+            self.batch.add(token, position, &[0], true).map_err(|err| EngineError::Decode(err.to_string()))?;
+            self.context.decode(self.batch).map_err(|err| EngineError::Decode(err.to_string()))?;
+            self.state.tokens.push(token);
+            logits_idx = 0;
+        }
+        completion.text = text;
+        completion.generation_ms = ms_since(generation_start);
+        Ok(())
+    }
+
+    fn publish(&self, text: &str, generated_tokens: usize) {
+        self.job.progress.send_modify(|progress| {
+            progress.text.clear();
+            progress.text.push_str(text);
+            progress.generated_tokens = generated_tokens;
+        });
+    }
+}
+
+fn superseded_before_start_with(stop_reason: StopReason) -> Completion {
+    Completion { stop_reason, ..superseded_before_start() }
+}
+
+fn common_prefix_len(cached: &[LlamaToken], tokens: &[LlamaToken]) -> usize {
+    cached.iter().zip(tokens).take_while(|(cached, new)| cached == new).count()
+}
+
+fn argmax(logits: &[f32]) -> LlamaToken {
+    let mut best_idx = 0;
+    let mut best = f32::NEG_INFINITY;
+    for (idx, &logit) in logits.iter().enumerate() {
+        if logit > best {
+            best = logit;
+            best_idx = idx;
+        }
+    }
+    LlamaToken(best_idx as i32)
+}
+
+/// The most likely token whose bytes agree with `required`: they start with it, or are a
+/// non-empty start of it.
+fn constrained_argmax(logits: &[f32], token_pieces: &[Vec<u8>], required: &[u8]) -> LlamaToken {
+    let mut best_idx = None;
+    let mut best = f32::NEG_INFINITY;
+    for (idx, (&logit, piece)) in logits.iter().zip(token_pieces).enumerate() {
+        if logit > best && !piece.is_empty() && (piece.starts_with(required) || required.starts_with(piece)) {
+            best = logit;
+            best_idx = Some(idx);
+        }
+    }
+    best_idx.map_or_else(|| argmax(logits), |idx| LlamaToken(idx as i32))
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}

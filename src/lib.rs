@@ -1,0 +1,21 @@
+//! Ghostline: a language server that keeps a code model warm in its own process and answers
+//! inline completions at keystroke speed.
+//!
+//! Map of the modules (dependencies point down the list, never up):
+//! - `engine`: the one thread that owns llama.cpp; takes a `Prompt`, returns text. Superseding,
+//!   cancellation and deadlines are checked between every two decode steps.
+//! - `context`: builds prompts from a rope and a cursor, ordered stable to volatile.
+//! - `models`: the model registry, fetching with checksum verification, the cache directory.
+//! - `postprocess`: cleaning a raw suggestion (overlap with the text after the cursor, whitespace).
+//! - `config`: raw client settings and the validated `Config`.
+//!
+//! Invariants: only the engine calls llama.cpp; stdout belongs to the protocol (or to the CLI's
+//! result), logs go through `tracing` to stderr or a file.
+
+#![deny(clippy::print_stdout)]
+
+pub mod config;
+pub mod context;
+pub mod engine;
+pub mod models;
+pub mod postprocess;

@@ -1,0 +1,307 @@
+//! The `ghostline` command: `complete` (one completion from the command line),
+//! `models` (list, fetch, path) and `doctor`.
+//!
+//! Exit codes: 0 success, 1 internal error, 2 bad arguments or position, 3 unreadable, non-UTF-8
+//! or empty file, 4 model missing or invalid, 5 engine failure.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use ropey::Rope;
+
+use ghostline::config::Config;
+use ghostline::context::{self, CursorPosition};
+use ghostline::engine::{Engine, EngineConfig, GenerateParams, StopRules};
+use ghostline::models;
+
+#[derive(Parser)]
+#[command(name = "ghostline", version, about = "Local code completion at keystroke speed")]
+struct Cli {
+    /// Write logs to this file instead of stderr (level from GHOSTLINE_LOG, e.g. `debug`).
+    #[arg(long, global = true)]
+    log_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+#[derive(Subcommand)]
+enum CliCommand {
+    /// Complete at FILE:LINE:COL (1-based line and column, like compiler messages).
+    Complete(CompleteArgs),
+    /// Manage models: list, fetch NAME, path NAME.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Print what the engine uses on this machine: CPU features, threads, cache, models.
+    Doctor,
+}
+
+#[derive(clap::Args)]
+struct CompleteArgs {
+    /// FILE:LINE:COL, 1-based; COL counts characters.
+    location: String,
+    /// Registry name, path to a .gguf file, or hf:OWNER/REPO/FILE.
+    #[arg(long, default_value = models::DEFAULT_MODEL)]
+    model: String,
+    /// Print one JSON object per completion.
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Only complete the current line.
+    #[arg(long)]
+    single_line: bool,
+    /// After the first completion, type this text at the cursor and complete again with the
+    /// same warm engine (shows the reuse of the KV cache).
+    #[arg(long)]
+    then_type: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List the registry and what is cached.
+    List,
+    /// Download a registry model (verified by sha256) into the cache.
+    Fetch { name: String },
+    /// Print the local path of a model, fetching it if needed.
+    Path { name: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    File(String),
+    #[error(transparent)]
+    Model(#[from] models::ModelError),
+    #[error(transparent)]
+    Engine(#[from] ghostline::engine::EngineError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Internal(_) => 1,
+            CliError::Usage(_) => 2,
+            CliError::File(_) => 3,
+            CliError::Model(_) => 4,
+            CliError::Engine(_) => 5,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(err) = init_logging(cli.log_file.as_deref()) {
+        eprintln!("ghostline: cannot open the log file: {err}");
+        return ExitCode::from(2);
+    }
+    let res = match cli.command {
+        CliCommand::Complete(args) => complete(args),
+        CliCommand::Models { command } => models_command(command),
+        CliCommand::Doctor => doctor(),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ghostline: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+fn init_logging(log_file: Option<&std::path::Path>) -> std::io::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GHOSTLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,llama-cpp-2=error"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    match log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            builder.with_writer(std::sync::Mutex::new(file)).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+/// Splits `FILE:LINE:COL` from the right, so paths may contain colons.
+fn parse_location(location: &str) -> Result<(PathBuf, usize, usize), CliError> {
+    let usage = || CliError::Usage(format!("expected FILE:LINE:COL with 1-based LINE and COL, got `{location}`"));
+    let mut parts = location.rsplitn(3, ':');
+    let column: usize = parts.next().and_then(|part| part.parse().ok()).ok_or_else(usage)?;
+    let line: usize = parts.next().and_then(|part| part.parse().ok()).ok_or_else(usage)?;
+    let file = parts.next().filter(|file| !file.is_empty()).ok_or_else(usage)?;
+    if line == 0 || column == 0 {
+        return Err(usage());
+    }
+    Ok((PathBuf::from(file), line - 1, column - 1))
+}
+
+fn read_source(path: &std::path::Path) -> Result<String, CliError> {
+    let bytes = std::fs::read(path).map_err(|err| CliError::File(format!("cannot read {}: {err}", path.display())))?;
+    if bytes.is_empty() {
+        return Err(CliError::File(format!("{} is empty: there is nothing to complete from", path.display())));
+    }
+    String::from_utf8(bytes).map_err(|err| {
+        CliError::File(format!(
+            "{} is not valid UTF-8 (first invalid byte at offset {}): only UTF-8 text can be completed",
+            path.display(),
+            err.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+fn complete(args: CompleteArgs) -> Result<(), CliError> {
+    let total_start = Instant::now();
+    let (path, line, column) = parse_location(&args.location)?;
+    let text = read_source(&path)?;
+    let mut rope = Rope::from_str(&text);
+    let mut cursor = CursorPosition { line, column };
+    let config = Config::default();
+    context::cursor_char_idx(&rope, cursor)
+        .map_err(|err| CliError::Usage(format!("{}:{}:{}: {err}", path.display(), line + 1, column + 1)))?;
+
+    let model_path = models::resolve(&args.model)?;
+    let mut engine_config = EngineConfig::new(model_path);
+    if let Some(threads) = args.threads {
+        engine_config.threads = threads.max(1);
+    }
+    let engine = Engine::start(engine_config)?;
+    let load_ms = engine.info().load_ms;
+
+    let mut rounds = vec![None];
+    if let Some(typed) = &args.then_type {
+        rounds.push(Some(typed.clone()));
+    }
+    for typed in rounds {
+        let round_start = Instant::now();
+        if let Some(typed) = typed {
+            let char_idx = context::cursor_char_idx(&rope, cursor).map_err(|err| CliError::Internal(err.to_string()))?;
+            rope.insert(char_idx, &typed);
+            let typed_lines: Vec<&str> = typed.split('\n').collect();
+            if typed_lines.len() > 1 {
+                cursor.line += typed_lines.len() - 1;
+                cursor.column = typed_lines.last().map_or(0, |last| last.chars().count());
+            } else {
+                cursor.column += typed.chars().count();
+            }
+        }
+        let built = context::build_prompt(&rope, cursor, &config.windows, engine.info().special)
+            .map_err(|err| CliError::Internal(err.to_string()))?;
+        let multi_line = !args.single_line && config.multi_line && built.line_head.trim().is_empty();
+        let params = GenerateParams {
+            max_tokens: args.max_tokens.unwrap_or(config.max_tokens),
+            stop: if multi_line { StopRules::multi_line(config.max_lines) } else { StopRules::default() },
+            deadline: None,
+            token_healing: true,
+        };
+        let mut completion = engine.complete_blocking(built.prompt, params)?;
+        completion.text = ghostline::postprocess::clean_suggestion(&built.line_head, &completion.text, &built.line_tail);
+        let total_ms = round_start.elapsed().as_secs_f64() * 1000.0;
+        let mut stdout = std::io::stdout().lock();
+        if args.json {
+            let object = serde_json::json!({
+                "text": completion.text,
+                "stop_reason": completion.stop_reason,
+                "line": cursor.line + 1,
+                "column": cursor.column + 1,
+                "prompt_tokens": completion.prompt_tokens,
+                "reused_tokens": completion.reused_tokens,
+                "decoded_tokens": completion.decoded_tokens,
+                "generated_tokens": completion.generated_tokens,
+                "load_ms": load_ms,
+                "prompt_ms": completion.prompt_ms,
+                "generation_ms": completion.generation_ms,
+                "total_ms": total_ms,
+                "process_ms": total_start.elapsed().as_secs_f64() * 1000.0,
+                "model": engine.info().name,
+            });
+            writeln!(stdout, "{object}").map_err(|err| CliError::Internal(err.to_string()))?;
+        } else {
+            writeln!(stdout, "{}", completion.text).map_err(|err| CliError::Internal(err.to_string()))?;
+            eprintln!(
+                "[{}:{}] load {load_ms:.0} ms, prompt {} tokens ({} reused, {} decoded) {:.0} ms, {} tokens generated {:.0} ms ({:.1} ms/token), total {total_ms:.0} ms, stop: {:?}",
+                cursor.line + 1,
+                cursor.column + 1,
+                completion.prompt_tokens,
+                completion.reused_tokens,
+                completion.decoded_tokens,
+                completion.prompt_ms,
+                completion.generated_tokens,
+                completion.generation_ms,
+                completion.generation_ms / completion.generated_tokens.max(1) as f64,
+                completion.stop_reason,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn models_command(command: ModelsCommand) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    let write_err = |err: std::io::Error| CliError::Internal(err.to_string());
+    match command {
+        ModelsCommand::List => {
+            writeln!(stdout, "cache: {}", models::cache_dir()?.display()).map_err(write_err)?;
+            for spec in models::REGISTRY {
+                let state = if models::is_cached(spec) { "cached" } else { "not fetched" };
+                let default = if spec.name == models::DEFAULT_MODEL { " (default)" } else { "" };
+                writeln!(
+                    stdout,
+                    "{}{default}\t{:.0} MB\t{state}\t{}",
+                    spec.name,
+                    spec.size_bytes as f64 / 1e6,
+                    spec.description
+                )
+                .map_err(write_err)?;
+            }
+        }
+        ModelsCommand::Fetch { name } => {
+            let spec = models::spec(&name).ok_or_else(|| models::ModelError::Unknown(name.clone()))?;
+            let path = if models::is_cached(spec) { models::cached_path(spec)? } else { models::fetch(spec)? };
+            writeln!(stdout, "{}", path.display()).map_err(write_err)?;
+        }
+        ModelsCommand::Path { name } => {
+            let path = models::resolve(&name)?;
+            writeln!(stdout, "{}", path.display()).map_err(write_err)?;
+        }
+    }
+    Ok(())
+}
+
+fn doctor() -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    let write_err = |err: std::io::Error| CliError::Internal(err.to_string());
+    writeln!(stdout, "ghostline {}", env!("CARGO_PKG_VERSION")).map_err(write_err)?;
+    writeln!(stdout, "llama.cpp system info: {}", ghostline::engine::system_info().trim()).map_err(write_err)?;
+    writeln!(stdout, "default threads (physical cores): {}", ghostline::engine::physical_cores()).map_err(write_err)?;
+    writeln!(stdout, "model cache: {}", models::cache_dir()?.display()).map_err(write_err)?;
+    for spec in models::REGISTRY {
+        let state = if models::is_cached(spec) { "cached" } else { "not fetched (ghostline models fetch NAME)" };
+        writeln!(stdout, "model {}: {state}", spec.name).map_err(write_err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_from_the_right() {
+        assert_eq!(parse_location("a/b.py:3:7").unwrap(), (PathBuf::from("a/b.py"), 2, 6));
+        assert_eq!(parse_location("c:/x.rs:1:1").unwrap(), (PathBuf::from("c:/x.rs"), 0, 0));
+        assert!(parse_location("x.py:0:1").is_err());
+        assert!(parse_location("x.py:3").is_err());
+        assert!(parse_location(":3:4").is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! The engine with real models: fill-in-the-middle and prefix-only prompts, stop rules,
+//! cancellation, supersession, deadlines and KV-cache reuse (as counts, not timings).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use ghostline::context::{build_prompt, CursorPosition, WindowConfig};
+use ghostline::engine::{Engine, GenerateParams, StopReason, StopRules};
+use ropey::Rope;
+
+use common::{engine, with_cursor, DEFAULT_MODEL, TINY_MODEL};
+
+fn complete_fixture(engine: &Engine, fixture: &str, params: GenerateParams) -> ghostline::engine::Completion {
+    let (text, line, column) = with_cursor(fixture);
+    let built = build_prompt(&Rope::from_str(&text), CursorPosition { line, column }, &WindowConfig::default(), engine.info().special)
+        .expect("cursor is in range");
+    engine.complete_blocking(built.prompt, params).expect("completion succeeds")
+}
+
+/// Data-driven fill-in-the-middle cases for the default model: fixture, then a string the
+/// single-line suggestion must contain.
+const FIM_CASES: &[(&str, &str)] = &[
+    ("import math\n\ndef circle_area(radius):\n    return 3.14159 * |\n\nprint(circle_area(2))\n", "radius"),
+    ("fn add(left: i32, right: i32) -> i32 {\n    left + |\n}\n", "right"),
+    ("def greet(name):\n    print(\"Hello, \" + |)\n", "name"),
+    ("const numbers = [1, 2, 3];\nconst doubled = numbers.map((n) => n * |);\n", "2"),
+];
+
+#[test]
+fn default_model_fills_in_the_middle_sensibly() {
+    let (_turn, engine) = engine(DEFAULT_MODEL);
+    assert!(engine.info().special.fim, "the default model has fill-in-the-middle tokens");
+    for (fixture, expected) in FIM_CASES {
+        let completion = complete_fixture(&engine, fixture, GenerateParams::default());
+        assert!(completion.text.contains(expected), "fixture {fixture:?}: got {:?}", completion.text);
+        assert!(!completion.text.contains('\n'), "single-line suggestion: {:?}", completion.text);
+    }
+}
+
+#[test]
+fn fim_suggestion_does_not_repeat_the_text_after_the_cursor() {
+    let (_turn, engine) = engine(DEFAULT_MODEL);
+    let fixture = "def greet(name):\n    print(\"Hello, \" + |)\n";
+    let completion = complete_fixture(&engine, fixture, GenerateParams::default());
+    let cleaned = ghostline::postprocess::clean_suggestion("    print(\"Hello, \" + ", &completion.text, ")");
+    assert!(cleaned.contains("name"), "got {cleaned:?}");
+    assert!(!cleaned.ends_with(')'), "raw {:?}, cleaned {cleaned:?}", completion.text);
+}
+
+#[test]
+fn tiny_model_without_fim_tokens_gets_a_prefix_only_prompt() {
+    let (_turn, engine) = engine(TINY_MODEL);
+    assert!(!engine.info().special.fim, "SmolLM2 has no fill-in-the-middle tokens");
+    let completion = complete_fixture(&engine, "for index in range(10):\n    print(|", GenerateParams::default());
+    assert!(completion.text.contains("index"), "got {:?}", completion.text);
+}
+
+#[test]
+fn multi_line_suggestion_respects_the_line_limit() {
+    let (_turn, engine) = engine(DEFAULT_MODEL);
+    let params = GenerateParams { max_tokens: 96, stop: StopRules::multi_line(2), ..GenerateParams::default() };
+    let completion = complete_fixture(&engine, "def fibonacci(n):\n    |", params);
+    assert!(completion.text.matches('\n').count() <= 1, "at most two lines: {:?}", completion.text);
+    assert!(!completion.text.trim().is_empty());
+}
+
+#[test]
+fn stop_strings_cut_the_suggestion() {
+    let (_turn, engine) = engine(DEFAULT_MODEL);
+    let params = GenerateParams {
+        max_tokens: 32,
+        stop: StopRules { single_line: true, max_lines: 0, stop_strings: vec!["radius".into()] },
+        ..GenerateParams::default()
+    };
+    let completion = complete_fixture(&engine, FIM_CASES[0].0, params);
+    assert!(!completion.text.contains("radius"), "got {:?}", completion.text);
+    assert_eq!(completion.stop_reason, StopReason::StopRule);
+}
+
+fn long_generation_fixture() -> &'static str {
+    "# The numbers from 1 to 500, one per line\nnumbers = [\n    1,\n    2,\n    3,\n    |"
+}
+
+#[test]
+fn cancellation_stops_mid_generation_and_the_engine_stays_usable() {
+    let (_turn, engine) = engine(DEFAULT_MODEL);
+    let (text, line, column) = with_cursor(long_generation_fixture());
+    let built = build_prompt(&Rope::from_str(&text), CursorPosition { line, column }, &WindowConfig::default(), engine.info().special).unwrap();
+    let params = GenerateParams { max_tokens: 400, stop: StopRules::multi_line(0), ..GenerateParams::default() };
+    let mut job = engine.submit(built.prompt, params);
+    let mut progress = job.subscribe();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), progress.wait_for(|progress| progress.generated_tokens >= 3))
+            .await
+            .expect("generation starts")
+            .expect("job alive");
+    });
+    job.cancel();
+    let completion = runtime.block_on(job.wait()).expect("cancelled job still answers");
+    assert_eq!(completion.stop_reason, StopReason::Cancelled);
+    assert!(completion.generated_tokens < 400, "stopped early: {}", completion.generated_tokens);
+
+    let after = complete_fixture(&engine, FIM_CASES[0].0, GenerateParams::default());
+    assert!(after.text.contains("radius"), "engine usable after cancel: {:?}", after.text);
+}
+
+#[test]
+fn a_new_job_supersedes_the_running_one() {
+    let (_turn, engine) = engine(DEFAULT_MODEL);
+    let (text, line, column) = with_cursor(long_generation_fixture());
+    let built = build_prompt(&Rope::from_str(&text), CursorPosition { line, column }, &WindowConfig::default(), engine.info().special).unwrap();
+    let first = engine.submit(built.prompt, GenerateParams { max_tokens: 400, stop: StopRules::multi_line(0), ..GenerateParams::default() });
+    std::thread::sleep(Duration::from_millis(200));
+    let second = complete_fixture(&engine, FIM_CASES[0].0, GenerateParams::default());
+    let first = first.wait_blocking().unwrap();
+    assert_eq!(first.stop_reason, StopReason::Superseded);
+    assert!(second.text.contains("radius"), "got {:?}", second.text);
+}
+
+#[test]
+fn a_deadline_ends_generation_with_what_was_generated() {
+    let (_turn, engine) = engine(DEFAULT_MODEL);
+    let start = Instant::now();
+    let params = GenerateParams {
+        max_tokens: 400,
+        stop: StopRules::multi_line(0),
+        deadline: Some(start + Duration::from_millis(400)),
+        ..GenerateParams::default()
+    };
+    let completion = complete_fixture(&engine, long_generation_fixture(), params);
+    assert_eq!(completion.stop_reason, StopReason::Deadline);
+    assert!(completion.generated_tokens < 400);
+}
+
+#[test]
+fn typing_one_character_reuses_the_kv_cache() {
+    let (_turn, engine) = engine(DEFAULT_MODEL);
+    let fixture = "import math\n\ndef circle_area(radius):\n    return 3.14159 * |\n\nprint(circle_area(2))\n";
+    let first = complete_fixture(&engine, fixture, GenerateParams::default());
+    assert!(first.prompt_tokens > 20);
+    let typed = fixture.replace('|', "r|");
+    let second = complete_fixture(&engine, &typed, GenerateParams::default());
+    assert!(second.decoded_tokens <= 4, "decoded {} new prompt tokens", second.decoded_tokens);
+    assert!(second.reused_tokens + 4 >= second.prompt_tokens, "reused {} of {}", second.reused_tokens, second.prompt_tokens);
+    assert!(second.text.starts_with("adius") || second.text.contains("radius"), "got {:?}", second.text);
+}
+
+#[test]
+fn the_tokenizer_is_reachable_through_the_handle() {
+    let (_turn, engine) = engine(TINY_MODEL);
+    let tokens = engine.tokenize("hello world").unwrap();
+    assert!(!tokens.is_empty() && tokens.len() <= 4, "{tokens:?}");
+}
