@@ -2,12 +2,16 @@
 //! inline completions at keystroke speed.
 //!
 //! Map of the modules (dependencies point down the list, never up):
+//! - `server`: the language server, the only code that knows LSP types.
+//! - `scheduler`: document change -> engine job, typed-ahead, latency budget, stats.
+//! - `documents`: ropes per URI, edits applied atomically, UTF-16/UTF-8 positions.
 //! - `engine`: the one thread that owns llama.cpp; takes a `Prompt`, returns text. Superseding,
 //!   cancellation and deadlines are checked between every two decode steps.
 //! - `context`: builds prompts from a rope and a cursor, ordered stable to volatile.
 //! - `models`: the model registry, fetching with checksum verification, the cache directory.
 //! - `postprocess`: cleaning a raw suggestion (overlap with the text after the cursor, whitespace).
 //! - `config`: raw client settings and the validated `Config`.
+//! - `stats`: counters and latency histograms.
 //!
 //! Invariants: only the engine calls llama.cpp; stdout belongs to the protocol (or to the CLI's
 //! result), logs go through `tracing` to stderr or a file.
@@ -16,6 +20,10 @@
 
 pub mod config;
 pub mod context;
+pub mod documents;
 pub mod engine;
 pub mod models;
 pub mod postprocess;
+pub mod scheduler;
+pub mod server;
+pub mod stats;

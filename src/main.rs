@@ -1,4 +1,4 @@
-//! The `ghostline` command: `complete` (one completion from the command line),
+//! The `ghostline` command: `serve` (the language server, the default), `complete` (one completion from the command line),
 //! `models` (list, fetch, path) and `doctor`.
 //!
 //! Exit codes: 0 success, 1 internal error, 2 bad arguments or position, 3 unreadable, non-UTF-8
@@ -24,11 +24,13 @@ struct Cli {
     #[arg(long, global = true)]
     log_file: Option<PathBuf>,
     #[command(subcommand)]
-    command: CliCommand,
+    command: Option<CliCommand>,
 }
 
 #[derive(Subcommand)]
 enum CliCommand {
+    /// Run the language server over stdin/stdout (the default).
+    Serve,
     /// Complete at FILE:LINE:COL (1-based line and column, like compiler messages).
     Complete(CompleteArgs),
     /// Manage models: list, fetch NAME, path NAME.
@@ -101,11 +103,14 @@ impl CliError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = init_logging(cli.log_file.as_deref()) {
+    let command = cli.command.unwrap_or(CliCommand::Serve);
+    let default_log_level = if matches!(command, CliCommand::Serve) { "info,llama-cpp-2=warn" } else { "warn,llama-cpp-2=error" };
+    if let Err(err) = init_logging(cli.log_file.as_deref(), default_log_level) {
         eprintln!("ghostline: cannot open the log file: {err}");
         return ExitCode::from(2);
     }
-    let res = match cli.command {
+    let res = match command {
+        CliCommand::Serve => serve(),
         CliCommand::Complete(args) => complete(args),
         CliCommand::Models { command } => models_command(command),
         CliCommand::Doctor => doctor(),
@@ -119,9 +124,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(log_file: Option<&std::path::Path>) -> std::io::Result<()> {
+fn init_logging(log_file: Option<&std::path::Path>, default_level: &str) -> std::io::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GHOSTLINE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,llama-cpp-2=error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
     match log_file {
         Some(path) => {
@@ -130,6 +135,18 @@ fn init_logging(log_file: Option<&std::path::Path>) -> std::io::Result<()> {
         }
         None => builder.with_writer(std::io::stderr).init(),
     }
+    Ok(())
+}
+
+fn serve() -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ghostline-lsp")
+        .build()
+        .map_err(|err| CliError::Internal(format!("cannot start the async runtime: {err}")))?;
+    runtime.block_on(ghostline::server::serve(Config::default()));
+    // The engine thread may be mid-decode; the process exits without waiting for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(())
 }
 

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+#[allow(dead_code)]
+pub mod lsp;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};

@@ -1,0 +1,266 @@
+//! The document store: one rope per open document, keyed by URI, with exact conversion between
+//! editor positions (UTF-16 or UTF-8 code units, as negotiated) and rope character indices.
+//!
+//! Edits are applied synchronously and atomically: every change of one notification is applied
+//! to a clone of the rope (O(1)), and the document is replaced only if all of them were valid,
+//! so an impossible range never corrupts a document. Lines are split at `\n`, `\r\n` and `\r`,
+//! as the LSP specification says (ropey is built without Unicode line breaks for this).
+//! This module knows no LSP types; the server converts to and from them.
+
+use dashmap::DashMap;
+use ropey::Rope;
+
+/// How a position's `character` counts: UTF-16 code units (the LSP default) or UTF-8 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionEncoding {
+    Utf8,
+    Utf16,
+}
+
+/// A position as an editor sends it: 0-based line, and `character` in the negotiated units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub line: u32,
+    pub character: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub start: Position,
+    pub end: Position,
+}
+
+/// One content change: replace `range` (or the whole document when `None`) with `text`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub range: Option<Range>,
+    pub text: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub rope: Rope,
+    pub version: i32,
+    pub language_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    #[error("document {0} is not open")]
+    NotOpen(String),
+    #[error("line {line} is past the end of the document ({n_lines} lines)")]
+    LineOutOfRange { line: u32, n_lines: usize },
+    #[error("position {line}:{character} is inside a character (not on a code point boundary)")]
+    InsideCharacter { line: u32, character: u32 },
+    #[error("range end {end_line}:{end_character} is before its start {start_line}:{start_character}")]
+    ReversedRange { start_line: u32, start_character: u32, end_line: u32, end_character: u32 },
+    #[error("version {new} is older than the document's version {current}")]
+    StaleVersion { new: i32, current: i32 },
+}
+
+/// Where the cursor probably is after a change: the end of the last inserted text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EditOutcome {
+    pub version: i32,
+    pub cursor_char_idx: usize,
+}
+
+#[derive(Default)]
+pub struct DocumentStore {
+    documents: DashMap<String, Document>,
+}
+
+impl DocumentStore {
+    pub fn open(&self, uri: &str, language_id: &str, version: i32, text: &str) {
+        self.documents.insert(
+            uri.to_string(),
+            Document { rope: Rope::from_str(text), version, language_id: language_id.to_string() },
+        );
+    }
+
+    pub fn close(&self, uri: &str) {
+        self.documents.remove(uri);
+    }
+
+    /// A snapshot of the document (the rope is cloned in O(1); no guard is held).
+    pub fn get(&self, uri: &str) -> Option<Document> {
+        self.documents.get(uri).map(|document| document.clone())
+    }
+
+    pub fn uris(&self) -> Vec<String> {
+        self.documents.iter().map(|entry| entry.key().clone()).collect()
+    }
+
+    /// Applies all changes of one notification, or none of them.
+    pub fn apply_changes(
+        &self,
+        uri: &str,
+        version: i32,
+        changes: &[Change],
+        encoding: PositionEncoding,
+    ) -> Result<EditOutcome, DocumentError> {
+        let mut entry = self.documents.get_mut(uri).ok_or_else(|| DocumentError::NotOpen(uri.to_string()))?;
+        if version < entry.version {
+            return Err(DocumentError::StaleVersion { new: version, current: entry.version });
+        }
+        let mut rope = entry.rope.clone();
+        let mut cursor_char_idx = 0;
+        for change in changes {
+            match change.range {
+                None => {
+                    rope = Rope::from_str(&change.text);
+                    cursor_char_idx = rope.len_chars();
+                }
+                Some(range) => {
+                    let start = char_idx(&rope, range.start, encoding)?;
+                    let end = char_idx(&rope, range.end, encoding)?;
+                    if end < start {
+                        return Err(DocumentError::ReversedRange {
+                            start_line: range.start.line,
+                            start_character: range.start.character,
+                            end_line: range.end.line,
+                            end_character: range.end.character,
+                        });
+                    }
+                    rope.remove(start..end);
+                    rope.insert(start, &change.text);
+                    cursor_char_idx = start + change.text.chars().count();
+                }
+            }
+        }
+        entry.rope = rope;
+        entry.version = version;
+        Ok(EditOutcome { version, cursor_char_idx })
+    }
+}
+
+/// Number of characters of a line, without its line break.
+fn line_len_chars(rope: &Rope, line: usize) -> usize {
+    crate::context::line_len_chars(rope, line)
+}
+
+/// Converts an editor position to a character index. A `character` past the end of its line
+/// means the end of the line (as the LSP specification says); a line past the end of the
+/// document is an error, except the position just after a final line break.
+pub fn char_idx(rope: &Rope, position: Position, encoding: PositionEncoding) -> Result<usize, DocumentError> {
+    let line = position.line as usize;
+    if line >= rope.len_lines() {
+        return Err(DocumentError::LineOutOfRange { line: position.line, n_lines: rope.len_lines() });
+    }
+    let line_start = rope.line_to_char(line);
+    let line_len = line_len_chars(rope, line);
+    let mut units = 0usize;
+    for (char_offset, ch) in rope.slice(line_start..line_start + line_len).chars().enumerate() {
+        if units == position.character as usize {
+            return Ok(line_start + char_offset);
+        }
+        units += match encoding {
+            PositionEncoding::Utf8 => ch.len_utf8(),
+            PositionEncoding::Utf16 => ch.len_utf16(),
+        };
+        if units > position.character as usize {
+            return Err(DocumentError::InsideCharacter { line: position.line, character: position.character });
+        }
+    }
+    Ok(line_start + line_len)
+}
+
+/// Converts a character index back to an editor position.
+pub fn position(rope: &Rope, char_idx: usize, encoding: PositionEncoding) -> Position {
+    let char_idx = char_idx.min(rope.len_chars());
+    let line = rope.char_to_line(char_idx);
+    let line_start = rope.line_to_char(line);
+    let character: usize = rope
+        .slice(line_start..char_idx)
+        .chars()
+        .map(|ch| match encoding {
+            PositionEncoding::Utf8 => ch.len_utf8(),
+            PositionEncoding::Utf16 => ch.len_utf16(),
+        })
+        .sum();
+    Position { line: line as u32, character: character as u32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(line: u32, character: u32) -> Position {
+        Position { line, character }
+    }
+
+    fn edit(start: Position, end: Position, text: &str) -> Change {
+        Change { range: Some(Range { start, end }), text: text.to_string() }
+    }
+
+    #[test]
+    fn utf16_positions_count_surrogate_pairs_and_cjk() {
+        let rope = Rope::from_str("a😀b\n漢字x\n");
+        assert_eq!(char_idx(&rope, pos(0, 1), PositionEncoding::Utf16).unwrap(), 1);
+        assert_eq!(char_idx(&rope, pos(0, 3), PositionEncoding::Utf16).unwrap(), 2);
+        assert_eq!(
+            char_idx(&rope, pos(0, 2), PositionEncoding::Utf16).unwrap_err(),
+            DocumentError::InsideCharacter { line: 0, character: 2 }
+        );
+        assert_eq!(char_idx(&rope, pos(1, 2), PositionEncoding::Utf16).unwrap(), 6);
+        assert_eq!(char_idx(&rope, pos(1, 6), PositionEncoding::Utf8).unwrap(), 6);
+        assert_eq!(position(&rope, 2, PositionEncoding::Utf16), pos(0, 3));
+        assert_eq!(position(&rope, 2, PositionEncoding::Utf8), pos(0, 5));
+        assert_eq!(position(&rope, 6, PositionEncoding::Utf16), pos(1, 2));
+    }
+
+    #[test]
+    fn character_past_line_end_clamps_and_line_past_end_fails() {
+        let rope = Rope::from_str("ab\r\ncd");
+        assert_eq!(char_idx(&rope, pos(0, 99), PositionEncoding::Utf16).unwrap(), 2);
+        assert_eq!(char_idx(&rope, pos(1, 2), PositionEncoding::Utf16).unwrap(), 6);
+        assert!(matches!(char_idx(&rope, pos(2, 0), PositionEncoding::Utf16), Err(DocumentError::LineOutOfRange { .. })));
+    }
+
+    #[test]
+    fn crlf_and_lone_cr_split_lines_but_unicode_separators_do_not() {
+        let rope = Rope::from_str("a\r\nb\rc\u{2028}d\n");
+        assert_eq!(rope.len_lines(), 4);
+        assert_eq!(char_idx(&rope, pos(2, 1), PositionEncoding::Utf16).unwrap(), 6);
+    }
+
+    #[test]
+    fn incremental_edits_apply_in_order() {
+        let store = DocumentStore::default();
+        store.open("file:///a.rs", "rust", 1, "fn main() {}\n");
+        let outcome = store
+            .apply_changes("file:///a.rs", 2, &[edit(pos(0, 11), pos(0, 11), "\n    let x = 1;\n")], PositionEncoding::Utf16)
+            .unwrap();
+        assert_eq!(outcome.cursor_char_idx, 11 + 16);
+        store.apply_changes("file:///a.rs", 3, &[edit(pos(1, 12), pos(1, 13), "42")], PositionEncoding::Utf16).unwrap();
+        assert_eq!(store.get("file:///a.rs").unwrap().rope.to_string(), "fn main() {\n    let x = 42;\n}\n");
+    }
+
+    #[test]
+    fn an_impossible_range_leaves_the_document_untouched() {
+        let store = DocumentStore::default();
+        store.open("file:///a.py", "python", 1, "x = 1\n");
+        let changes = [edit(pos(0, 0), pos(0, 0), "y = 2\n"), edit(pos(7, 0), pos(8, 0), "boom")];
+        assert!(store.apply_changes("file:///a.py", 2, &changes, PositionEncoding::Utf16).is_err());
+        let reversed = [edit(pos(0, 3), pos(0, 1), "")];
+        assert!(matches!(
+            store.apply_changes("file:///a.py", 2, &reversed, PositionEncoding::Utf16),
+            Err(DocumentError::ReversedRange { .. })
+        ));
+        let document = store.get("file:///a.py").unwrap();
+        assert_eq!(document.rope.to_string(), "x = 1\n");
+        assert_eq!(document.version, 1);
+        assert!(matches!(
+            store.apply_changes("file:///nope", 2, &[], PositionEncoding::Utf16),
+            Err(DocumentError::NotOpen(_))
+        ));
+    }
+
+    #[test]
+    fn full_text_change_replaces_the_document() {
+        let store = DocumentStore::default();
+        store.open("u", "text", 1, "old");
+        store.apply_changes("u", 2, &[Change { range: None, text: "new text".into() }], PositionEncoding::Utf8).unwrap();
+        assert_eq!(store.get("u").unwrap().rope.to_string(), "new text");
+    }
+}

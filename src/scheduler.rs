@@ -1,0 +1,474 @@
+//! The keystroke brain: turns document changes into engine jobs, serves typed-ahead characters
+//! from the current suggestion, and answers completion requests within the latency budget.
+//!
+//! It knows neither LSP types nor llama.cpp: it takes ropes, character indices and URIs as
+//! strings, and talks to the engine through its handle.
+//!
+//! One job is active at a time (a new job supersedes the old one inside the decode loop). The
+//! active job is anchored to a cursor state: the document, the cursor line, the line's text
+//! before the cursor (the head) and after it (the tail). A later state whose line head is the
+//! anchor's head plus typed characters that agree with the suggestion is served from that job,
+//! without touching the model.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use ropey::Rope;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::context::{self, CursorPosition};
+use crate::engine::{Engine, GenerateParams, Job, Progress, StopReason, StopRules};
+use crate::postprocess::clean_suggestion;
+use crate::stats::Stats;
+
+/// Where the model is.
+#[derive(Clone)]
+pub enum EngineState {
+    NotStarted,
+    Loading,
+    Ready(Engine),
+    Failed(String),
+}
+
+/// A cursor state that a completion is asked for or computed at.
+#[derive(Debug, Clone)]
+pub struct CursorState {
+    pub uri: String,
+    pub version: i32,
+    pub rope: Rope,
+    pub cursor_char_idx: usize,
+    pub language_id: String,
+}
+
+/// How a request wants to be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The client handles `ghostline/suggestionReady`: answer within the budget.
+    Budget,
+    /// Any other client: wait for the suggestion, up to the maximum wait.
+    UntilReady,
+}
+
+/// A suggestion to show at the cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suggestion {
+    /// Text to insert at the cursor.
+    pub text: String,
+    /// The cursor line's text after the cursor, which the suggestion is shown before.
+    pub line_tail: String,
+    pub from_typed_ahead: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmptyReason {
+    ModelNotReady,
+    LanguageDisabled,
+    BadPosition,
+    /// The model had nothing (more) to suggest here.
+    NothingToSuggest,
+    /// Not ready within the budget; a ready notification may follow.
+    NotReadyYet,
+    /// The document changed or a newer job replaced this one while waiting.
+    Outdated,
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    Ready(Suggestion),
+    Empty(EmptyReason),
+}
+
+/// Returned with an answer given before the suggestion was ready: resolves when it is.
+pub struct ReadyWaiter {
+    pub uri: String,
+    pub version: i32,
+    pub cursor_char_idx: usize,
+    pub rope: Rope,
+    progress: watch::Receiver<Progress>,
+    keystroke: Instant,
+}
+
+struct Anchor {
+    uri: String,
+    line: usize,
+    line_head: String,
+    line_tail: String,
+}
+
+struct ActiveJob {
+    anchor: Anchor,
+    job: Job,
+}
+
+/// The text of a cursor's line, split at the cursor.
+struct LineSplit {
+    line: usize,
+    head: String,
+    tail: String,
+}
+
+fn split_line(rope: &Rope, cursor_char_idx: usize) -> Option<LineSplit> {
+    if cursor_char_idx > rope.len_chars() {
+        return None;
+    }
+    let line = rope.char_to_line(cursor_char_idx);
+    let line_start = rope.line_to_char(line);
+    let line_end = line_start + context::line_len_chars(rope, line);
+    if cursor_char_idx > line_end {
+        return None;
+    }
+    Some(LineSplit {
+        line,
+        head: rope.slice(line_start..cursor_char_idx).to_string(),
+        tail: rope.slice(cursor_char_idx..line_end).to_string(),
+    })
+}
+
+/// How a cursor state relates to the active job.
+enum Relation {
+    /// Same line, same tail, the head grew by `typed` characters.
+    TypedAhead { typed: String },
+    Unrelated,
+}
+
+pub struct Scheduler {
+    engine: RwLock<EngineState>,
+    config: RwLock<Config>,
+    active: Mutex<Option<Arc<ActiveJob>>>,
+    stats_handle: Arc<Mutex<Stats>>,
+    /// The instant of the latest change, per URI, and a counter of changes (for debouncing).
+    last_change: Mutex<Option<(String, i32, Instant)>>,
+    change_counter: std::sync::atomic::AtomicU64,
+}
+
+impl Scheduler {
+    pub fn new(config: Config) -> Arc<Scheduler> {
+        Arc::new(Scheduler {
+            engine: RwLock::new(EngineState::NotStarted),
+            config: RwLock::new(config),
+            active: Mutex::new(None),
+            stats_handle: Arc::new(Mutex::new(Stats::default())),
+            last_change: Mutex::new(None),
+            change_counter: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> Config {
+        self.config.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+    }
+
+    pub fn engine_state(&self) -> EngineState {
+        self.engine.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub fn set_engine_state(&self, state: EngineState) {
+        if let EngineState::Ready(engine) = &state {
+            self.stats_mut().model_load_ms = Some(engine.info().load_ms);
+        }
+        *self.lock_active() = None;
+        *self.engine.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
+    }
+
+    pub fn stats_json(&self) -> serde_json::Value {
+        self.stats_mut().to_json()
+    }
+
+    pub fn record_accepted(&self) {
+        self.stats_mut().counters.accepted += 1;
+    }
+
+    fn stats_mut(&self) -> std::sync::MutexGuard<'_, Stats> {
+        self.stats_handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, Option<Arc<ActiveJob>>> {
+        self.active.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ready_engine(&self) -> Option<Engine> {
+        match &*self.engine.read().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            EngineState::Ready(engine) => Some(engine.clone()),
+            _ => None,
+        }
+    }
+
+    /// A document changed: start on the new state unless the active job still covers it.
+    /// Called from the change handler after the edit is in the store; never blocks.
+    pub fn on_change(self: &Arc<Self>, state: CursorState) {
+        let now = Instant::now();
+        let previous_change = self
+            .last_change
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .replace((state.uri.clone(), state.version, now));
+        let change_id = self.change_counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let config = self.config();
+        if self.ready_engine().is_none() || !config.language_enabled(&state.language_id) {
+            return;
+        }
+        if self.covers(&state, &config) {
+            return;
+        }
+        // Adaptive debounce: an isolated keystroke starts the engine at once; a burst (a held
+        // key, a paste in pieces) waits until it pauses.
+        let in_burst = previous_change.is_some_and(|(_, _, at)| now.duration_since(at) < Duration::from_millis(config.debounce_ms * 2));
+        if config.debounce_ms == 0 || !in_burst {
+            self.start_job(&state, &config);
+            return;
+        }
+        let scheduler = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(config.debounce_ms)).await;
+            if scheduler.change_counter.load(std::sync::atomic::Ordering::SeqCst) != change_id {
+                return;
+            }
+            if !scheduler.covers(&state, &config) {
+                scheduler.start_job(&state, &config);
+            }
+        });
+    }
+
+    /// Whether the active job can serve this state (now or when it finishes).
+    fn covers(&self, state: &CursorState, config: &Config) -> bool {
+        let Some(active) = self.lock_active().clone() else { return false };
+        match self.relation(&active, state) {
+            Relation::TypedAhead { typed } => {
+                if typed.is_empty() {
+                    return true;
+                }
+                if !config.typed_ahead {
+                    return false;
+                }
+                let progress = active.job.snapshot();
+                let finished_with_error = matches!(progress.done, Some(Err(_)));
+                let superseded = matches!(&progress.done, Some(Ok(completion)) if matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled));
+                if finished_with_error || superseded {
+                    return false;
+                }
+                if progress.text.is_empty() {
+                    // Nothing to compare the typed characters with yet: a new job is cheap (it
+                    // reuses the KV cache of this one) and is for the right state.
+                    return false;
+                }
+                if progress.text.starts_with(&typed) {
+                    // Typed characters agree with the suggestion; something must remain.
+                    return progress.done.is_none() || progress.text.len() > typed.len();
+                }
+                // The suggestion may still grow into what was typed.
+                progress.done.is_none() && typed.starts_with(progress.text.as_str())
+            }
+            Relation::Unrelated => false,
+        }
+    }
+
+    fn relation(&self, active: &ActiveJob, state: &CursorState) -> Relation {
+        let Some(split) = split_line(&state.rope, state.cursor_char_idx) else { return Relation::Unrelated };
+        let anchor = &active.anchor;
+        if anchor.uri != state.uri || anchor.line != split.line || anchor.line_tail != split.tail {
+            return Relation::Unrelated;
+        }
+        match split.head.strip_prefix(anchor.line_head.as_str()) {
+            Some(typed) => Relation::TypedAhead { typed: typed.to_string() },
+            None => Relation::Unrelated,
+        }
+    }
+
+    fn start_job(&self, state: &CursorState, config: &Config) -> Option<Arc<ActiveJob>> {
+        let engine = self.ready_engine()?;
+        let split = split_line(&state.rope, state.cursor_char_idx)?;
+        let line_start = state.rope.line_to_char(split.line);
+        let cursor = CursorPosition { line: split.line, column: state.cursor_char_idx - line_start };
+        let built = context::build_prompt(&state.rope, cursor, &config.windows, engine.info().special).ok()?;
+        let multi_line = config.multi_line && split.head.trim().is_empty() && split.tail.trim().is_empty();
+        let params = GenerateParams {
+            max_tokens: config.max_tokens,
+            stop: if multi_line { StopRules::multi_line(config.max_lines) } else { StopRules::default() },
+            ..GenerateParams::default()
+        };
+        let job = engine.submit(built.prompt, params);
+        let active = Arc::new(ActiveJob {
+            anchor: Anchor { uri: state.uri.clone(), line: split.line, line_head: split.head, line_tail: split.tail },
+            job,
+        });
+        let previous = self.lock_active().replace(active.clone());
+        let mut stats = self.stats_mut();
+        stats.counters.jobs_started += 1;
+        if previous.is_some_and(|previous| previous.job.snapshot().done.is_none()) {
+            stats.counters.jobs_superseded += 1;
+        }
+        drop(stats);
+        self.count_tokens_when_done(&active);
+        Some(active)
+    }
+
+    fn count_tokens_when_done(&self, active: &Arc<ActiveJob>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let mut progress = active.job.subscribe();
+        let stats = self.stats_handle.clone();
+        runtime.spawn(async move {
+            let Ok(progress) = progress.wait_for(|progress| progress.done.is_some()).await else { return };
+            if let Some(Ok(completion)) = &progress.done {
+                let mut stats = stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                stats.counters.tokens_reused += completion.reused_tokens as u64;
+                stats.counters.tokens_decoded += completion.decoded_tokens as u64;
+                stats.counters.tokens_generated += completion.generated_tokens as u64;
+            }
+        });
+    }
+
+    /// Cancels the active job if it belongs to this document (closed or no longer focused).
+    pub fn cancel_for(&self, uri: &str) {
+        if let Some(active) = self.lock_active().as_ref() {
+            if active.anchor.uri == uri {
+                active.job.cancel();
+            }
+        }
+    }
+
+    fn keystroke_instant(&self, state: &CursorState) -> Instant {
+        match &*self.last_change.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            Some((uri, version, at)) if *uri == state.uri && *version == state.version => *at,
+            _ => Instant::now(),
+        }
+    }
+
+    /// Answers a completion request at a cursor state.
+    pub async fn complete(&self, state: CursorState, waiting: Waiting) -> (Answer, Option<ReadyWaiter>) {
+        let request_start = Instant::now();
+        let keystroke = self.keystroke_instant(&state);
+        let (answer, waiter) = self.complete_inner(&state, waiting, keystroke).await;
+        let mut stats = self.stats_mut();
+        stats.counters.requests += 1;
+        stats.response_ms.record(ms_since(request_start));
+        match &answer {
+            Answer::Ready(suggestion) => {
+                stats.counters.answered_with_suggestion += 1;
+                if suggestion.from_typed_ahead {
+                    stats.counters.typed_ahead_hits += 1;
+                }
+                stats.time_to_suggestion_ms.record(ms_since(keystroke));
+            }
+            Answer::Empty(_) => stats.counters.answered_empty += 1,
+        }
+        (answer, waiter)
+    }
+
+    async fn complete_inner(&self, state: &CursorState, waiting: Waiting, keystroke: Instant) -> (Answer, Option<ReadyWaiter>) {
+        let config = self.config();
+        if self.ready_engine().is_none() {
+            return (Answer::Empty(EmptyReason::ModelNotReady), None);
+        }
+        if !config.language_enabled(&state.language_id) {
+            return (Answer::Empty(EmptyReason::LanguageDisabled), None);
+        }
+        let Some(split) = split_line(&state.rope, state.cursor_char_idx) else {
+            return (Answer::Empty(EmptyReason::BadPosition), None);
+        };
+        let wait = match waiting {
+            Waiting::Budget => Duration::from_millis(config.budget_ms),
+            Waiting::UntilReady => Duration::from_millis(config.max_wait_ms),
+        };
+        let deadline = Instant::now() + wait;
+        let current = self.lock_active().clone();
+        let mut active = match current {
+            Some(active) if self.covers(state, &config) => active,
+            _ => match self.start_job(state, &config) {
+                Some(active) => active,
+                None => return (Answer::Empty(EmptyReason::BadPosition), None),
+            },
+        };
+        let mut restarted = false;
+        loop {
+            let typed = split.head.strip_prefix(active.anchor.line_head.as_str()).unwrap_or_default().to_string();
+            let mut progress = active.job.subscribe();
+            let finished = tokio::time::timeout_at(deadline.into(), progress.wait_for(|progress| progress.done.is_some()))
+                .await
+                .map(|res| res.map(|_| ()));
+            let snapshot = progress.borrow().clone();
+            match finished {
+                Ok(Ok(())) => {
+                    let answer = answer_from(&snapshot, &typed, &split);
+                    // A job that finished with text the user did not type (it was followed
+                    // while still running) is replaced once by a job for this very state.
+                    let mismatched = matches!(answer, Answer::Empty(EmptyReason::Outdated))
+                        && matches!(&snapshot.done, Some(Ok(completion)) if !matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled));
+                    if mismatched && !restarted {
+                        restarted = true;
+                        match self.start_job(state, &config) {
+                            Some(next) => {
+                                active = next;
+                                continue;
+                            }
+                            None => return (Answer::Empty(EmptyReason::BadPosition), None),
+                        }
+                    }
+                    return (answer, None);
+                }
+                Ok(Err(_)) => return (Answer::Empty(EmptyReason::Outdated), None),
+                Err(_) if waiting == Waiting::Budget => {
+                    let waiter = ReadyWaiter {
+                        uri: state.uri.clone(),
+                        version: state.version,
+                        cursor_char_idx: state.cursor_char_idx,
+                        rope: state.rope.clone(),
+                        progress,
+                        keystroke,
+                    };
+                    return (Answer::Empty(EmptyReason::NotReadyYet), Some(waiter));
+                }
+                Err(_) => return (Answer::Empty(EmptyReason::NotReadyYet), None),
+            }
+        }
+    }
+
+    /// Waits until the suggestion behind an early answer is ready; returns whether it is worth
+    /// a ready notification (a non-empty suggestion that was not superseded).
+    pub async fn wait_ready(&self, mut waiter: ReadyWaiter, max_wait: Duration) -> bool {
+        let Ok(Ok(progress)) = tokio::time::timeout(max_wait, waiter.progress.wait_for(|progress| progress.done.is_some())).await else {
+            return false;
+        };
+        let useful = match &progress.done {
+            Some(Ok(completion)) => {
+                !matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled)
+                    && !completion.text.trim().is_empty()
+            }
+            _ => false,
+        };
+        drop(progress);
+        if useful {
+            let mut stats = self.stats_mut();
+            stats.counters.ready_notifications += 1;
+            stats.time_to_suggestion_ms.record(ms_since(waiter.keystroke));
+        }
+        useful
+    }
+}
+
+/// Builds the answer from a finished job's progress for a state `typed` characters ahead.
+fn answer_from(progress: &Progress, typed: &str, split: &LineSplit) -> Answer {
+    let Some(done) = &progress.done else { return Answer::Empty(EmptyReason::NotReadyYet) };
+    let completion = match done {
+        Ok(completion) => completion,
+        Err(_) => return Answer::Empty(EmptyReason::NothingToSuggest),
+    };
+    if matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled) {
+        return Answer::Empty(EmptyReason::Outdated);
+    }
+    let Some(remainder) = completion.text.strip_prefix(typed) else {
+        return Answer::Empty(EmptyReason::Outdated);
+    };
+    let text = clean_suggestion(&split.head, remainder, &split.tail);
+    if text.is_empty() {
+        return Answer::Empty(EmptyReason::NothingToSuggest);
+    }
+    Answer::Ready(Suggestion { text, line_tail: split.tail.clone(), from_typed_ahead: !typed.is_empty() })
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}

@@ -1,0 +1,508 @@
+//! The language server: the only code that knows LSP types. Handlers convert to and from the
+//! plain types of `documents` and `scheduler` (see `proto.rs`) and never call llama.cpp.
+//!
+//! Invariants:
+//! - `didChange` applies the edit with no `.await` before the store is updated, so edits land in
+//!   arrival order even though handlers run concurrently.
+//! - Every request is answered: a result, an error that says what was wrong, or
+//!   `RequestCancelled` (tower-lsp-server answers a `$/cancelRequest` by dropping the handler).
+//!   A panic in a handler is caught, logged and answered as an internal error.
+//! - Concurrency is raised well above the number of completion requests that can wait at once,
+//!   so cancellations and changes never queue behind them.
+
+mod proto;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use serde_json::{json, Value};
+use tower_lsp_server::jsonrpc::{Error, ErrorCode, Result};
+use tower_lsp_server::ls_types::*;
+use tower_lsp_server::{Client, LanguageServer, LspService, Server};
+
+use crate::config::{Config, RawSettings};
+use crate::documents::{self, DocumentStore, PositionEncoding};
+use crate::engine::{Engine, EngineConfig};
+use crate::models;
+use crate::scheduler::{Answer, CursorState, EngineState, Scheduler, Waiting};
+
+/// How many requests may be in flight at once. Completion requests wait for the model, so this
+/// is far above what an editor sends, keeping `$/cancelRequest` and `didChange` from queueing.
+const MAX_CONCURRENCY: usize = 128;
+
+/// The longest completion label and inserted text sent in a completion item (some clients
+/// misbehave with very long items).
+const MAX_LABEL_CHARS: usize = 60;
+const MAX_ITEM_TEXT_CHARS: usize = 2000;
+
+pub const ACCEPT_COMMAND: &str = "ghostline.accept";
+
+/// Runs the server on stdin/stdout until the client exits.
+pub async fn serve(config: Config) {
+    let stdin = tokio::io::stdin();
+    let stdout = tokio::io::stdout();
+    let (service, socket) = LspService::build(|client| Backend::new(client, config))
+        .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
+        .custom_method("ghostline/stats", Backend::stats)
+        .finish();
+    Server::new(stdin, stdout, socket).concurrency_level(MAX_CONCURRENCY).serve(service).await;
+}
+
+pub struct Backend {
+    client: Client,
+    documents: DocumentStore,
+    scheduler: Arc<Scheduler>,
+    encoding: Mutex<PositionEncoding>,
+    wants_ready_notification: AtomicBool,
+    client_has_work_done_progress: AtomicBool,
+    /// Settings errors found in `initialize`, shown once the client can receive messages.
+    pending_messages: Mutex<Vec<String>>,
+    /// Incremented on every engine (re)load, so a slow load cannot overwrite a newer one.
+    engine_generation: Arc<AtomicU64>,
+}
+
+/// `ghostline/suggestionReady`: the suggestion for a cursor state is ready; ask again.
+enum SuggestionReady {}
+
+impl notification::Notification for SuggestionReady {
+    type Params = Value;
+    const METHOD: &'static str = "ghostline/suggestionReady";
+}
+
+fn invalid_params(message: impl Into<String>) -> Error {
+    Error { code: ErrorCode::InvalidParams, message: message.into().into(), data: None }
+}
+
+/// Runs a handler body, turning a panic into a logged internal error.
+async fn guarded<T>(method: &str, body: impl Future<Output = Result<T>>) -> Result<T> {
+    match AssertUnwindSafe(body).catch_unwind().await {
+        Ok(res) => res,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            tracing::error!(method, %message, "handler panicked");
+            Err(Error {
+                code: ErrorCode::InternalError,
+                message: format!("internal error in {method}: {message}").into(),
+                data: None,
+            })
+        }
+    }
+}
+
+impl Backend {
+    fn new(client: Client, config: Config) -> Backend {
+        Backend {
+            client,
+            documents: DocumentStore::default(),
+            scheduler: Scheduler::new(config),
+            encoding: Mutex::new(PositionEncoding::Utf16),
+            wants_ready_notification: AtomicBool::new(false),
+            client_has_work_done_progress: AtomicBool::new(false),
+            pending_messages: Mutex::new(Vec::new()),
+            engine_generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn encoding(&self) -> PositionEncoding {
+        *self.encoding.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Loads the configured model in the background, reporting progress, and hands the engine
+    /// to the scheduler. Until then completion requests are answered empty at once.
+    fn load_engine(&self) {
+        let generation = self.engine_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let engine_generation = self.engine_generation.clone();
+        let scheduler = self.scheduler.clone();
+        let client = self.client.clone();
+        let config = scheduler.config();
+        let with_progress = self.client_has_work_done_progress.load(Ordering::SeqCst);
+        scheduler.set_engine_state(EngineState::Loading);
+        tokio::spawn(async move {
+            let token = NumberOrString::String(format!("ghostline-load-{generation}"));
+            let progress = if with_progress
+                && client
+                    .send_request::<request::WorkDoneProgressCreate>(WorkDoneProgressCreateParams { token: token.clone() })
+                    .await
+                    .is_ok()
+            {
+                Some(client.progress(token, "Ghostline").with_message(format!("loading model {}", config.model)).begin().await)
+            } else {
+                None
+            };
+            let model = config.model.clone();
+            let loaded = tokio::task::spawn_blocking(move || -> std::result::Result<Engine, String> {
+                let path = models::resolve(&config.model).map_err(|err| err.to_string())?;
+                let mut engine_config = EngineConfig::new(path);
+                engine_config.context_tokens = config.context_tokens;
+                if let Some(threads) = config.threads {
+                    engine_config.threads = threads;
+                }
+                Engine::start(engine_config).map_err(|err| err.to_string())
+            })
+            .await
+            .unwrap_or_else(|err| Err(format!("the model loader crashed: {err}")));
+            if engine_generation.load(Ordering::SeqCst) != generation {
+                return;
+            }
+            match loaded {
+                Ok(engine) => {
+                    let message = format!("model {} ready ({:.0} ms)", engine.info().name, engine.info().load_ms);
+                    tracing::info!("{message}");
+                    scheduler.set_engine_state(EngineState::Ready(engine));
+                    if let Some(progress) = progress {
+                        progress.finish_with_message(message).await;
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(%err, "model failed to load");
+                    scheduler.set_engine_state(EngineState::Failed(err.clone()));
+                    if let Some(progress) = progress {
+                        progress.finish_with_message("model failed to load").await;
+                    }
+                    client
+                        .show_message(
+                            MessageType::ERROR,
+                            format!("Ghostline could not load model `{model}`: {err}. Set `model` in the Ghostline settings to a registry name (`ghostline models list`) or a .gguf path; completions are off until then."),
+                        )
+                        .await;
+                }
+            }
+        });
+    }
+
+    fn cursor_state(&self, uri: &Uri, position: Position) -> Result<CursorState> {
+        let key = uri.as_str();
+        let document = self.documents.get(key).ok_or_else(|| invalid_params(format!("document {key} is not open")))?;
+        let cursor_char_idx = documents::char_idx(&document.rope, proto::position(position), self.encoding())
+            .map_err(|err| invalid_params(format!("{key}: {err}")))?;
+        Ok(CursorState {
+            uri: key.to_string(),
+            version: document.version,
+            rope: document.rope,
+            cursor_char_idx,
+            language_id: document.language_id,
+        })
+    }
+
+    fn waiting(&self) -> Waiting {
+        if self.wants_ready_notification.load(Ordering::SeqCst) {
+            Waiting::Budget
+        } else {
+            Waiting::UntilReady
+        }
+    }
+
+    /// After an early empty answer, tells the client when the suggestion is ready.
+    fn notify_when_ready(&self, waiter: crate::scheduler::ReadyWaiter) {
+        let scheduler = self.scheduler.clone();
+        let client = self.client.clone();
+        let max_wait = Duration::from_millis(scheduler.config().max_wait_ms.max(1000) * 5);
+        let encoding = self.encoding();
+        tokio::spawn(async move {
+            let uri = waiter.uri.clone();
+            let version = waiter.version;
+            let position = documents::position(&waiter.rope, waiter.cursor_char_idx, encoding);
+            if scheduler.wait_ready(waiter, max_wait).await {
+                client
+                    .send_notification::<SuggestionReady>(json!({
+                        "uri": uri,
+                        "version": version,
+                        "position": {"line": position.line, "character": position.character},
+                    }))
+                    .await;
+            }
+        });
+    }
+
+    async fn inline_completion(&self, params: InlineCompletionParams) -> Result<Option<InlineCompletionResponse>> {
+        guarded("textDocument/inlineCompletion", async {
+            let position = params.text_document_position.position;
+            let uri = params.text_document_position.text_document.uri;
+            let state = self.cursor_state(&uri, position)?;
+            let (answer, waiter) = self.scheduler.complete(state, self.waiting()).await;
+            if let Some(waiter) = waiter {
+                self.notify_when_ready(waiter);
+            }
+            let items = match answer {
+                Answer::Ready(suggestion) => vec![InlineCompletionItem {
+                    insert_text: suggestion.text.clone(),
+                    filter_text: None,
+                    range: Some(Range { start: position, end: position }),
+                    command: Some(accept_command(&uri, &suggestion.text)),
+                    insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
+                }],
+                Answer::Empty(reason) => {
+                    tracing::debug!(?reason, "no inline suggestion");
+                    Vec::new()
+                }
+            };
+            Ok(Some(InlineCompletionResponse::List(InlineCompletionList { items })))
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<Value> {
+        guarded("ghostline/stats", async {
+            let mut stats = self.scheduler.stats_json();
+            let engine = match self.scheduler.engine_state() {
+                EngineState::NotStarted => json!({"state": "not started"}),
+                EngineState::Loading => json!({"state": "loading"}),
+                EngineState::Failed(err) => json!({"state": "failed", "error": err}),
+                EngineState::Ready(engine) => json!({"state": "ready", "model": engine.info()}),
+            };
+            stats["engine"] = engine;
+            stats["config"] = json!({"model": self.scheduler.config().model});
+            Ok(stats)
+        })
+        .await
+    }
+
+    async fn show_pending_messages(&self) {
+        let messages: Vec<String> = std::mem::take(&mut *self.pending_messages.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        for message in messages {
+            self.client.show_message(MessageType::WARNING, format!("Ghostline: {message}")).await;
+        }
+    }
+}
+
+fn accept_command(uri: &Uri, text: &str) -> Command {
+    Command {
+        title: "Ghostline: suggestion accepted".to_string(),
+        command: ACCEPT_COMMAND.to_string(),
+        arguments: Some(vec![json!({"uri": uri.as_str(), "chars": text.chars().count()})]),
+    }
+}
+
+/// The identifier characters right before the cursor (what a completion menu filters on).
+fn word_before_cursor(line_head: &str) -> &str {
+    let start = line_head
+        .char_indices()
+        .rev()
+        .take_while(|(_, ch)| ch.is_alphanumeric() || *ch == '_')
+        .last()
+        .map_or(line_head.len(), |(idx, _)| idx);
+    &line_head[start..]
+}
+
+fn cap_chars(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        return text.to_string();
+    }
+    let mut res: String = text.chars().take(max_chars).collect();
+    res.push('…');
+    res
+}
+
+impl LanguageServer for Backend {
+    async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
+        guarded("initialize", async {
+            let offers_utf8 = params
+                .capabilities
+                .general
+                .as_ref()
+                .and_then(|general| general.position_encodings.as_ref())
+                .is_some_and(|encodings| encodings.contains(&PositionEncodingKind::UTF8));
+            let encoding = if offers_utf8 { PositionEncoding::Utf8 } else { PositionEncoding::Utf16 };
+            *self.encoding.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = encoding;
+            let has_progress = params
+                .capabilities
+                .window
+                .as_ref()
+                .and_then(|window| window.work_done_progress)
+                .unwrap_or(false);
+            self.client_has_work_done_progress.store(has_progress, Ordering::SeqCst);
+            let experimental_ready = params
+                .capabilities
+                .experimental
+                .as_ref()
+                .and_then(|experimental| experimental.pointer("/ghostline/suggestionReady"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+
+            let mut config = self.scheduler.config();
+            let mut wants_ready = experimental_ready;
+            if let Some(options) = &params.initialization_options {
+                match RawSettings::from_json(options) {
+                    Ok(raw) => {
+                        wants_ready |= raw.suggestion_ready_notification.unwrap_or(false);
+                        let applied = config.apply(&raw);
+                        self.pending_messages.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(applied.errors);
+                    }
+                    Err(err) => self.pending_messages.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(err),
+                }
+            }
+            self.wants_ready_notification.store(wants_ready, Ordering::SeqCst);
+            self.scheduler.set_config(config);
+
+            Ok(InitializeResult {
+                capabilities: ServerCapabilities {
+                    position_encoding: Some(match encoding {
+                        PositionEncoding::Utf8 => PositionEncodingKind::UTF8,
+                        PositionEncoding::Utf16 => PositionEncodingKind::UTF16,
+                    }),
+                    text_document_sync: Some(TextDocumentSyncCapability::Options(TextDocumentSyncOptions {
+                        open_close: Some(true),
+                        change: Some(TextDocumentSyncKind::INCREMENTAL),
+                        save: Some(TextDocumentSyncSaveOptions::Supported(true)),
+                        ..Default::default()
+                    })),
+                    inline_completion_provider: Some(OneOf::Left(true)),
+                    completion_provider: Some(CompletionOptions { resolve_provider: Some(false), ..Default::default() }),
+                    execute_command_provider: Some(ExecuteCommandOptions {
+                        commands: vec![ACCEPT_COMMAND.to_string()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                server_info: Some(ServerInfo { name: "ghostline".to_string(), version: Some(env!("CARGO_PKG_VERSION").to_string()) }),
+                offset_encoding: None,
+            })
+        })
+        .await
+    }
+
+    async fn initialized(&self, _: InitializedParams) {
+        self.load_engine();
+        self.show_pending_messages().await;
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn did_open(&self, params: DidOpenTextDocumentParams) {
+        let document = params.text_document;
+        self.documents.open(document.uri.as_str(), &document.language_id, document.version, &document.text);
+    }
+
+    async fn did_change(&self, params: DidChangeTextDocumentParams) {
+        // No `.await` before the store is updated: edits must land in arrival order.
+        let uri = params.text_document.uri.as_str().to_string();
+        let changes: Vec<documents::Change> = params.content_changes.into_iter().map(proto::change).collect();
+        match self.documents.apply_changes(&uri, params.text_document.version, &changes, self.encoding()) {
+            Ok(outcome) => {
+                if let Some(document) = self.documents.get(&uri) {
+                    self.scheduler.on_change(CursorState {
+                        uri,
+                        version: outcome.version,
+                        rope: document.rope,
+                        cursor_char_idx: outcome.cursor_char_idx,
+                        language_id: document.language_id,
+                    });
+                }
+            }
+            Err(err) => tracing::warn!(%uri, %err, "rejected a change; the document is unchanged"),
+        }
+    }
+
+    async fn did_save(&self, _: DidSaveTextDocumentParams) {}
+
+    async fn did_close(&self, params: DidCloseTextDocumentParams) {
+        let uri = params.text_document.uri.as_str();
+        self.scheduler.cancel_for(uri);
+        self.documents.close(uri);
+    }
+
+    async fn did_change_configuration(&self, params: DidChangeConfigurationParams) {
+        let raw = match RawSettings::from_json(&params.settings) {
+            Ok(raw) => raw,
+            Err(err) => {
+                self.client.show_message(MessageType::WARNING, format!("Ghostline: {err}")).await;
+                return;
+            }
+        };
+        if let Some(wants) = raw.suggestion_ready_notification {
+            self.wants_ready_notification.store(wants, Ordering::SeqCst);
+        }
+        let mut config = self.scheduler.config();
+        let applied = config.apply(&raw);
+        self.scheduler.set_config(config);
+        if applied.engine_changed {
+            self.load_engine();
+        }
+        for error in applied.errors {
+            self.client.show_message(MessageType::WARNING, format!("Ghostline: {error}")).await;
+        }
+    }
+
+    async fn completion(&self, params: CompletionParams) -> Result<Option<CompletionResponse>> {
+        guarded("textDocument/completion", async {
+            let position = params.text_document_position.position;
+            let uri = params.text_document_position.text_document.uri;
+            let state = self.cursor_state(&uri, position)?;
+            let line_start = state.rope.line_to_char(state.rope.char_to_line(state.cursor_char_idx));
+            let line_head = state.rope.slice(line_start..state.cursor_char_idx).to_string();
+            let (answer, _) = self.scheduler.complete(state.clone(), Waiting::UntilReady).await;
+            let Answer::Ready(suggestion) = answer else {
+                return Ok(Some(CompletionResponse::List(CompletionList { is_incomplete: true, items: Vec::new() })));
+            };
+            let word = word_before_cursor(&line_head);
+            let word_start_idx = state.cursor_char_idx - word.chars().count();
+            let word_start = proto::to_position(documents::position(&state.rope, word_start_idx, self.encoding()));
+            let full_text = cap_chars(&suggestion.text, MAX_ITEM_TEXT_CHARS);
+            let first_line = suggestion.text.lines().find(|line| !line.trim().is_empty()).unwrap_or_default();
+            let label = cap_chars(&format!("{word}{}", if suggestion.text.starts_with('\n') { first_line.trim_start() } else { first_line }), MAX_LABEL_CHARS);
+            let item = CompletionItem {
+                label: label.clone(),
+                kind: Some(CompletionItemKind::TEXT),
+                detail: Some("Ghostline".to_string()),
+                documentation: Some(Documentation::MarkupContent(MarkupContent {
+                    kind: MarkupKind::Markdown,
+                    value: format!("```\n{}{}\n```", word, full_text),
+                })),
+                preselect: Some(true),
+                sort_text: Some("0".to_string()),
+                filter_text: Some(format!("{word}{}", suggestion.text.lines().next().unwrap_or_default())),
+                insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
+                text_edit: Some(CompletionTextEdit::Edit(TextEdit {
+                    range: Range { start: word_start, end: position },
+                    new_text: format!("{word}{full_text}"),
+                })),
+                command: Some(accept_command(&uri, &suggestion.text)),
+                ..Default::default()
+            };
+            Ok(Some(CompletionResponse::List(CompletionList { is_incomplete: true, items: vec![item] })))
+        })
+        .await
+    }
+
+    async fn execute_command(&self, params: ExecuteCommandParams) -> Result<Option<LSPAny>> {
+        guarded("workspace/executeCommand", async {
+            match params.command.as_str() {
+                ACCEPT_COMMAND => {
+                    self.scheduler.record_accepted();
+                    Ok(None)
+                }
+                other => Err(invalid_params(format!("unknown command `{other}`; Ghostline offers {ACCEPT_COMMAND}"))),
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_before_cursor_takes_identifier_characters() {
+        assert_eq!(word_before_cursor("    let total_sum"), "total_sum");
+        assert_eq!(word_before_cursor("print("), "");
+        assert_eq!(word_before_cursor("x = größe"), "größe");
+        assert_eq!(word_before_cursor(""), "");
+    }
+
+    #[test]
+    fn long_labels_are_capped() {
+        assert_eq!(cap_chars("abcdef", 3), "abc…");
+        assert_eq!(cap_chars("abc", 3), "abc");
+    }
+}

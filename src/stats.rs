@@ -1,0 +1,115 @@
+//! Counters and latency distributions kept by the scheduler and returned by `ghostline/stats`.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+/// The most recent samples of one latency, in milliseconds.
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    samples: VecDeque<f64>,
+}
+
+/// A summary of a histogram: count, mean and percentiles.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Summary {
+    pub count: usize,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+const MAX_SAMPLES: usize = 20_000;
+
+impl Histogram {
+    pub fn record(&mut self, value_ms: f64) {
+        if self.samples.len() == MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(value_ms);
+    }
+
+    pub fn summary(&self) -> Summary {
+        let mut sorted: Vec<f64> = self.samples.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        let count = sorted.len();
+        let mean = if count == 0 { 0.0 } else { sorted.iter().sum::<f64>() / count as f64 };
+        Summary {
+            count,
+            mean,
+            p50: percentile(&sorted, 0.50),
+            p90: percentile(&sorted, 0.90),
+            p99: percentile(&sorted, 0.99),
+            max: sorted.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted samples; 0 for none.
+pub fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (fraction * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    pub requests: u64,
+    pub answered_with_suggestion: u64,
+    pub answered_empty: u64,
+    pub typed_ahead_hits: u64,
+    pub jobs_started: u64,
+    pub jobs_superseded: u64,
+    pub ready_notifications: u64,
+    pub accepted: u64,
+    pub tokens_reused: u64,
+    pub tokens_decoded: u64,
+    pub tokens_generated: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub counters: Counters,
+    pub response_ms: Histogram,
+    pub time_to_suggestion_ms: Histogram,
+    pub model_load_ms: Option<f64>,
+}
+
+impl Stats {
+    pub fn to_json(&self) -> serde_json::Value {
+        let typed_ahead_rate = if self.counters.requests == 0 {
+            0.0
+        } else {
+            self.counters.typed_ahead_hits as f64 / self.counters.requests as f64
+        };
+        serde_json::json!({
+            "counters": self.counters,
+            "typedAheadHitRate": typed_ahead_rate,
+            "responseMs": self.response_ms.summary(),
+            "timeToSuggestionMs": self.time_to_suggestion_ms.summary(),
+            "modelLoadMs": self.model_load_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let mut histogram = Histogram::default();
+        for value in 1..=100 {
+            histogram.record(value as f64);
+        }
+        let summary = histogram.summary();
+        assert_eq!((summary.p50, summary.p90, summary.p99, summary.max), (50.0, 90.0, 99.0, 100.0));
+        assert_eq!(summary.count, 100);
+        assert_eq!(Histogram::default().summary().p99, 0.0);
+    }
+}

@@ -1,0 +1,223 @@
+//! A minimal LSP client that runs the real `ghostline` binary over stdio, as an editor would:
+//! framed JSON-RPC, requests with ids, notifications, and answers to the server's own requests.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub struct LspClient {
+    child: Child,
+    stdin: ChildStdin,
+    incoming: Receiver<Value>,
+    next_id: i64,
+    responses: HashMap<i64, Value>,
+    pub notifications: VecDeque<Value>,
+    version: i32,
+}
+
+fn read_message(reader: &mut impl BufRead) -> Option<Value> {
+    let mut content_length = None;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).ok()? == 0 {
+            return None;
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some(length) = header.strip_prefix("Content-Length: ") {
+            content_length = length.parse::<usize>().ok();
+        }
+    }
+    let mut body = vec![0u8; content_length?];
+    reader.read_exact(&mut body).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+impl LspClient {
+    /// Starts the server and completes `initialize`/`initialized`.
+    pub fn start(initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline"))
+            .arg("serve")
+            .env("GHOSTLINE_LOG", "debug")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("GHOSTLINE_TEST_STDERR").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .expect("the server starts");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, incoming) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            while let Some(message) = read_message(&mut reader) {
+                if sender.send(message).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut client = LspClient { child, stdin, incoming, next_id: 0, responses: HashMap::new(), notifications: VecDeque::new(), version: 1 };
+        let result = client.request_ok(
+            "initialize",
+            json!({"processId": null, "rootUri": null, "capabilities": capabilities, "initializationOptions": initialization_options}),
+        );
+        client.notify("initialized", json!({}));
+        (client, result)
+    }
+
+    fn send(&mut self, message: &Value) {
+        let body = serde_json::to_string(message).unwrap();
+        write!(self.stdin, "Content-Length: {}\r\n\r\n{}", body.len(), body).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    pub fn notify(&mut self, method: &str, params: Value) {
+        self.send(&json!({"jsonrpc": "2.0", "method": method, "params": params}));
+    }
+
+    pub fn send_request(&mut self, method: &str, params: Value) -> i64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        id
+    }
+
+    /// Reads one incoming message, sorting it into responses and notifications and answering
+    /// the server's requests. Returns false on timeout.
+    fn pump(&mut self, timeout: Duration) -> bool {
+        match self.incoming.recv_timeout(timeout) {
+            Ok(message) => {
+                if message.get("method").is_some() && message.get("id").is_some() {
+                    let id = message["id"].clone();
+                    self.send(&json!({"jsonrpc": "2.0", "id": id, "result": null}));
+                    self.notifications.push_back(message);
+                } else if message.get("method").is_some() {
+                    self.notifications.push_back(message);
+                } else if let Some(id) = message.get("id").and_then(Value::as_i64) {
+                    self.responses.insert(id, message);
+                }
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => panic!("the server closed its stdout"),
+        }
+    }
+
+    /// The whole response message (with `result` or `error`).
+    pub fn response(&mut self, id: i64, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(response) = self.responses.remove(&id) {
+                return response;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no response to request {id} within {timeout:?}");
+            self.pump(left);
+        }
+    }
+
+    pub fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send_request(method, params);
+        self.response(id, Duration::from_secs(60))
+    }
+
+    pub fn request_ok(&mut self, method: &str, params: Value) -> Value {
+        let response = self.request(method, params);
+        assert!(response.get("error").is_none(), "{method} failed: {response}");
+        response["result"].clone()
+    }
+
+    /// Waits for a notification of `method` matching `accept`, removing it from the queue.
+    pub fn wait_notification(&mut self, method: &str, timeout: Duration, accept: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(idx) = self.notifications.iter().position(|message| message["method"] == method && accept(&message["params"])) {
+                return self.notifications.remove(idx);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.pump(left);
+        }
+    }
+
+    /// Polls `ghostline/stats` until the engine is ready (or failed); returns the stats.
+    pub fn wait_engine(&mut self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let stats = self.request_ok("ghostline/stats", json!(null));
+            let state = stats["engine"]["state"].as_str().unwrap_or_default().to_string();
+            if state == "ready" || state == "failed" {
+                return stats;
+            }
+            assert!(Instant::now() < deadline, "engine not ready: {stats}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn open(&mut self, uri: &str, language_id: &str, text: &str) {
+        self.version = 1;
+        self.notify("textDocument/didOpen", json!({"textDocument": {"uri": uri, "languageId": language_id, "version": 1, "text": text}}));
+    }
+
+    /// Inserts `text` at (line, character), as one incremental change.
+    pub fn insert(&mut self, uri: &str, line: u32, character: u32, text: &str) {
+        self.version += 1;
+        let range = json!({"start": {"line": line, "character": character}, "end": {"line": line, "character": character}});
+        self.notify(
+            "textDocument/didChange",
+            json!({"textDocument": {"uri": uri, "version": self.version}, "contentChanges": [{"range": range, "text": text}]}),
+        );
+    }
+
+    /// Types `text` one character at a time at (line, character); returns the new character
+    /// (in UTF-16 units), assuming no line break is typed.
+    pub fn type_text(&mut self, uri: &str, line: u32, mut character: u32, text: &str) -> u32 {
+        for ch in text.chars() {
+            self.insert(uri, line, character, &ch.to_string());
+            character += ch.len_utf16() as u32;
+        }
+        character
+    }
+
+    pub fn inline_params(uri: &str, line: u32, character: u32) -> Value {
+        json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": character}, "context": {"triggerKind": 2}})
+    }
+
+    pub fn inline_completion(&mut self, uri: &str, line: u32, character: u32) -> Value {
+        self.request("textDocument/inlineCompletion", Self::inline_params(uri, line, character))
+    }
+
+    /// The text of the first inline item, or None for an empty answer.
+    pub fn inline_text(&mut self, uri: &str, line: u32, character: u32) -> Option<String> {
+        let response = self.inline_completion(uri, line, character);
+        assert!(response.get("error").is_none(), "inline completion failed: {response}");
+        response["result"]["items"].get(0).and_then(|item| item["insertText"].as_str()).map(str::to_string)
+    }
+
+    pub fn shutdown(mut self) {
+        let _ = self.request("shutdown", json!(null));
+        self.notify("exit", json!(null));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the server did not exit after shutdown/exit");
+    }
+}
+
+impl Drop for LspClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

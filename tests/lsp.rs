@@ -1,0 +1,252 @@
+//! The language server end to end: the real binary over stdio with real models, driven the way
+//! an editor drives it. One server at a time, so timings of one test do not disturb another.
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::lsp::LspClient;
+use common::{model_path, DEFAULT_MODEL, TINY_MODEL};
+
+static ONE_SERVER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_SERVER_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn start(model: &str, extra_options: Value) -> LspClient {
+    let mut options = json!({"model": model_path(model).to_str().unwrap()});
+    if let (Some(options), Some(extra)) = (options.as_object_mut(), extra_options.as_object()) {
+        options.extend(extra.clone());
+    }
+    let (mut client, _) = LspClient::start(options, json!({"general": {"positionEncodings": ["utf-16"]}}));
+    let stats = client.wait_engine();
+    assert_eq!(stats["engine"]["state"], "ready", "{stats}");
+    client
+}
+
+const CIRCLE_URI: &str = "file:///project/circle.py";
+const CIRCLE: &str = "import math\n\n\ndef circle_area(radius):\n    \"\"\"Return the area of a circle.\"\"\"\n    \n\n\nprint(circle_area(2.0))\n";
+
+#[test]
+fn initialize_negotiates_utf8_and_advertises_capabilities() {
+    let _serial = serial();
+    let (client, result) = LspClient::start(json!({"model": "smollm2-135m"}), json!({"general": {"positionEncodings": ["utf-8", "utf-16"]}}));
+    let capabilities = &result["capabilities"];
+    assert_eq!(capabilities["positionEncoding"], "utf-8");
+    assert_eq!(capabilities["textDocumentSync"]["change"], 2, "incremental sync");
+    assert_eq!(capabilities["inlineCompletionProvider"], true);
+    assert!(capabilities["completionProvider"].is_object());
+    assert_eq!(capabilities["executeCommandProvider"]["commands"][0], "ghostline.accept");
+    client.shutdown();
+
+    let (client, result) = LspClient::start(json!({}), json!({}));
+    assert_eq!(result["capabilities"]["positionEncoding"], "utf-16", "utf-16 when the client offers nothing");
+    client.shutdown();
+}
+
+#[test]
+fn typing_gets_inline_completions_and_typed_ahead_answers() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({}));
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return 3.14159 * ");
+    let suggestion = client.inline_text(CIRCLE_URI, 5, character).expect("a suggestion");
+    assert!(suggestion.starts_with("radius"), "got {suggestion:?}");
+
+    // Typing the suggestion's own characters is answered from it, without the model.
+    let character = client.type_text(CIRCLE_URI, 5, character, "ra");
+    let start = Instant::now();
+    let rest = client.inline_text(CIRCLE_URI, 5, character).expect("a typed-ahead suggestion");
+    let typed_ahead_ms = start.elapsed().as_millis();
+    assert_eq!(format!("ra{rest}"), suggestion);
+    let stats = client.request_ok("ghostline/stats", json!(null));
+    assert!(stats["counters"]["typedAheadHits"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(stats["counters"]["tokensGenerated"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["responseMs"]["count"].as_u64().unwrap() >= 2, "{stats}");
+    eprintln!("typed-ahead answer in {typed_ahead_ms} ms");
+
+    // Accepting is reported through the item's command.
+    let response = client.inline_completion(CIRCLE_URI, 5, character);
+    let command = response["result"]["items"][0]["command"].clone();
+    assert_eq!(command["command"], "ghostline.accept");
+    client.request_ok("workspace/executeCommand", json!({"command": "ghostline.accept", "arguments": command["arguments"]}));
+    let stats = client.request_ok("ghostline/stats", json!(null));
+    assert_eq!(stats["counters"]["accepted"], 1, "{stats}");
+    client.shutdown();
+}
+
+#[test]
+fn a_client_that_opts_in_is_answered_within_the_budget_and_notified_when_ready() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({"suggestionReadyNotification": true, "budgetMs": 5}));
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return 3.14159 * ");
+    // A fresh state needs the model (tens of milliseconds at least): the first answer is
+    // empty, then the notification names this state.
+    let first = client.inline_text(CIRCLE_URI, 5, character);
+    assert_eq!(first, None, "answered before the model could have finished");
+    let ready = client
+        .wait_notification("ghostline/suggestionReady", Duration::from_secs(30), |params| params["position"]["character"] == character)
+        .expect("a ready notification");
+    assert_eq!(ready["params"]["uri"], CIRCLE_URI);
+    assert_eq!(ready["params"]["position"]["line"], 5);
+    let suggestion = client.inline_text(CIRCLE_URI, 5, character).expect("ready after the notification");
+    assert!(suggestion.contains("radius"), "got {suggestion:?}");
+    client.shutdown();
+}
+
+#[test]
+fn a_cancelled_request_is_answered_request_cancelled() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({}));
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    // A document with no change yet: the request itself starts the model, which takes longer
+    // than the cancellation takes to arrive.
+    let id = client.send_request("textDocument/inlineCompletion", LspClient::inline_params(CIRCLE_URI, 5, 4));
+    client.notify("$/cancelRequest", json!({"id": id}));
+    let response = client.response(id, Duration::from_secs(30));
+    assert_eq!(response["error"]["code"], -32800, "{response}");
+    // The server goes on answering.
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return 3.14159 * ");
+    assert!(client.inline_text(CIRCLE_URI, 5, character).is_some());
+    client.shutdown();
+}
+
+#[test]
+fn a_newer_change_supersedes_a_waiting_request() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({}));
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return 3.14159 * ");
+    let first = client.send_request("textDocument/inlineCompletion", LspClient::inline_params(CIRCLE_URI, 5, character));
+    // A change that no suggestion can cover (a different line) starts a new job.
+    client.insert(CIRCLE_URI, 0, 11, "\nimport os");
+    let first = client.response(first, Duration::from_secs(30));
+    assert_eq!(first["result"]["items"], json!([]), "the superseded request is answered empty: {first}");
+    let stats = client.request_ok("ghostline/stats", json!(null));
+    assert!(stats["counters"]["jobsSuperseded"].as_u64().unwrap() >= 1, "{stats}");
+    let second = client.inline_text(CIRCLE_URI, 6, character).expect("the newer state gets a suggestion");
+    assert!(second.contains("radius"), "{second:?}");
+    client.shutdown();
+}
+
+#[test]
+fn utf16_positions_with_emoji_and_cjk() {
+    let _serial = serial();
+    let mut client = start(TINY_MODEL, json!({}));
+    let uri = "file:///project/greeting.py";
+    client.open(uri, "python", "greeting = \"😀 漢字\"\nname = \"世界\"\n");
+    // After the emoji (2 UTF-16 units) and two CJK characters (1 unit each).
+    let end_of_line_0 = 11 + 1 + 2 + 1 + 2 + 1;
+    client.insert(uri, 0, end_of_line_0, " + name");
+    let character = end_of_line_0 + 7;
+    let response = client.inline_completion(uri, 0, character);
+    assert!(response.get("error").is_none(), "{response}");
+    // A position inside the surrogate pair of the emoji is a clear error.
+    let inside = client.inline_completion(uri, 0, 13);
+    assert_eq!(inside["error"]["code"], -32602, "{inside}");
+    assert!(inside["error"]["message"].as_str().unwrap().contains("inside a character"), "{inside}");
+    // The line is as long as the client thinks: one past its end clamps to the end.
+    let clamped = client.inline_completion(uri, 0, character + 5);
+    assert!(clamped.get("error").is_none(), "{clamped}");
+    if let Some(item) = response["result"]["items"].get(0) {
+        assert_eq!(item["range"]["start"], json!({"line": 0, "character": character}));
+    }
+    client.shutdown();
+}
+
+#[test]
+fn crlf_documents_complete_without_carriage_returns_in_suggestions() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({}));
+    let uri = "file:///project/crlf.py";
+    client.open(uri, "python", "def circle_area(radius):\r\n    \r\n\r\nprint(circle_area(2))\r\n");
+    let character = client.type_text(uri, 1, 4, "return 3.14159 * ");
+    let suggestion = client.inline_text(uri, 1, character).expect("a suggestion");
+    assert!(suggestion.contains("radius") && !suggestion.contains('\r'), "{suggestion:?}");
+    client.shutdown();
+}
+
+#[test]
+fn unknown_documents_and_positions_out_of_range_are_clear_errors() {
+    let _serial = serial();
+    let mut client = start(TINY_MODEL, json!({}));
+    let response = client.inline_completion("file:///never/opened.rs", 0, 0);
+    assert_eq!(response["error"]["code"], -32602, "{response}");
+    assert!(response["error"]["message"].as_str().unwrap().contains("is not open"), "{response}");
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let response = client.inline_completion(CIRCLE_URI, 400, 0);
+    assert_eq!(response["error"]["code"], -32602, "{response}");
+    assert!(response["error"]["message"].as_str().unwrap().contains("past the end"), "{response}");
+    // An edit with an impossible range is rejected and the document stays as it was.
+    client.insert(CIRCLE_URI, 900, 0, "garbage");
+    let response = client.request("textDocument/completion", json!({"textDocument": {"uri": CIRCLE_URI}, "position": {"line": 8, "character": 0}}));
+    assert!(response.get("error").is_none(), "line 8 still exists: {response}");
+    client.shutdown();
+}
+
+#[test]
+fn completion_items_for_clients_without_ghost_text() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({}));
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return 3.14159 * rad");
+    let result = client.request_ok(
+        "textDocument/completion",
+        json!({"textDocument": {"uri": CIRCLE_URI}, "position": {"line": 5, "character": character}}),
+    );
+    assert_eq!(result["isIncomplete"], true);
+    let item = &result["items"][0];
+    let label = item["label"].as_str().unwrap();
+    assert!(label.starts_with("radius"), "{item}");
+    assert!(label.chars().count() <= 61);
+    assert_eq!(item["textEdit"]["range"]["start"], json!({"line": 5, "character": character - 3}), "covers the word being typed");
+    assert!(item["textEdit"]["newText"].as_str().unwrap().starts_with("radius"), "{item}");
+    assert!(item["filterText"].as_str().unwrap().starts_with("rad"), "{item}");
+    client.shutdown();
+}
+
+#[test]
+fn configuration_changes_apply_and_invalid_values_are_reported() {
+    let _serial = serial();
+    let mut client = start(TINY_MODEL, json!({"maxTokens": "many"}));
+    let warning = client
+        .wait_notification("window/showMessage", Duration::from_secs(10), |params| params["message"].as_str().unwrap_or_default().contains("maxTokens"))
+        .expect("the invalid initialization option is reported");
+    assert_eq!(warning["params"]["type"], 2);
+
+    client.notify("workspace/didChangeConfiguration", json!({"settings": {"ghostline": {"languages": ["rust"], "budgetMs": -4}}}));
+    client
+        .wait_notification("window/showMessage", Duration::from_secs(10), |params| params["message"].as_str().unwrap_or_default().contains("budgetMs"))
+        .expect("the invalid value is reported");
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return ");
+    assert_eq!(client.inline_text(CIRCLE_URI, 5, character), None, "python is no longer enabled");
+    let rust_uri = "file:///project/lib.rs";
+    client.open(rust_uri, "rust", "fn double(value: i32) -> i32 {\n    \n}\n");
+    let character = client.type_text(rust_uri, 1, 4, "value *");
+    let response = client.inline_completion(rust_uri, 1, character);
+    assert!(response.get("error").is_none(), "{response}");
+    client.shutdown();
+}
+
+#[test]
+fn a_missing_model_is_reported_and_the_server_stays_up() {
+    let _serial = serial();
+    let (mut client, _) = LspClient::start(json!({"model": "/nonexistent/models/missing.gguf"}), json!({}));
+    let message = client
+        .wait_notification("window/showMessage", Duration::from_secs(30), |params| params["type"] == 1)
+        .expect("an error message");
+    let text = message["params"]["message"].as_str().unwrap();
+    assert!(text.contains("could not load model") && text.contains("does not exist"), "{text}");
+    let stats = client.wait_engine();
+    assert_eq!(stats["engine"]["state"], "failed");
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return ");
+    assert_eq!(client.inline_text(CIRCLE_URI, 5, character), None, "answered empty, not an error");
+    client.shutdown();
+}
