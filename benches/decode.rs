@@ -1,0 +1,91 @@
+//! Generation speed of Ghostline's engine against llama.cpp's own `llama-bench`, same model,
+//! same threads, same prompt depth, in the same run.
+//!
+//! `cargo bench --bench decode` (set GHOSTLINE_PEER_BIN to the folder with `llama-bench`, or let
+//! it use the one `benches/build-peer.sh` builds). Prints ms/token for both and the ratio of
+//! speeds (Ghostline / llama-bench; 1.0 means the same speed). When run as a test (`cargo test
+//! --benches`) it does one short round on the tiny model to check that it works.
+
+use std::process::Command;
+use std::time::Duration;
+
+use ghostline::engine::{Engine, EngineConfig, GenerateParams, Prompt, StopRules};
+
+const N_GENERATE: usize = 64;
+
+fn engine_ms_per_token(engine: &Engine, depth_tokens: usize, rounds: usize) -> Vec<f64> {
+    let mut res = Vec::new();
+    for round in 0..rounds {
+        // A prompt of about `depth_tokens` tokens that invites a long continuation; a different
+        // first line per round so no KV reuse flatters the figure.
+        let mut text = format!("# round {round}: the integers, one per line\nvalues = [\n");
+        let mut value = 0;
+        while engine.tokenize(&text).map(|tokens| tokens.len()).unwrap_or(0) < depth_tokens {
+            text.push_str(&format!("    {value},\n"));
+            value += 1;
+        }
+        let mut prompt = Prompt::default();
+        prompt.push_text(text);
+        let params = GenerateParams {
+            max_tokens: N_GENERATE,
+            stop: StopRules::multi_line(0),
+            deadline: None,
+            token_healing: false,
+        };
+        let completion = engine.complete_blocking(prompt, params).expect("generation works");
+        if completion.generated_tokens >= 8 {
+            res.push(completion.generation_ms / completion.generated_tokens as f64);
+        }
+    }
+    res
+}
+
+fn llama_bench_ms_per_token(bin_dir: &str, model: &str, depth_tokens: usize, threads: usize) -> Option<f64> {
+    let output = Command::new(format!("{bin_dir}/llama-bench"))
+        .args(["-m", model, "-p", "0", "-n", &N_GENERATE.to_string(), "-d", &depth_tokens.to_string()])
+        .args(["-t", &threads.to_string(), "-r", "3", "-o", "json"])
+        .output()
+        .ok()?;
+    let results: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    let tokens_per_second = results.get(0)?.get("avg_ts")?.as_f64()?;
+    Some(1000.0 / tokens_per_second)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn main() {
+    let quick = !std::env::args().any(|arg| arg == "--bench");
+    let model_name = if quick { "smollm2-135m" } else { ghostline::models::DEFAULT_MODEL };
+    let model = ghostline::models::resolve(model_name).expect("model available");
+    let engine = Engine::start(EngineConfig::new(model.clone())).expect("engine starts");
+    let threads = engine.info().threads;
+    let depths: &[usize] = if quick { &[32] } else { &[128, 512] };
+    println!("model {} ({}), threads {threads}, {N_GENERATE} tokens generated per round", engine.info().name, model_name);
+    println!("load {:.0} ms", engine.info().load_ms);
+    let peer_dir = std::env::var("GHOSTLINE_PEER_BIN").ok().or_else(|| {
+        let dir = dirs::cache_dir()?.join("ghostline/peer/build/bin");
+        dir.join("llama-bench").exists().then(|| dir.to_string_lossy().into_owned())
+    });
+    for &depth in depths {
+        let mut ghostline = engine_ms_per_token(&engine, depth, if quick { 1 } else { 5 });
+        assert!(!ghostline.is_empty(), "the engine generated too few tokens to measure");
+        let ghostline_ms = median(&mut ghostline);
+        let peer_ms = if quick { None } else { peer_dir.as_deref().and_then(|dir| llama_bench_ms_per_token(dir, model.to_str().unwrap(), depth, threads)) };
+        match peer_ms {
+            Some(peer_ms) => println!(
+                "depth {depth}: ghostline {ghostline_ms:.2} ms/token, llama-bench {peer_ms:.2} ms/token, speed ratio {:.3}",
+                peer_ms / ghostline_ms
+            ),
+            None => println!("depth {depth}: ghostline {ghostline_ms:.2} ms/token (no llama-bench run)"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(line) = status.lines().find(|line| line.starts_with("VmHWM")) {
+            println!("peak RSS {}", line.trim_start_matches("VmHWM:").trim());
+        }
+    }
+}
