@@ -13,9 +13,9 @@ use ghostline::engine::{Engine, EngineConfig, GenerateParams, Prompt, StopRules}
 
 const N_GENERATE: usize = 64;
 
-fn engine_ms_per_token(engine: &Engine, depth_tokens: usize, rounds: usize) -> Vec<f64> {
-    let mut res = Vec::new();
-    for round in 0..rounds {
+fn engine_ms_per_token(engine: &Engine, depth_tokens: usize, round: usize) -> Option<f64> {
+    let mut res = None;
+    {
         // A prompt of about `depth_tokens` tokens that invites a long continuation; a different
         // first line per round so no KV reuse flatters the figure.
         let mut text = format!("# round {round}: the integers, one per line\nvalues = [\n");
@@ -34,7 +34,7 @@ fn engine_ms_per_token(engine: &Engine, depth_tokens: usize, rounds: usize) -> V
         };
         let completion = engine.complete_blocking(prompt, params).expect("generation works");
         if completion.generated_tokens >= 8 {
-            res.push(completion.generation_ms / completion.generated_tokens as f64);
+            res = Some(completion.generation_ms / completion.generated_tokens as f64);
         }
     }
     res
@@ -43,7 +43,7 @@ fn engine_ms_per_token(engine: &Engine, depth_tokens: usize, rounds: usize) -> V
 fn llama_bench_ms_per_token(bin_dir: &str, model: &str, depth_tokens: usize, threads: usize) -> Option<f64> {
     let output = Command::new(format!("{bin_dir}/llama-bench"))
         .args(["-m", model, "-p", "0", "-n", &N_GENERATE.to_string(), "-d", &depth_tokens.to_string()])
-        .args(["-t", &threads.to_string(), "-r", "3", "-o", "json"])
+        .args(["-t", &threads.to_string(), "-r", "1", "-o", "json"])
         .output()
         .ok()?;
     let results: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
@@ -60,28 +60,51 @@ fn main() {
     let quick = !std::env::args().any(|arg| arg == "--bench");
     let model_name = if quick { "smollm2-135m" } else { ghostline::models::DEFAULT_MODEL };
     let model = ghostline::models::resolve(model_name).expect("model available");
-    let engine = Engine::start(EngineConfig::new(model.clone())).expect("engine starts");
+    let mut engine_config = EngineConfig::new(model.clone());
+    // GHOSTLINE_BENCH_CONTEXT sets the context size (default: the engine's own default).
+    if let Some(context_tokens) = std::env::var("GHOSTLINE_BENCH_CONTEXT").ok().and_then(|value| value.parse().ok()) {
+        engine_config.context_tokens = context_tokens;
+    }
+    let engine = Engine::start(engine_config).expect("engine starts");
     let threads = engine.info().threads;
     let depths: &[usize] = if quick { &[32] } else { &[128, 512] };
-    println!("model {} ({}), threads {threads}, {N_GENERATE} tokens generated per round", engine.info().name, model_name);
+    println!(
+        "model {} ({}), threads {threads}, context {} tokens, {N_GENERATE} tokens generated per round",
+        engine.info().name,
+        model_name,
+        engine.info().context_tokens
+    );
     println!("load {:.0} ms", engine.info().load_ms);
     let peer_dir = std::env::var("GHOSTLINE_PEER_BIN").ok().or_else(|| {
         let dir = dirs::cache_dir()?.join("ghostline/peer/build/bin");
         dir.join("llama-bench").exists().then(|| dir.to_string_lossy().into_owned())
     });
+    // Rounds interleave the two, so machine noise hits both; each figure is a median.
+    let rounds = if quick { 1 } else { 7 };
     for &depth in depths {
-        let mut ghostline = engine_ms_per_token(&engine, depth, if quick { 1 } else { 5 });
+        let mut ghostline = Vec::new();
+        let mut peer = Vec::new();
+        for round in 0..rounds {
+            ghostline.extend(engine_ms_per_token(&engine, depth, round));
+            if !quick {
+                if let Some(dir) = peer_dir.as_deref() {
+                    peer.extend(llama_bench_ms_per_token(dir, model.to_str().unwrap(), depth, threads));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         assert!(!ghostline.is_empty(), "the engine generated too few tokens to measure");
         let ghostline_ms = median(&mut ghostline);
-        let peer_ms = if quick { None } else { peer_dir.as_deref().and_then(|dir| llama_bench_ms_per_token(dir, model.to_str().unwrap(), depth, threads)) };
-        match peer_ms {
-            Some(peer_ms) => println!(
-                "depth {depth}: ghostline {ghostline_ms:.2} ms/token, llama-bench {peer_ms:.2} ms/token, speed ratio {:.3}",
+        if peer.is_empty() {
+            println!("depth {depth}: ghostline {ghostline_ms:.2} ms/token (no llama-bench run)");
+        } else {
+            let peer_ms = median(&mut peer);
+            println!(
+                "depth {depth}: ghostline {ghostline_ms:.2} ms/token, llama-bench {peer_ms:.2} ms/token (medians of {} interleaved rounds), speed ratio {:.3}",
+                ghostline.len(),
                 peer_ms / ghostline_ms
-            ),
-            None => println!("depth {depth}: ghostline {ghostline_ms:.2} ms/token (no llama-bench run)"),
+            );
         }
-        std::thread::sleep(Duration::from_millis(200));
     }
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
         if let Some(line) = status.lines().find(|line| line.starts_with("VmHWM")) {
