@@ -58,10 +58,11 @@ pub enum DocumentError {
     StaleVersion { new: i32, current: i32 },
 }
 
-/// Where the cursor probably is after a change: the end of the last inserted text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The document after a change, and where the cursor probably is: the end of the last
+/// inserted text.
+#[derive(Debug, Clone)]
 pub struct EditOutcome {
-    pub version: i32,
+    pub document: Document,
     pub cursor_char_idx: usize,
 }
 
@@ -130,7 +131,7 @@ impl DocumentStore {
         }
         entry.rope = rope;
         entry.version = version;
-        Ok(EditOutcome { version, cursor_char_idx })
+        Ok(EditOutcome { document: entry.clone(), cursor_char_idx })
     }
 }
 

@@ -102,6 +102,7 @@ struct ActiveJob {
 }
 
 /// The text of a cursor's line, split at the cursor.
+#[derive(Clone)]
 struct LineSplit {
     line: usize,
     head: String,
@@ -123,13 +124,6 @@ fn split_line(rope: &Rope, cursor_char_idx: usize) -> Option<LineSplit> {
         head: rope.slice(line_start..cursor_char_idx).to_string(),
         tail: rope.slice(cursor_char_idx..line_end).to_string(),
     })
-}
-
-/// How a cursor state relates to the active job.
-enum Relation {
-    /// Same line, same tail, the head grew by `typed` characters.
-    TypedAhead { typed: String },
-    Unrelated,
 }
 
 pub struct Scheduler {
@@ -211,14 +205,15 @@ impl Scheduler {
         if self.ready_engine().is_none() || !config.language_enabled(&state.language_id) {
             return;
         }
-        if self.covers(&state, &config) {
+        let Some(split) = split_line(&state.rope, state.cursor_char_idx) else { return };
+        if self.covering_job(&state, &split, &config).is_some() {
             return;
         }
         // Adaptive debounce: an isolated keystroke starts the engine at once; a burst (a held
         // key, a paste in pieces) waits until it pauses.
         let in_burst = previous_change.is_some_and(|(_, _, at)| now.duration_since(at) < Duration::from_millis(config.debounce_ms * 2));
         if config.debounce_ms == 0 || !in_burst {
-            self.start_job(&state, &config);
+            self.start_job(&state, split, &config);
             return;
         }
         let scheduler = Arc::clone(self);
@@ -227,60 +222,43 @@ impl Scheduler {
             if scheduler.change_counter.load(std::sync::atomic::Ordering::SeqCst) != change_id {
                 return;
             }
-            if !scheduler.covers(&state, &config) {
-                scheduler.start_job(&state, &config);
+            if scheduler.covering_job(&state, &split, &config).is_none() {
+                scheduler.start_job(&state, split, &config);
             }
         });
     }
 
-    /// Whether the active job can serve this state (now or when it finishes).
-    fn covers(&self, state: &CursorState, config: &Config) -> bool {
-        let Some(active) = self.lock_active().clone() else { return false };
-        match self.relation(&active, state) {
-            Relation::TypedAhead { typed } => {
-                if typed.is_empty() {
-                    return true;
-                }
-                if !config.typed_ahead {
-                    return false;
-                }
-                let progress = active.job.snapshot();
-                let finished_with_error = matches!(progress.done, Some(Err(_)));
-                let superseded = matches!(&progress.done, Some(Ok(completion)) if matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled));
-                if finished_with_error || superseded {
-                    return false;
-                }
-                if progress.text.is_empty() {
-                    // Nothing to compare the typed characters with yet: a new job is cheap (it
-                    // reuses the KV cache of this one) and is for the right state.
-                    return false;
-                }
-                if progress.text.starts_with(&typed) {
-                    // Typed characters agree with the suggestion; something must remain.
-                    return progress.done.is_none() || progress.text.len() > typed.len();
-                }
+    /// The active job, if it can serve this state (now or when it finishes).
+    fn covering_job(&self, state: &CursorState, split: &LineSplit, config: &Config) -> Option<Arc<ActiveJob>> {
+        let active = self.lock_active().clone()?;
+        let typed = typed_ahead(&active.anchor, &state.uri, split)?;
+        if typed.is_empty() {
+            return Some(active);
+        }
+        if !config.typed_ahead {
+            return None;
+        }
+        let progress = active.job.snapshot();
+        let finished_with_error = matches!(progress.done, Some(Err(_)));
+        let superseded = matches!(&progress.done, Some(Ok(completion)) if matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled));
+        if finished_with_error || superseded {
+            return None;
+        }
+        // With no text yet there is nothing to compare the typed characters with: a new job is
+        // cheap (it reuses the KV cache of this one) and is for the right state.
+        let covers = !progress.text.is_empty()
+            && if progress.text.starts_with(typed) {
+                // Typed characters agree with the suggestion; something must remain.
+                progress.done.is_none() || progress.text.len() > typed.len()
+            } else {
                 // The suggestion may still grow into what was typed.
                 progress.done.is_none() && typed.starts_with(progress.text.as_str())
-            }
-            Relation::Unrelated => false,
-        }
+            };
+        covers.then_some(active)
     }
 
-    fn relation(&self, active: &ActiveJob, state: &CursorState) -> Relation {
-        let Some(split) = split_line(&state.rope, state.cursor_char_idx) else { return Relation::Unrelated };
-        let anchor = &active.anchor;
-        if anchor.uri != state.uri || anchor.line != split.line || anchor.line_tail != split.tail {
-            return Relation::Unrelated;
-        }
-        match split.head.strip_prefix(anchor.line_head.as_str()) {
-            Some(typed) => Relation::TypedAhead { typed: typed.to_string() },
-            None => Relation::Unrelated,
-        }
-    }
-
-    fn start_job(&self, state: &CursorState, config: &Config) -> Option<Arc<ActiveJob>> {
+    fn start_job(&self, state: &CursorState, split: LineSplit, config: &Config) -> Option<Arc<ActiveJob>> {
         let engine = self.ready_engine()?;
-        let split = split_line(&state.rope, state.cursor_char_idx)?;
         let line_start = state.rope.line_to_char(split.line);
         let cursor = CursorPosition { line: split.line, column: state.cursor_char_idx - line_start };
         let built = context::build_prompt(&state.rope, cursor, &config.windows, engine.info().special).ok()?;
@@ -374,17 +352,17 @@ impl Scheduler {
             Waiting::UntilReady => Duration::from_millis(config.max_wait_ms),
         };
         let deadline = Instant::now() + wait;
-        let current = self.lock_active().clone();
-        let mut active = match current {
-            Some(active) if self.covers(state, &config) => active,
-            _ => match self.start_job(state, &config) {
+        let covering = self.covering_job(state, &split, &config);
+        let mut active = match covering {
+            Some(active) => active,
+            None => match self.start_job(state, split.clone(), &config) {
                 Some(active) => active,
                 None => return (Answer::Empty(EmptyReason::BadPosition), None),
             },
         };
         let mut restarted = false;
         loop {
-            let typed = split.head.strip_prefix(active.anchor.line_head.as_str()).unwrap_or_default().to_string();
+            let typed = typed_ahead(&active.anchor, &state.uri, &split).unwrap_or_default().to_string();
             let mut progress = active.job.subscribe();
             let finished = tokio::time::timeout_at(deadline.into(), progress.wait_for(|progress| progress.done.is_some()))
                 .await
@@ -399,7 +377,7 @@ impl Scheduler {
                         && matches!(&snapshot.done, Some(Ok(completion)) if !matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled));
                     if mismatched && !restarted {
                         restarted = true;
-                        match self.start_job(state, &config) {
+                        match self.start_job(state, split.clone(), &config) {
                             Some(next) => {
                                 active = next;
                                 continue;
@@ -447,6 +425,15 @@ impl Scheduler {
         }
         useful
     }
+}
+
+/// The characters typed since the anchor's state, if this split is that state plus typing: the
+/// same document and line, the same text after the cursor, and a head that extends the anchor's.
+fn typed_ahead<'split>(anchor: &Anchor, uri: &str, split: &'split LineSplit) -> Option<&'split str> {
+    if anchor.uri != uri || anchor.line != split.line || anchor.line_tail != split.tail {
+        return None;
+    }
+    split.head.strip_prefix(anchor.line_head.as_str())
 }
 
 /// Builds the answer from a finished job's progress for a state `typed` characters ahead.

@@ -17,8 +17,10 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_SERVER_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Starts a server on `model`. These tests check behaviour, not latency, so a client that waits
+/// for suggestions waits long enough for a loaded machine (the default is 2 s).
 fn start(model: &str, extra_options: Value) -> LspClient {
-    let mut options = json!({"model": model_path(model).to_str().unwrap()});
+    let mut options = json!({"model": model_path(model).to_str().unwrap(), "maxWaitMs": 30000});
     if let (Some(options), Some(extra)) = (options.as_object_mut(), extra_options.as_object()) {
         options.extend(extra.clone());
     }

@@ -388,17 +388,13 @@ impl LanguageServer for Backend {
         let uri = params.text_document.uri.as_str().to_string();
         let changes: Vec<documents::Change> = params.content_changes.into_iter().map(proto::change).collect();
         match self.documents.apply_changes(&uri, params.text_document.version, &changes, self.encoding()) {
-            Ok(outcome) => {
-                if let Some(document) = self.documents.get(&uri) {
-                    self.scheduler.on_change(CursorState {
-                        uri,
-                        version: outcome.version,
-                        rope: document.rope,
-                        cursor_char_idx: outcome.cursor_char_idx,
-                        language_id: document.language_id,
-                    });
-                }
-            }
+            Ok(outcome) => self.scheduler.on_change(CursorState {
+                uri,
+                version: outcome.document.version,
+                rope: outcome.document.rope,
+                cursor_char_idx: outcome.cursor_char_idx,
+                language_id: outcome.document.language_id,
+            }),
             Err(err) => tracing::warn!(%uri, %err, "rejected a change; the document is unchanged"),
         }
     }
