@@ -136,6 +136,16 @@ fn models_list_names_both_registry_models() {
 }
 
 #[test]
+fn models_path_prints_the_cached_verified_file() {
+    let expected = model_path(TINY_MODEL);
+    let output = ghostline(&["models", "path", TINY_MODEL]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), expected.to_str().unwrap());
+    let output = ghostline(&["models", "path", "no-such-model"]);
+    assert_eq!(output.status.code(), Some(4));
+}
+
+#[test]
 fn doctor_reports_cpu_features() {
     let output = ghostline(&["doctor"]);
     assert!(output.status.success(), "{}", stderr(&output));
