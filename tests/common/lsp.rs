@@ -40,11 +40,17 @@ fn read_message(reader: &mut impl BufRead) -> Option<Value> {
 }
 
 impl LspClient {
-    /// Starts the server and completes `initialize`/`initialized`.
+    /// Starts the server (logging at debug level) and completes `initialize`/`initialized`.
     pub fn start(initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
+        Self::start_logging("debug", initialization_options, capabilities)
+    }
+
+    /// Starts the server with the given `GHOSTLINE_LOG` filter and completes
+    /// `initialize`/`initialized`.
+    pub fn start_logging(log_filter: &str, initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline"))
             .arg("serve")
-            .env("GHOSTLINE_LOG", "debug")
+            .env("GHOSTLINE_LOG", log_filter)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(if std::env::var_os("GHOSTLINE_TEST_STDERR").is_some() { Stdio::inherit() } else { Stdio::null() })
@@ -68,6 +74,16 @@ impl LspClient {
         );
         client.notify("initialized", json!({}));
         (client, result)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The version of the latest change sent.
+    pub fn version(&self) -> i32 {
+        self.version
     }
 
     fn send(&mut self, message: &Value) {

@@ -1,0 +1,568 @@
+//! Typing replay: Ghostline against llama.cpp's `llama-server` on the same model, same cases,
+//! same run.
+//!
+//! Each case opens a real source file, blanks one line after its indentation and types it back,
+//! one keystroke at a time, as an editor would: Ghostline over stdio (didChange, then
+//! inlineCompletion; with the human cadence as a client that takes `ghostline/suggestionReady`),
+//! the peer through `/infill` as llama.vim drives it. A simulated user presses Tab to accept the
+//! suggestion's next word when it is right. Servers take turns case by case, so machine noise
+//! hits all of them.
+//!
+//! `cargo bench --bench replay -- [--cases N] [--seed S] [--cadence human|wait]
+//!  [--interval-ms MS] [--jitter-ms MS] [--model NAME|PATH] [--threads N] [--languages a,b]
+//!  [--no-peer] [--regression] [--max-keys N] [--out DIR]`
+//!
+//! Cadences: `human` types a key every interval ± jitter (a fixed seed), and a suggestion counts
+//! when it arrives before the next key; `wait` types the next key as soon as the current one has
+//! its answer (Ghostline then runs as a client without the ready notification). `--regression`
+//! adds a Ghostline run with typed-ahead reuse switched off, which must come out visibly worse.
+//! Under `cargo test` it runs a quick check on the tiny model: a few keystrokes, output well formed.
+
+#[allow(dead_code)]
+#[path = "../tests/common/lsp.rs"]
+mod lsp;
+
+#[path = "replay/corpus.rs"]
+mod corpus;
+#[path = "replay/metrics.rs"]
+mod metrics;
+#[path = "replay/peer.rs"]
+mod peer;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use corpus::{Case, Rng};
+use lsp::LspClient;
+use metrics::{Keystroke, ServerTotals};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cadence {
+    Human { interval_ms: f64, jitter_ms: f64 },
+    Wait,
+}
+
+struct Options {
+    cases: usize,
+    seed: u64,
+    cadence: Cadence,
+    model: String,
+    threads: usize,
+    languages: Vec<String>,
+    peer: bool,
+    regression: bool,
+    max_keys: Option<usize>,
+    out: PathBuf,
+    quick: bool,
+}
+
+fn parse_options() -> Options {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = !args.iter().any(|arg| arg == "--bench");
+    let value = |name: &str| args.iter().position(|arg| arg == name).and_then(|idx| args.get(idx + 1)).cloned();
+    let number = |name: &str, default: f64| value(name).map(|text| text.parse::<f64>().unwrap_or_else(|_| panic!("{name} takes a number"))).unwrap_or(default);
+    let interval_ms = number("--interval-ms", 120.0);
+    let jitter_ms = number("--jitter-ms", 40.0);
+    let cadence = match value("--cadence").as_deref() {
+        None | Some("human") => Cadence::Human { interval_ms, jitter_ms },
+        Some("wait") => Cadence::Wait,
+        Some(other) => panic!("--cadence is human or wait, not {other}"),
+    };
+    Options {
+        cases: number("--cases", if quick { 2.0 } else { 24.0 }) as usize,
+        seed: number("--seed", 1.0) as u64,
+        cadence,
+        model: value("--model").unwrap_or_else(|| if quick { "smollm2-135m" } else { ghostline::models::DEFAULT_MODEL }.to_string()),
+        threads: number("--threads", ghostline::engine::physical_cores() as f64) as usize,
+        languages: value("--languages").map(|list| list.split(',').map(str::to_string).collect()).unwrap_or_default(),
+        peer: !quick && !args.iter().any(|arg| arg == "--no-peer"),
+        regression: args.iter().any(|arg| arg == "--regression"),
+        max_keys: value("--max-keys").map(|text| text.parse().expect("--max-keys takes a number")).or(quick.then_some(6)),
+        out: value("--out").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/replay")),
+        quick,
+    }
+}
+
+/// The simulated user: types the line's characters, or presses Tab to take the suggestion's
+/// next word when that word is what they were about to type.
+struct Typist {
+    content: Vec<char>,
+    position: usize,
+}
+
+/// The next word of a suggestion: its leading whitespace, then a run of word characters or a
+/// run of other non-space characters.
+fn next_word(suggestion: &str) -> String {
+    let first_line = suggestion.split('\n').next().unwrap_or_default();
+    let mut chars = first_line.chars().peekable();
+    let mut word = String::new();
+    while let Some(ch) = chars.next_if(|ch| ch.is_whitespace()) {
+        word.push(ch);
+    }
+    let is_word = |ch: &char| ch.is_alphanumeric() || *ch == '_';
+    match chars.peek() {
+        Some(ch) if is_word(ch) => word.extend(std::iter::from_fn(|| chars.next_if(is_word))),
+        Some(_) => word.extend(std::iter::from_fn(|| chars.next_if(|ch| !is_word(ch) && !ch.is_whitespace()))),
+        None => {}
+    }
+    word
+}
+
+impl Typist {
+    fn new(content: &str) -> Typist {
+        Typist { content: content.chars().collect(), position: 0 }
+    }
+
+    fn done(&self) -> bool {
+        self.position >= self.content.len()
+    }
+
+    fn rest(&self) -> String {
+        self.content[self.position..].iter().collect()
+    }
+
+    fn typed(&self) -> String {
+        self.content[..self.position].iter().collect()
+    }
+
+    /// The text of the next keystroke and, for a Tab, how many characters it accepts.
+    fn next(&mut self, shown: Option<&str>) -> (String, Option<usize>) {
+        let rest = self.rest();
+        if let Some(word) = shown.map(next_word) {
+            let length = word.chars().count();
+            if length >= 2 && rest.starts_with(&word) {
+                self.position += length;
+                return (word, Some(length));
+            }
+        }
+        self.position += 1;
+        (rest.chars().next().map(String::from).unwrap_or_default(), None)
+    }
+}
+
+/// Characters of the suggestion's first line that equal the real rest of the line.
+fn correct_chars(suggestion: Option<&str>, rest: &str) -> usize {
+    let Some(suggestion) = suggestion else { return 0 };
+    let first_line = suggestion.split('\n').next().unwrap_or_default();
+    first_line.chars().zip(rest.chars()).take_while(|(a, b)| a == b).count()
+}
+
+fn intervals(cadence: Cadence, seed: u64, case_idx: usize) -> impl FnMut() -> Option<Duration> {
+    let mut rng = Rng::new(seed ^ (case_idx as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+    move || match cadence {
+        Cadence::Human { interval_ms, jitter_ms } => Some(Duration::from_secs_f64((interval_ms + jitter_ms * rng.symmetric()).max(1.0) / 1000.0)),
+        Cadence::Wait => None,
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds (user + system, all threads) and peak RSS in MiB of a process.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let peak_kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    (ticks / clock_ticks(), peak_kib / 1024.0)
+}
+
+trait Driver {
+    fn name(&self) -> String;
+    fn run_case(&mut self, case: &Case, case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> Vec<Keystroke>;
+    /// Totals since the driver was ready.
+    fn totals(&mut self) -> ServerTotals;
+}
+
+struct GhostlineDriver {
+    name: String,
+    client: LspClient,
+    notified: bool,
+    cpu_at_start: f64,
+}
+
+impl GhostlineDriver {
+    fn start(name: &str, model: &Path, threads: usize, cadence: Cadence, typed_ahead: bool) -> GhostlineDriver {
+        let notified = matches!(cadence, Cadence::Human { .. });
+        let settings = json!({
+            "model": model.to_string_lossy(),
+            "threads": threads,
+            "suggestionReadyNotification": notified,
+            "maxWaitMs": 60000,
+            "typedAhead": typed_ahead,
+        });
+        let (mut client, _) = LspClient::start_logging("warn", settings, json!({"general": {"positionEncodings": ["utf-16"]}}));
+        let stats = client.wait_engine();
+        assert_eq!(stats["engine"]["state"], "ready", "Ghostline's engine did not start: {stats}");
+        let cpu_at_start = process_usage(client.pid()).0;
+        GhostlineDriver { name: name.to_string(), client, notified, cpu_at_start }
+    }
+
+    fn stats(&mut self) -> Value {
+        self.client.request_ok("ghostline/stats", json!(null))
+    }
+
+    fn suggestion_of(response: &Value) -> Option<String> {
+        let text = response["result"]["items"].get(0)?["insertText"].as_str()?;
+        (!text.trim().is_empty()).then(|| text.to_string())
+    }
+}
+
+impl Driver for GhostlineDriver {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn run_case(&mut self, case: &Case, case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> Vec<Keystroke> {
+        let file_name = case.path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        let uri = format!("file:///replay/{case_idx}/{file_name}");
+        self.client.open(&uri, case.language, &case.blanked_text());
+        let line = case.line as u32;
+        let mut column = case.indent.encode_utf16().count() as u32;
+        let mut typist = Typist::new(&case.content);
+        let mut shown: Option<String> = None;
+        let mut typed_ahead_hits = self.stats()["counters"]["typedAheadHits"].as_u64().unwrap_or(0);
+        let mut keystrokes = Vec::new();
+        while !typist.done() {
+            let (text, accepted_word) = typist.next(shown.as_deref());
+            let interval = next_interval();
+            self.client.notifications.retain(|message| message["method"] != "ghostline/suggestionReady");
+            let keystroke = Instant::now();
+            self.client.insert(&uri, line, column, &text);
+            column += text.encode_utf16().count() as u32;
+            let response = self.client.inline_completion(&uri, line, column);
+            assert!(response.get("error").is_none(), "inline completion failed: {response}");
+            let response_ms = ms(keystroke);
+            shown = Self::suggestion_of(&response);
+            let mut suggestion_ms = shown.as_ref().map(|_| response_ms);
+            if let (None, true, Some(interval)) = (&shown, self.notified, interval) {
+                let version = self.client.version();
+                let left = interval.saturating_sub(keystroke.elapsed());
+                let ready = self.client.wait_notification("ghostline/suggestionReady", left, |params| {
+                    params["uri"] == uri.as_str() && params["version"] == version && params["position"]["character"] == column
+                });
+                if ready.is_some() {
+                    let response = self.client.inline_completion(&uri, line, column);
+                    shown = Self::suggestion_of(&response);
+                    suggestion_ms = shown.as_ref().map(|_| ms(keystroke));
+                }
+            }
+            let hits = self.stats()["counters"]["typedAheadHits"].as_u64().unwrap_or(0);
+            keystrokes.push(Keystroke {
+                language: case.language,
+                response_ms: Some(response_ms),
+                suggestion_ms,
+                typed_ahead: hits > typed_ahead_hits,
+                correct_chars: correct_chars(shown.as_deref(), &typist.rest()),
+                accepted_word,
+            });
+            typed_ahead_hits = hits;
+            if let Some(interval) = interval {
+                std::thread::sleep(interval.saturating_sub(keystroke.elapsed()));
+            }
+        }
+        self.client.notify("textDocument/didClose", json!({"textDocument": {"uri": uri}}));
+        keystrokes
+    }
+
+    fn totals(&mut self) -> ServerTotals {
+        let stats = self.stats();
+        let (cpu, rss) = process_usage(self.client.pid());
+        ServerTotals {
+            prompt_tokens: stats["counters"]["tokensDecoded"].as_u64().unwrap_or(0),
+            cpu_seconds: cpu - self.cpu_at_start,
+            peak_rss_mib: rss,
+            typed_ahead_hits: stats["counters"]["typedAheadHits"].as_u64().unwrap_or(0),
+        }
+    }
+}
+
+/// Answers of the peer's worker thread: the line head asked for and the answer.
+type PeerAnswer = (String, Result<peer::InfillAnswer, String>);
+
+struct PeerDriver {
+    server: peer::PeerServer,
+    requests: mpsc::Sender<(String, String)>,
+    answers: mpsc::Receiver<PeerAnswer>,
+    prompt_tokens: u64,
+    typed_ahead_hits: u64,
+    errors: u64,
+    cpu_at_start: f64,
+}
+
+impl PeerDriver {
+    fn start(bin_dir: &Path, model: &Path, threads: usize) -> Result<PeerDriver, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map_err(|err| err.to_string())?.port();
+        let server = peer::PeerServer::start(bin_dir, model, threads, port)?;
+        let (requests, worker_requests) = mpsc::channel::<(String, String)>();
+        let (worker_answers, answers) = mpsc::channel();
+        std::thread::spawn(move || {
+            for (head, body) in worker_requests {
+                if worker_answers.send((head, peer::infill(port, &body))).is_err() {
+                    break;
+                }
+            }
+        });
+        let cpu_at_start = process_usage(server.pid()).0;
+        Ok(PeerDriver { server, requests, answers, prompt_tokens: 0, typed_ahead_hits: 0, errors: 0, cpu_at_start })
+    }
+}
+
+impl Driver for PeerDriver {
+    fn name(&self) -> String {
+        "llama-server".to_string()
+    }
+
+    fn run_case(&mut self, case: &Case, _case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> Vec<Keystroke> {
+        let next_nonblank = case.lines[case.line + 1..].iter().find(|line| !line.trim().is_empty()).map(String::as_str);
+        let mut cache = peer::AnswerCache::default();
+        let mut in_flight = false;
+        let mut typist = Typist::new(&case.content);
+        let mut shown: Option<String> = None;
+        let mut keystrokes = Vec::new();
+        while !typist.done() {
+            let (_, accepted_word) = typist.next(shown.as_deref());
+            let interval = next_interval();
+            let keystroke = Instant::now();
+            let head = format!("{}{}", case.indent, typist.typed());
+            let mut response_ms = None;
+            let mut suggestion_ms = None;
+            let mut typed_ahead = false;
+            shown = None;
+            // What the client shows for this state from its cache, if anything.
+            let mut try_cache = |cache: &peer::AnswerCache, shown: &mut Option<String>| -> bool {
+                let Some((content, from_typed_ahead)) = cache.lookup(&head) else { return false };
+                response_ms = Some(ms(keystroke));
+                *shown = peer::rendered(&content, &head, next_nonblank);
+                if shown.is_some() {
+                    suggestion_ms = response_ms;
+                    typed_ahead = from_typed_ahead;
+                }
+                true
+            };
+            let mut answered = try_cache(&cache, &mut shown);
+            if !answered && !in_flight {
+                let context = peer::infill_context(&case.lines, case.line, &head, "");
+                self.requests.send((head.clone(), peer::infill_body(&context))).expect("the peer's worker runs");
+                in_flight = true;
+            }
+            let deadline = interval.map(|interval| keystroke + interval);
+            loop {
+                if answered && deadline.is_none() {
+                    break;
+                }
+                let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(300));
+                if !in_flight {
+                    std::thread::sleep(left);
+                    break;
+                }
+                match self.answers.recv_timeout(left) {
+                    Ok((asked, answer)) => {
+                        in_flight = false;
+                        let content = match answer {
+                            Ok(answer) => {
+                                self.prompt_tokens += answer.prompt_tokens;
+                                answer.content
+                            }
+                            Err(err) => {
+                                self.errors += 1;
+                                eprintln!("peer error: {err}");
+                                String::new()
+                            }
+                        };
+                        cache.insert(&asked, content);
+                        if !answered {
+                            answered = try_cache(&cache, &mut shown);
+                        }
+                        if !answered && !cache.contains(&head) {
+                            let context = peer::infill_context(&case.lines, case.line, &head, "");
+                            self.requests.send((head.clone(), peer::infill_body(&context))).expect("the peer's worker runs");
+                            in_flight = true;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if typed_ahead {
+                self.typed_ahead_hits += 1;
+            }
+            keystrokes.push(Keystroke {
+                language: case.language,
+                response_ms,
+                suggestion_ms,
+                typed_ahead,
+                correct_chars: correct_chars(shown.as_deref(), &typist.rest()),
+                accepted_word,
+            });
+        }
+        // The request still running belongs to this case: let it finish before the next turn.
+        if in_flight {
+            let _ = self.answers.recv_timeout(Duration::from_secs(300));
+        }
+        keystrokes
+    }
+
+    fn totals(&mut self) -> ServerTotals {
+        let (cpu, rss) = process_usage(self.server.pid());
+        if self.errors > 0 {
+            eprintln!("the peer answered {} requests with errors", self.errors);
+        }
+        ServerTotals { prompt_tokens: self.prompt_tokens, cpu_seconds: cpu - self.cpu_at_start, peak_rss_mib: rss, typed_ahead_hits: self.typed_ahead_hits }
+    }
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo.lines().find_map(|line| line.strip_prefix("model name")).map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|value| value.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0 / 1024.0);
+    json!({
+        "cpu": cpu,
+        "logicalCpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "physicalCores": ghostline::engine::physical_cores(),
+        "memoryGiB": memory,
+    })
+}
+
+fn main() {
+    let options = parse_options();
+    let model = ghostline::models::resolve(&options.model).unwrap_or_else(|err| panic!("model {}: {err}", options.model));
+    let sources = corpus::sources(&options.languages);
+    for (language, files) in &sources {
+        println!("corpus: {language}: {} files", files.len());
+    }
+    let mut cases = corpus::pick_cases(&sources, options.cases, options.seed);
+    assert!(!cases.is_empty(), "no source files found for the replay (Python standard library, cargo registry, node_modules)");
+    if let Some(max_keys) = options.max_keys {
+        for case in &mut cases {
+            case.content = case.content.chars().take(max_keys).collect();
+        }
+    }
+    let cadence_text = match options.cadence {
+        Cadence::Human { interval_ms, jitter_ms } => format!("human: a key every {interval_ms} ± {jitter_ms} ms"),
+        Cadence::Wait => "wait: next key once the current one has its answer".to_string(),
+    };
+    println!("model {} ({}), threads {}, {} cases, seed {}, cadence {cadence_text}", options.model, model.display(), options.threads, cases.len(), options.seed);
+
+    let mut drivers: Vec<Box<dyn Driver>> = vec![Box::new(GhostlineDriver::start("ghostline", &model, options.threads, options.cadence, true))];
+    if options.peer {
+        match peer::peer_bin_dir() {
+            Some(dir) => match PeerDriver::start(&dir, &model, options.threads) {
+                Ok(driver) => drivers.push(Box::new(driver)),
+                Err(err) => eprintln!("no peer in this run: {err}"),
+            },
+            None => eprintln!("no peer in this run: llama-server not found (run benches/build-peer.sh or set GHOSTLINE_PEER_BIN)"),
+        }
+    }
+    if options.regression {
+        drivers.push(Box::new(GhostlineDriver::start("ghostline typedAhead=off", &model, options.threads, options.cadence, false)));
+    }
+
+    let started = Instant::now();
+    let mut keystrokes: Vec<Vec<Keystroke>> = vec![Vec::new(); drivers.len()];
+    for (case_idx, case) in cases.iter().enumerate() {
+        let file = case.path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        println!("case {case_idx:>2} {:<10} {file}:{} `{}`", case.language, case.line + 1, case.content);
+        // Take turns, starting with a different server each case.
+        for turn in 0..drivers.len() {
+            let idx = (case_idx + turn) % drivers.len();
+            let mut next_interval = intervals(options.cadence, options.seed, case_idx);
+            keystrokes[idx].extend(drivers[idx].run_case(case, case_idx, &mut next_interval));
+        }
+    }
+    let names: Vec<String> = drivers.iter().map(|driver| driver.name()).collect();
+    let totals: Vec<ServerTotals> = drivers.iter_mut().map(|driver| driver.totals()).collect();
+    drop(drivers);
+
+    let mut languages: Vec<&'static str> = cases.iter().map(|case| case.language).collect();
+    languages.sort();
+    languages.dedup();
+    let chars_in = |language: Option<&str>| cases.iter().filter(|case| language.is_none_or(|language| case.language == language)).map(|case| case.content.chars().count()).sum::<usize>();
+    let mut runs = Vec::new();
+    for (idx, name) in names.iter().enumerate() {
+        let all: Vec<&Keystroke> = keystrokes[idx].iter().collect();
+        let mut by_language = serde_json::Map::new();
+        for language in &languages {
+            let subset: Vec<&Keystroke> = keystrokes[idx].iter().filter(|key| key.language == *language).collect();
+            by_language.insert(language.to_string(), metrics::summarize(&subset, chars_in(Some(language)), None));
+        }
+        runs.push(json!({"name": name, "all": metrics::summarize(&all, chars_in(None), Some(&totals[idx])), "languages": by_language}));
+    }
+
+    let alls: Vec<&Value> = runs.iter().map(|run| &run["all"]).collect();
+    println!("\nall languages ({} s of replay):\n{}", started.elapsed().as_secs(), metrics::table(&names, &alls));
+    for language in &languages {
+        let figures: Vec<&Value> = runs.iter().map(|run| &run["languages"][*language]).collect();
+        println!("{language}:\n{}", metrics::table(&names, &figures));
+    }
+    let ratios: serde_json::Map<String, Value> = if runs.len() >= 2 {
+        metrics::ROWS
+            .iter()
+            .filter_map(|(_, pointer, _)| Some((pointer.trim_start_matches('/').replace('/', "."), json!(metrics::ratio(alls[0].pointer(pointer), alls[1].pointer(pointer))?))))
+            .collect()
+    } else {
+        serde_json::Map::new()
+    };
+    let report = json!({
+        "machine": machine(),
+        "model": {"name": options.model, "file": model.file_name().map(|name| name.to_string_lossy().into_owned())},
+        "threads": options.threads,
+        "cadence": cadence_text,
+        "seed": options.seed,
+        "cases": cases.iter().map(|case| json!({
+            "language": case.language,
+            "file": case.path.to_string_lossy(),
+            "line": case.line + 1,
+            "text": case.content,
+        })).collect::<Vec<_>>(),
+        "runs": runs,
+        "ratiosFirstToSecond": ratios,
+    });
+    std::fs::create_dir_all(&options.out).expect("the output folder can be made");
+    let json_path = options.out.join("replay.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report).unwrap()).expect("the JSON report is written");
+    let curves: Vec<(String, Vec<Option<f64>>, Vec<Option<f64>>)> = names
+        .iter()
+        .zip(&keystrokes)
+        .map(|(name, keys)| (name.clone(), keys.iter().map(|key| key.response_ms).collect(), keys.iter().map(|key| key.suggestion_ms).collect()))
+        .collect();
+    let title = format!("{} keystrokes per server, {} cases, {}, {cadence_text}", keystrokes[0].len(), cases.len(), options.model);
+    let svg_path = options.out.join("replay.svg");
+    std::fs::write(&svg_path, metrics::svg(&title, &curves)).expect("the picture is written");
+    println!("wrote {} and {}", json_path.display(), svg_path.display());
+
+    if options.quick {
+        // The harness ran and its output is well formed (timings are not judged here).
+        let read: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).expect("the report is valid JSON");
+        let all = &read["runs"][0]["all"];
+        assert!(all["keystrokes"].as_u64().unwrap() > 0, "no keystrokes were replayed");
+        assert!(all["responseMs"]["p50"].as_f64().is_some(), "every Ghostline keystroke is answered: {all}");
+        for (_, pointer, _) in metrics::ROWS {
+            assert!(all.pointer(pointer).is_some(), "the report lacks {pointer}");
+        }
+        let picture = std::fs::read_to_string(&svg_path).unwrap();
+        assert!(picture.starts_with("<svg") && picture.contains("<polyline") && picture.trim_end().ends_with("</svg>"));
+    }
+}

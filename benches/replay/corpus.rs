@@ -1,0 +1,221 @@
+//! Replay cases from real code that is on the machine without being part of this repository:
+//! the Python standard library, the Rust crates of this project's Cargo.lock in cargo's registry,
+//! and JavaScript under node_modules folders where there are any. Cases are picked by a seed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One line of a real file, to be blanked after its indentation and typed back.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub path: PathBuf,
+    pub language: &'static str,
+    /// The file's lines, without line breaks.
+    pub lines: Vec<String>,
+    /// The line to type (0-based).
+    pub line: usize,
+    pub indent: String,
+    /// What is typed: the line after its indentation.
+    pub content: String,
+}
+
+impl Case {
+    /// The document as opened: the case line holds only its indentation.
+    pub fn blanked_text(&self) -> String {
+        let mut text = String::new();
+        for (idx, line) in self.lines.iter().enumerate() {
+            text.push_str(if idx == self.line { &self.indent } else { line });
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// A small deterministic generator (SplitMix64), so a seed gives the same cases everywhere the
+/// same files are.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, bound: usize) -> usize {
+        (self.next_u64() % bound.max(1) as u64) as usize
+    }
+
+    /// Uniform in [-1, 1].
+    pub fn symmetric(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+}
+
+fn walk(dir: &Path, extension: &str, skip: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if skip(&path) {
+            continue;
+        }
+        let Ok(kind) = entry.file_type() else { continue };
+        if kind.is_dir() {
+            walk(&path, extension, skip, out);
+        } else if kind.is_file() && path.extension().is_some_and(|ext| ext == extension) {
+            out.push(path);
+        }
+    }
+}
+
+fn has_component(path: &Path, names: &[&str]) -> bool {
+    path.components().any(|component| names.iter().any(|name| component.as_os_str() == *name))
+}
+
+fn python_files() -> Vec<PathBuf> {
+    let Ok(output) = Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"]).output() else {
+        return Vec::new();
+    };
+    let stdlib = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let mut files = Vec::new();
+    let skip = |path: &Path| has_component(path, &["test", "tests", "site-packages", "dist-packages", "__pycache__", "idle_test"]);
+    walk(&stdlib, "py", &skip, &mut files);
+    files
+}
+
+/// The `name-version` folders of this project's locked dependencies.
+fn locked_crates() -> Vec<String> {
+    let lock = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock")).unwrap_or_default();
+    let mut crates = Vec::new();
+    let mut name = None;
+    for line in lock.lines() {
+        if let Some(value) = line.strip_prefix("name = ") {
+            name = Some(value.trim_matches('"').to_string());
+        } else if let Some(value) = line.strip_prefix("version = ") {
+            if let Some(name) = name.take() {
+                crates.push(format!("{name}-{}", value.trim_matches('"')));
+            }
+        }
+    }
+    crates
+}
+
+fn rust_files() -> Vec<PathBuf> {
+    let cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| dirs::home_dir().map(|home| home.join(".cargo")));
+    let Some(registry) = cargo_home.map(|home| home.join("registry/src")) else { return Vec::new() };
+    let locked = locked_crates();
+    let mut files = Vec::new();
+    let skip = |path: &Path| has_component(path, &["tests", "benches", "examples", "target", "vendor"]);
+    for index in std::fs::read_dir(&registry).into_iter().flatten().flatten() {
+        for krate in std::fs::read_dir(index.path()).into_iter().flatten().flatten() {
+            if locked.iter().any(|name| krate.file_name() == name.as_str()) {
+                walk(&krate.path(), "rs", &skip, &mut files);
+            }
+        }
+    }
+    files
+}
+
+fn javascript_files() -> Vec<PathBuf> {
+    let mut roots = vec![PathBuf::from("/usr/lib/node_modules"), PathBuf::from("/usr/share/nodejs")];
+    let editors = Path::new(env!("CARGO_MANIFEST_DIR")).join("editors");
+    for entry in std::fs::read_dir(editors).into_iter().flatten().flatten() {
+        roots.push(entry.path().join("node_modules"));
+    }
+    let mut files = Vec::new();
+    let skip = |path: &Path| {
+        has_component(path, &["test", "tests", "dist", "umd", "esm", "min"])
+            || path.file_name().is_some_and(|name| name.to_string_lossy().ends_with(".min.js"))
+    };
+    for root in roots {
+        walk(&root, "js", &skip, &mut files);
+    }
+    files
+}
+
+/// The languages with files on this machine, each with its files in a stable order.
+pub fn sources(wanted: &[String]) -> Vec<(&'static str, Vec<PathBuf>)> {
+    let mut sources = Vec::new();
+    for language in ["python", "rust", "javascript"] {
+        if !wanted.is_empty() && !wanted.iter().any(|name| name == language) {
+            continue;
+        }
+        let mut files = match language {
+            "python" => python_files(),
+            "rust" => rust_files(),
+            _ => javascript_files(),
+        };
+        files.sort();
+        files.dedup();
+        if !files.is_empty() {
+            sources.push((language, files));
+        }
+    }
+    sources
+}
+
+fn is_comment(trimmed: &str) -> bool {
+    ["#", "//", "/*", "*", "\"\"\"", "'''", "--"].iter().any(|marker| trimmed.starts_with(marker))
+}
+
+/// A line worth typing: real code of moderate length with context above and below.
+fn good_line(lines: &[String], idx: usize) -> bool {
+    let content = lines[idx].trim();
+    let length = content.chars().count();
+    idx >= 8
+        && idx + 2 < lines.len()
+        && (12..=72).contains(&length)
+        && !is_comment(content)
+        && !content.contains('\t')
+        && content.chars().filter(|ch| ch.is_alphanumeric()).count() * 2 >= length
+}
+
+fn pick_from_file(path: &Path, language: &'static str, rng: &mut Rng) -> Option<Case> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.len() > 256 * 1024 {
+        return None;
+    }
+    let text = String::from_utf8(bytes).ok()?;
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    if lines.len() < 20 {
+        return None;
+    }
+    for _ in 0..64 {
+        let idx = rng.below(lines.len());
+        if good_line(&lines, idx) {
+            let line = &lines[idx];
+            let content = line.trim_start().trim_end().to_string();
+            let indent = line[..line.len() - line.trim_start().len()].to_string();
+            return Some(Case { path: path.to_path_buf(), language, lines, line: idx, indent, content });
+        }
+    }
+    None
+}
+
+/// `count` cases spread evenly over the languages found, chosen by `seed`.
+pub fn pick_cases(sources: &[(&'static str, Vec<PathBuf>)], count: usize, seed: u64) -> Vec<Case> {
+    let mut rng = Rng::new(seed);
+    let mut cases = Vec::new();
+    if sources.is_empty() {
+        return cases;
+    }
+    let mut attempts = 0;
+    while cases.len() < count && attempts < count * 200 {
+        let (language, files) = &sources[cases.len() % sources.len()];
+        attempts += 1;
+        let path = &files[rng.below(files.len())];
+        if cases.iter().any(|case: &Case| &case.path == path) {
+            continue;
+        }
+        if let Some(case) = pick_from_file(path, language, &mut rng) {
+            cases.push(case);
+        }
+    }
+    cases
+}
