@@ -10,7 +10,7 @@
 //!
 //! `cargo bench --bench replay -- [--cases N] [--seed S] [--cadence human|wait]
 //!  [--interval-ms MS] [--jitter-ms MS] [--model NAME|PATH] [--threads N] [--languages a,b]
-//!  [--no-peer] [--regression] [--max-keys N] [--out DIR]`
+//!  [--no-peer] [--regression] [--max-keys N] [--settings JSON] [--out DIR]`
 //!
 //! Cadences: `human` types a key every interval ± jitter (a fixed seed), and a suggestion counts
 //! when it arrives before the next key; `wait` types the next key as soon as the current one has
@@ -55,6 +55,8 @@ struct Options {
     peer: bool,
     regression: bool,
     max_keys: Option<usize>,
+    /// Extra Ghostline settings (a JSON object), for trying a variant.
+    settings: Value,
     out: PathBuf,
     quick: bool,
 }
@@ -81,6 +83,7 @@ fn parse_options() -> Options {
         peer: !quick && !args.iter().any(|arg| arg == "--no-peer"),
         regression: args.iter().any(|arg| arg == "--regression"),
         max_keys: value("--max-keys").map(|text| text.parse().expect("--max-keys takes a number")).or(quick.then_some(6)),
+        settings: value("--settings").map(|text| serde_json::from_str(&text).expect("--settings takes a JSON object")).unwrap_or_else(|| json!({})),
         out: value("--out").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/replay")),
         quick,
     }
@@ -158,6 +161,11 @@ fn intervals(cadence: Cadence, seed: u64, case_idx: usize) -> impl FnMut() -> Op
     }
 }
 
+/// GHOSTLINE_REPLAY_TRACE=1 prints every keystroke to stderr.
+fn trace() -> bool {
+    std::env::var_os("GHOSTLINE_REPLAY_TRACE").is_some()
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
@@ -200,15 +208,18 @@ struct GhostlineDriver {
 }
 
 impl GhostlineDriver {
-    fn start(name: &str, model: &Path, threads: usize, cadence: Cadence, typed_ahead: bool) -> GhostlineDriver {
+    fn start(name: &str, model: &Path, threads: usize, cadence: Cadence, typed_ahead: bool, extra: &Value) -> GhostlineDriver {
         let notified = matches!(cadence, Cadence::Human { .. });
-        let settings = json!({
+        let mut settings = json!({
             "model": model.to_string_lossy(),
             "threads": threads,
             "suggestionReadyNotification": notified,
             "maxWaitMs": 60000,
             "typedAhead": typed_ahead,
         });
+        for (key, value) in extra.as_object().into_iter().flatten() {
+            settings[key] = value.clone();
+        }
         let (mut client, _) = LspClient::start_logging("warn", settings, json!({"general": {"positionEncodings": ["utf-16"]}}));
         let stats = client.wait_engine();
         assert_eq!(stats["engine"]["state"], "ready", "Ghostline's engine did not start: {stats}");
@@ -275,6 +286,10 @@ impl Driver for GhostlineDriver {
                 accepted_word,
             });
             typed_ahead_hits = hits;
+            if trace() {
+                let last = keystrokes.last().unwrap();
+                eprintln!("  {} {text:?}: answer {:?} ms, suggestion {:?} ms {shown:?}", self.name, last.response_ms.map(|v| v.round()), last.suggestion_ms.map(|v| v.round()));
+            }
             if let Some(interval) = interval {
                 std::thread::sleep(interval.saturating_sub(keystroke.elapsed()));
             }
@@ -404,6 +419,9 @@ impl Driver for PeerDriver {
             if typed_ahead {
                 self.typed_ahead_hits += 1;
             }
+            if trace() {
+                eprintln!("  peer {head:?}: answer {:?} ms, suggestion {:?} ms {shown:?}", response_ms.map(|v| v.round()), suggestion_ms.map(|v| v.round()));
+            }
             keystrokes.push(Keystroke {
                 language: case.language,
                 response_ms,
@@ -466,7 +484,7 @@ fn main() {
     };
     println!("model {} ({}), threads {}, {} cases, seed {}, cadence {cadence_text}", options.model, model.display(), options.threads, cases.len(), options.seed);
 
-    let mut drivers: Vec<Box<dyn Driver>> = vec![Box::new(GhostlineDriver::start("ghostline", &model, options.threads, options.cadence, true))];
+    let mut drivers: Vec<Box<dyn Driver>> = vec![Box::new(GhostlineDriver::start("ghostline", &model, options.threads, options.cadence, true, &options.settings))];
     if options.peer {
         match peer::peer_bin_dir() {
             Some(dir) => match PeerDriver::start(&dir, &model, options.threads) {
@@ -477,7 +495,7 @@ fn main() {
         }
     }
     if options.regression {
-        drivers.push(Box::new(GhostlineDriver::start("ghostline typedAhead=off", &model, options.threads, options.cadence, false)));
+        drivers.push(Box::new(GhostlineDriver::start("ghostline typedAhead=off", &model, options.threads, options.cadence, false, &options.settings)));
     }
 
     let started = Instant::now();
@@ -531,6 +549,7 @@ fn main() {
         "threads": options.threads,
         "cadence": cadence_text,
         "seed": options.seed,
+        "ghostlineSettings": options.settings,
         "cases": cases.iter().map(|case| json!({
             "language": case.language,
             "file": case.path.to_string_lossy(),

@@ -87,6 +87,11 @@ pub struct ReadyWaiter {
     pub rope: Rope,
     progress: watch::Receiver<Progress>,
     keystroke: Instant,
+    /// The characters typed since the job's state, and the cursor line's split.
+    typed: String,
+    split: LineSplit,
+    /// The length of the suggestion already answered (0 for an empty answer).
+    answered_chars: usize,
 }
 
 struct Anchor {
@@ -134,6 +139,8 @@ pub struct Scheduler {
     /// The instant of the latest change, per URI, and a counter of changes (for debouncing).
     last_change: Mutex<Option<(String, i32, Instant)>>,
     change_counter: std::sync::atomic::AtomicU64,
+    /// Recent generation speed (ms per token, a moving average; 0 until measured).
+    ms_per_token: Arc<Mutex<f64>>,
 }
 
 impl Scheduler {
@@ -145,6 +152,7 @@ impl Scheduler {
             stats_handle: Arc::new(Mutex::new(Stats::default())),
             last_change: Mutex::new(None),
             change_counter: std::sync::atomic::AtomicU64::new(0),
+            ms_per_token: Arc::new(Mutex::new(0.0)),
         })
     }
 
@@ -288,9 +296,15 @@ impl Scheduler {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let mut progress = active.job.subscribe();
         let stats = self.stats_handle.clone();
+        let ms_per_token = self.ms_per_token.clone();
         runtime.spawn(async move {
             let Ok(progress) = progress.wait_for(|progress| progress.done.is_some()).await else { return };
             if let Some(Ok(completion)) = &progress.done {
+                if completion.generated_tokens >= 2 {
+                    let measured = completion.generation_ms / completion.generated_tokens as f64;
+                    let mut average = ms_per_token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    *average = if *average == 0.0 { measured } else { 0.8 * *average + 0.2 * measured };
+                }
                 let mut stats = stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 stats.counters.tokens_reused += completion.reused_tokens as u64;
                 stats.counters.tokens_decoded += completion.decoded_tokens as u64;
@@ -347,11 +361,12 @@ impl Scheduler {
         let Some(split) = split_line(&state.rope, state.cursor_char_idx) else {
             return (Answer::Empty(EmptyReason::BadPosition), None);
         };
-        let wait = match waiting {
-            Waiting::Budget => Duration::from_millis(config.budget_ms),
-            Waiting::UntilReady => Duration::from_millis(config.max_wait_ms),
+        // The budget counts from the keystroke, not from the request: the editor sees the
+        // whole time since the key was pressed.
+        let deadline = match waiting {
+            Waiting::Budget => keystroke + Duration::from_millis(config.budget_ms),
+            Waiting::UntilReady => keystroke + Duration::from_millis(config.max_wait_ms),
         };
-        let deadline = Instant::now() + wait;
         let covering = self.covering_job(state, &split, &config);
         let mut active = match covering {
             Some(active) => active,
@@ -364,11 +379,37 @@ impl Scheduler {
         loop {
             let typed = typed_ahead(&active.anchor, &state.uri, &split).unwrap_or_default().to_string();
             let mut progress = active.job.subscribe();
-            let finished = tokio::time::timeout_at(deadline.into(), progress.wait_for(|progress| progress.done.is_some()))
-                .await
-                .map(|res| res.map(|_| ()));
+            // A client that is told when the suggestion grows may be shown its first words while
+            // the rest is generated; any other client gets the whole suggestion.
+            let partial_ok = waiting == Waiting::Budget;
+            let wait_until = if partial_ok && !self.may_grow_before(&active.job.snapshot(), deadline) { Instant::now() } else { deadline };
+            let settled = tokio::time::timeout_at(
+                wait_until.into(),
+                progress.wait_for(|progress| progress.done.is_some() || (partial_ok && partial_suggestion(progress, &typed, &split).is_some())),
+            )
+            .await
+            .map(|res| res.map(|_| ()));
             let snapshot = progress.borrow().clone();
-            match finished {
+            let waiter = |answered_chars: usize| ReadyWaiter {
+                uri: state.uri.clone(),
+                version: state.version,
+                cursor_char_idx: state.cursor_char_idx,
+                rope: state.rope.clone(),
+                progress: progress.clone(),
+                keystroke,
+                typed: typed.clone(),
+                split: split.clone(),
+                answered_chars,
+            };
+            match settled {
+                Ok(Ok(())) if snapshot.done.is_none() => {
+                    // The first words are ready; the client hears again when there is more.
+                    let Some(suggestion) = partial_suggestion(&snapshot, &typed, &split) else {
+                        return (Answer::Empty(EmptyReason::NotReadyYet), Some(waiter(0)));
+                    };
+                    let answered_chars = suggestion.text.chars().count();
+                    return (Answer::Ready(suggestion), Some(waiter(answered_chars)));
+                }
                 Ok(Ok(())) => {
                     let answer = answer_from(&snapshot, &typed, &split);
                     // A job that finished with text the user did not type (it was followed
@@ -388,40 +429,49 @@ impl Scheduler {
                     return (answer, None);
                 }
                 Ok(Err(_)) => return (Answer::Empty(EmptyReason::Outdated), None),
-                Err(_) if waiting == Waiting::Budget => {
-                    let waiter = ReadyWaiter {
-                        uri: state.uri.clone(),
-                        version: state.version,
-                        cursor_char_idx: state.cursor_char_idx,
-                        rope: state.rope.clone(),
-                        progress,
-                        keystroke,
-                    };
-                    return (Answer::Empty(EmptyReason::NotReadyYet), Some(waiter));
-                }
+                Err(_) if waiting == Waiting::Budget => return (Answer::Empty(EmptyReason::NotReadyYet), Some(waiter(0))),
                 Err(_) => return (Answer::Empty(EmptyReason::NotReadyYet), None),
             }
         }
     }
 
-    /// Waits until the suggestion behind an early answer is ready; returns whether it is worth
-    /// a ready notification (a non-empty suggestion that was not superseded).
+    /// Whether a job may publish a token before `deadline`: not while its prompt is still being
+    /// decoded (a prompt step plus a token take longer than any budget), nor when the next token
+    /// is due after it. Waiting then would only delay an empty answer.
+    fn may_grow_before(&self, progress: &Progress, deadline: Instant) -> bool {
+        if progress.done.is_some() {
+            return true;
+        }
+        let ms_per_token = *self.ms_per_token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match progress.updated_at {
+            _ if ms_per_token == 0.0 => true,
+            None => false,
+            Some(updated_at) => updated_at + Duration::from_secs_f64(ms_per_token * 0.7 / 1000.0) <= deadline,
+        }
+    }
+
+    /// Waits until the suggestion behind an early answer grows past what was answered (its first
+    /// words, or the whole of it); returns whether that is worth a ready notification.
     pub async fn wait_ready(&self, mut waiter: ReadyWaiter, max_wait: Duration) -> bool {
-        let Ok(Ok(progress)) = tokio::time::timeout(max_wait, waiter.progress.wait_for(|progress| progress.done.is_some())).await else {
+        let grown = |progress: &Progress| match &progress.done {
+            Some(_) => true,
+            None => partial_suggestion(progress, &waiter.typed, &waiter.split).is_some_and(|partial| partial.text.chars().count() > waiter.answered_chars),
+        };
+        let Ok(Ok(progress)) = tokio::time::timeout(max_wait, waiter.progress.wait_for(grown)).await else {
             return false;
         };
+        let progress = progress.clone();
+        let longer = |suggestion: &Suggestion| suggestion.text.chars().count() > waiter.answered_chars;
         let useful = match &progress.done {
-            Some(Ok(completion)) => {
-                !matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled)
-                    && !completion.text.trim().is_empty()
-            }
-            _ => false,
+            None => partial_suggestion(&progress, &waiter.typed, &waiter.split).is_some_and(|suggestion| longer(&suggestion)),
+            Some(_) => matches!(answer_from(&progress, &waiter.typed, &waiter.split), Answer::Ready(suggestion) if longer(&suggestion)),
         };
-        drop(progress);
-        if useful {
+        if useful && waiter.answered_chars == 0 {
             let mut stats = self.stats_mut();
             stats.counters.ready_notifications += 1;
             stats.time_to_suggestion_ms.record(ms_since(waiter.keystroke));
+        } else if useful {
+            self.stats_mut().counters.ready_notifications += 1;
         }
         useful
     }
@@ -434,6 +484,29 @@ fn typed_ahead<'split>(anchor: &Anchor, uri: &str, split: &'split LineSplit) -> 
         return None;
     }
     split.head.strip_prefix(anchor.line_head.as_str())
+}
+
+/// The complete words of a suggestion still being generated, for a state `typed` characters
+/// ahead of the job's: the text up to its last word boundary, cleaned. None when no word is
+/// complete yet or the typed characters disagree with it.
+fn partial_suggestion(progress: &Progress, typed: &str, split: &LineSplit) -> Option<Suggestion> {
+    if progress.done.is_some() {
+        return None;
+    }
+    let remainder = progress.text.strip_prefix(typed)?;
+    let is_word = |ch: char| ch.is_alphanumeric() || ch == '_';
+    // A boundary: the end of a run of non-word characters, or the point where one begins.
+    let cut = remainder
+        .char_indices()
+        .zip(remainder.chars().skip(1))
+        .filter(|((_, ch), next)| is_word(*ch) != is_word(*next) || !is_word(*ch))
+        .map(|((idx, ch), _)| idx + ch.len_utf8())
+        .last()?;
+    let text = clean_suggestion(&split.head, &remainder[..cut], &split.tail);
+    if text.is_empty() {
+        return None;
+    }
+    Some(Suggestion { text, line_tail: split.tail.clone(), from_typed_ahead: !typed.is_empty() })
 }
 
 /// Builds the answer from a finished job's progress for a state `typed` characters ahead.
@@ -458,4 +531,38 @@ fn answer_from(progress: &Progress, typed: &str, split: &LineSplit) -> Answer {
 
 fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineError;
+
+    fn progress(text: &str) -> Progress {
+        Progress { text: text.to_string(), generated_tokens: 1, ..Progress::default() }
+    }
+
+    fn split(head: &str, tail: &str) -> LineSplit {
+        LineSplit { line: 0, head: head.to_string(), tail: tail.to_string() }
+    }
+
+    fn partial(text: &str, typed: &str) -> Option<String> {
+        partial_suggestion(&progress(text), typed, &split("    return ", "")).map(|suggestion| suggestion.text)
+    }
+
+    #[test]
+    fn partial_suggestions_end_at_a_word_boundary() {
+        assert_eq!(partial("radi", ""), None, "no word is complete yet");
+        assert_eq!(partial("radius *", "").as_deref(), Some("radius"), "the operator may still grow");
+        assert_eq!(partial("self.fo", "").as_deref(), Some("self."));
+        assert_eq!(partial("math.pi * r", "").as_deref(), Some("math.pi *"));
+    }
+
+    #[test]
+    fn partial_suggestions_follow_typed_characters() {
+        assert_eq!(partial("radius * rad", "rad").as_deref(), Some("ius *"));
+        assert_eq!(partial("radius * rad", "x"), None, "typed characters disagree");
+        let done = Progress { done: Some(Err(EngineError::Stopped)), ..progress("radius * 2") };
+        assert!(partial_suggestion(&done, "", &split("", "")).is_none(), "a finished job has a whole answer instead");
+    }
 }

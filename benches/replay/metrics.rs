@@ -151,7 +151,11 @@ pub fn table(names: &[String], figures: &[&Value]) -> String {
         }
         out.push_str(&format!("{label:<28}"));
         for figure in figures {
-            out.push_str(&format!("{:>22}", cell(figure.pointer(pointer))));
+            let text = match figure.pointer(pointer) {
+                Some(Value::Null) if pointer.ends_with("meanWhenShown") => "-".to_string(),
+                value => cell(value),
+            };
+            out.push_str(&format!("{text:>22}"));
         }
         if figures.len() >= 2 {
             let ratio = ratio(figures[0].pointer(pointer), figures[1].pointer(pointer));

@@ -122,6 +122,8 @@ pub enum EngineError {
 pub struct Progress {
     pub text: String,
     pub generated_tokens: usize,
+    /// When the latest token was published.
+    pub updated_at: Option<Instant>,
     pub done: Option<Result<Completion, EngineError>>,
 }
 
@@ -183,6 +185,12 @@ impl Engine {
 
     /// Tokenizes text with the model's vocabulary (no special tokens).
     pub fn tokenize(&self, text: &str) -> Result<Vec<i32>, EngineError> {
+        self.tokenize_timed(text).map(|(tokens, _)| tokens)
+    }
+
+    /// Tokenizes on the engine thread and says how long the tokenization itself took there
+    /// (without the trip between threads), as it costs when a job's prompt is prepared.
+    pub fn tokenize_timed(&self, text: &str) -> Result<(Vec<i32>, std::time::Duration), EngineError> {
         let (reply_sender, reply) = mpsc::channel();
         self.sender
             .send(worker::Command::Tokenize(text.to_string(), reply_sender))

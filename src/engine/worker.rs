@@ -27,7 +27,7 @@ use super::{
 
 pub(super) enum Command {
     Run(JobRequest),
-    Tokenize(String, mpsc::Sender<Vec<i32>>),
+    Tokenize(String, mpsc::Sender<(Vec<i32>, std::time::Duration)>),
 }
 
 pub(super) struct JobRequest {
@@ -138,8 +138,9 @@ pub(super) fn run(
     while let Ok(command) = commands.recv() {
         match command {
             Command::Tokenize(text, reply) => {
-                let tokens = vocab.tokenize(text.as_bytes(), false, false);
-                let _ = reply.send(tokens.into_iter().map(|token| token.0).collect());
+                let start = Instant::now();
+                let tokens: Vec<i32> = vocab.tokenize(text.as_bytes(), false, false).into_iter().map(|token| token.0).collect();
+                let _ = reply.send((tokens, start.elapsed()));
             }
             Command::Run(job) => {
                 let res = if job.id != latest_job_id.load(Ordering::SeqCst) {
@@ -408,6 +409,7 @@ impl JobRunner<'_, '_> {
             progress.text.clear();
             progress.text.push_str(text);
             progress.generated_tokens = generated_tokens;
+            progress.updated_at = Some(Instant::now());
         });
     }
 }

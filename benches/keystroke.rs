@@ -1,0 +1,158 @@
+//! The non-model path of a keystroke on a 10,000-line file, with criterion: applying an edit,
+//! building the prompt, the typed-ahead answer, tokenizing the changed piece. Then the whole
+//! path of one keystroke (edit, scheduler change, typed-ahead answer) timed 10,000 times for its
+//! p99. Targets: each part under 100 µs median, the whole path under 1 ms p99.
+//!
+//! `cargo bench --bench keystroke` (default model). Under `cargo test` criterion runs each benchmark once and the
+//! p99 loop is short: it checks that the benchmark works, not the timings.
+
+use std::time::{Duration, Instant};
+
+use criterion::{black_box, Criterion};
+use ropey::Rope;
+
+use ghostline::config::Config;
+use ghostline::context::{build_prompt, CursorPosition, WindowConfig};
+use ghostline::documents::{Change, DocumentStore, Position, PositionEncoding, Range};
+use ghostline::engine::{Engine, EngineConfig};
+use ghostline::scheduler::{Answer, CursorState, EngineState, Scheduler, Waiting};
+
+const URI: &str = "file:///bench/big.rs";
+const LINES: usize = 10_000;
+
+/// 10,000 lines of real code (this project's own sources, repeated).
+fn big_file() -> String {
+    let sources = [include_str!("../src/scheduler.rs"), include_str!("../src/documents.rs"), include_str!("../src/context.rs")];
+    let mut text = String::new();
+    let mut lines = 0;
+    'outer: loop {
+        for source in sources {
+            for line in source.lines() {
+                text.push_str(line);
+                text.push('\n');
+                lines += 1;
+                if lines == LINES {
+                    break 'outer;
+                }
+            }
+        }
+    }
+    text
+}
+
+/// The cursor line of the benchmark: a line in the middle of the file that the model
+/// continues from its end (the cursor goes there).
+fn cursor_line(rope: &Rope) -> usize {
+    (LINES / 2..LINES)
+        .find(|&line| {
+            let text = rope.line(line).to_string();
+            let text = text.trim();
+            text.len() > 20 && text.ends_with('(')
+        })
+        .expect("a line that opens a call")
+}
+
+fn insert(line: usize, character: usize, text: &str) -> Change {
+    let at = Position { line: line as u32, character: character as u32 };
+    Change { range: Some(Range { start: at, end: at }), text: text.to_string() }
+}
+
+fn delete(line: usize, character: usize) -> Change {
+    let start = Position { line: line as u32, character: character as u32 };
+    let end = Position { line: line as u32, character: character as u32 + 1 };
+    Change { range: Some(Range { start, end }), text: String::new() }
+}
+
+fn main() {
+    let quick = !std::env::args().any(|arg| arg == "--bench");
+    let text = big_file();
+    let rope = Rope::from_str(&text);
+    let line = cursor_line(&rope);
+    let line_text = rope.line(line).to_string();
+    let column = line_text.trim_end().chars().count();
+    let store = DocumentStore::default();
+    store.open(URI, "rust", 1, &text);
+
+    let model = ghostline::models::resolve(ghostline::models::DEFAULT_MODEL).expect("the default model is available");
+    let engine = Engine::start(EngineConfig::new(model)).expect("the engine starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let scheduler = Scheduler::new(Config { max_wait_ms: 600_000, ..Config::default() });
+    scheduler.set_engine_state(EngineState::Ready(engine.clone()));
+
+    let mut criterion = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    let mut version = 1;
+
+    criterion.bench_function("insert and delete a character (10k lines)", |bench| {
+        bench.iter(|| {
+            version += 2;
+            store.apply_changes(URI, version, &[insert(line, column, "x")], PositionEncoding::Utf16).unwrap();
+            black_box(store.apply_changes(URI, version + 1, &[delete(line, column)], PositionEncoding::Utf16).unwrap());
+        })
+    });
+
+    let windows = WindowConfig::default();
+    let special = engine.info().special;
+    criterion.bench_function("build a prompt (10k lines)", |bench| {
+        bench.iter(|| black_box(build_prompt(&rope, CursorPosition { line, column }, &windows, special).unwrap()))
+    });
+
+    let line_head: String = line_text.chars().take(column).collect();
+    // Timed on the engine thread, where a job's changed prompt piece is tokenized (the trip
+    // between threads that this benchmark needs to reach it is not part of a keystroke).
+    criterion.bench_function("tokenize the cursor line's head", |bench| {
+        bench.iter_custom(|iterations| (0..iterations).map(|_| engine.tokenize_timed(black_box(&line_head)).unwrap().1).sum())
+    });
+
+    // A job at the cursor; once it has a suggestion, typing its first character is answered from
+    // it (typed-ahead) without the model.
+    let line_start = rope.line_to_char(line);
+    let state = |rope: &Rope, cursor_char_idx: usize| CursorState {
+        uri: URI.to_string(),
+        version: 1,
+        rope: rope.clone(),
+        cursor_char_idx,
+        language_id: "rust".to_string(),
+    };
+    let base = state(&rope, line_start + column);
+    let (answer, _) = runtime.block_on(scheduler.complete(base.clone(), Waiting::UntilReady));
+    let Answer::Ready(suggestion) = answer else {
+        panic!("the tiny model suggested nothing at the benchmark's cursor (line {line}): {answer:?}");
+    };
+    let first_char = suggestion.text.chars().next().unwrap();
+    let mut typed_rope = rope.clone();
+    typed_rope.insert_char(line_start + column, first_char);
+    let typed_state = state(&typed_rope, line_start + column + 1);
+    criterion.bench_function("typed-ahead answer", |bench| {
+        bench.iter(|| {
+            let (answer, _) = runtime.block_on(scheduler.complete(typed_state.clone(), Waiting::Budget));
+            assert!(matches!(answer, Answer::Ready(_)), "typed-ahead answer expected, got {answer:?}");
+        })
+    });
+    criterion.final_summary();
+
+    // The whole non-model path of one keystroke, as the server runs it: apply the edit, tell the
+    // scheduler (covered by the active job, so no new job), answer from the suggestion.
+    let iterations = if quick { 200 } else { 10_000 };
+    let mut durations = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        version += 2;
+        let start = Instant::now();
+        let outcome = store.apply_changes(URI, version, &[insert(line, column, &first_char.to_string())], PositionEncoding::Utf16).unwrap();
+        let typed = CursorState { version, rope: outcome.document.rope.clone(), ..typed_state.clone() };
+        runtime.block_on(async {
+            scheduler.on_change(typed.clone());
+            black_box(scheduler.complete(typed, Waiting::Budget).await);
+        });
+        durations.push(start.elapsed().as_secs_f64() * 1e6);
+        store.apply_changes(URI, version + 1, &[delete(line, column)], PositionEncoding::Utf16).unwrap();
+    }
+    durations.sort_by(f64::total_cmp);
+    let at = |fraction: f64| durations[((fraction * durations.len() as f64).ceil() as usize).clamp(1, durations.len()) - 1];
+    println!(
+        "whole non-model keystroke path, {iterations} keystrokes: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, max {:.1} µs (target p99 < 1000 µs)",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        durations[durations.len() - 1]
+    );
+}
