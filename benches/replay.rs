@@ -12,7 +12,9 @@
 //!  [--interval-ms MS] [--jitter-ms MS] [--model NAME|PATH] [--threads N] [--languages a,b]
 //!  [--no-peer] [--regression] [--max-keys N] [--settings JSON] [--out DIR]`
 //!
-//! Cadences: `human` types a key every interval ± jitter (a fixed seed), and a suggestion counts
+//! Each case starts with an arrival: the editor asks at the blanked line (not counted as a
+//! keystroke; its time to a first suggestion is the cold-start figure), and the user reads until
+//! the server is idle, then types. Cadences: `human` types a key every interval ± jitter (a fixed seed), and a suggestion counts
 //! when it arrives before the next key; `wait` types the next key as soon as the current one has
 //! its answer (Ghostline then runs as a client without the ready notification). `--regression`
 //! adds a Ghostline run with typed-ahead reuse switched off, which must come out visibly worse.
@@ -193,9 +195,18 @@ fn process_usage(pid: u32) -> (f64, f64) {
     (ticks / clock_ticks(), peak_kib / 1024.0)
 }
 
+/// The start of a case: the editor asks at the blanked line as the user arrives there (as
+/// llama.vim and Neovim do on entering insert mode), and the user reads until the server is idle.
+#[derive(Debug, Clone)]
+struct Arrival {
+    language: &'static str,
+    /// From the arrival request to the first suggestion there (None: none came).
+    first_suggestion_ms: Option<f64>,
+}
+
 trait Driver {
     fn name(&self) -> String;
-    fn run_case(&mut self, case: &Case, case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> Vec<Keystroke>;
+    fn run_case(&mut self, case: &Case, case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> (Arrival, Vec<Keystroke>);
     /// Totals since the driver was ready.
     fn totals(&mut self) -> ServerTotals;
 }
@@ -231,6 +242,18 @@ impl GhostlineDriver {
         self.client.request_ok("ghostline/stats", json!(null))
     }
 
+    /// Waits until every job the server started has ended.
+    fn wait_idle(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            let counters = self.stats()["counters"].clone();
+            if counters["jobsEnded"].as_u64() >= counters["jobsStarted"].as_u64() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn suggestion_of(response: &Value) -> Option<String> {
         let text = response["result"]["items"].get(0)?["insertText"].as_str()?;
         (!text.trim().is_empty()).then(|| text.to_string())
@@ -242,14 +265,25 @@ impl Driver for GhostlineDriver {
         self.name.clone()
     }
 
-    fn run_case(&mut self, case: &Case, case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> Vec<Keystroke> {
+    fn run_case(&mut self, case: &Case, case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> (Arrival, Vec<Keystroke>) {
         let file_name = case.path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
         let uri = format!("file:///replay/{case_idx}/{file_name}");
         self.client.open(&uri, case.language, &case.blanked_text());
         let line = case.line as u32;
         let mut column = case.indent.encode_utf16().count() as u32;
+        let arrival_start = Instant::now();
+        let response = self.client.inline_completion(&uri, line, column);
+        let mut first_suggestion_ms = Self::suggestion_of(&response).map(|_| ms(arrival_start));
+        if first_suggestion_ms.is_none() && self.notified {
+            let ready = self.client.wait_notification("ghostline/suggestionReady", Duration::from_secs(120), |params| params["uri"] == uri.as_str());
+            if ready.is_some() && Self::suggestion_of(&self.client.inline_completion(&uri, line, column)).is_some() {
+                first_suggestion_ms = Some(ms(arrival_start));
+            }
+        }
+        self.wait_idle();
+        let mut shown = Self::suggestion_of(&self.client.inline_completion(&uri, line, column));
+        let arrival = Arrival { language: case.language, first_suggestion_ms };
         let mut typist = Typist::new(&case.content);
-        let mut shown: Option<String> = None;
         let mut typed_ahead_hits = self.stats()["counters"]["typedAheadHits"].as_u64().unwrap_or(0);
         let mut keystrokes = Vec::new();
         while !typist.done() {
@@ -295,7 +329,8 @@ impl Driver for GhostlineDriver {
             }
         }
         self.client.notify("textDocument/didClose", json!({"textDocument": {"uri": uri}}));
-        keystrokes
+        self.wait_idle();
+        (arrival, keystrokes)
     }
 
     fn totals(&mut self) -> ServerTotals {
@@ -341,17 +376,42 @@ impl PeerDriver {
     }
 }
 
+impl PeerDriver {
+    fn content_of(&mut self, answer: Result<peer::InfillAnswer, String>) -> String {
+        match answer {
+            Ok(answer) => {
+                self.prompt_tokens += answer.prompt_tokens;
+                answer.content
+            }
+            Err(err) => {
+                self.errors += 1;
+                eprintln!("peer error: {err}");
+                String::new()
+            }
+        }
+    }
+}
+
 impl Driver for PeerDriver {
     fn name(&self) -> String {
         "llama-server".to_string()
     }
 
-    fn run_case(&mut self, case: &Case, _case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> Vec<Keystroke> {
+    fn run_case(&mut self, case: &Case, _case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> (Arrival, Vec<Keystroke>) {
         let next_nonblank = case.lines[case.line + 1..].iter().find(|line| !line.trim().is_empty()).map(String::as_str);
         let mut cache = peer::AnswerCache::default();
         let mut in_flight = false;
+        // Arrival: the cursor line holds only its indentation, which llama.vim sends as an
+        // empty middle (the cache key is the middle).
+        let arrival_start = Instant::now();
+        let context = peer::infill_context(&case.lines, case.line, &case.indent, "");
+        self.requests.send((context.middle.clone(), peer::infill_body(&context))).expect("the peer's worker runs");
+        let (asked, answer) = self.answers.recv().expect("the peer's worker answers");
+        let content = self.content_of(answer);
+        let mut shown = peer::rendered(&content, &case.indent, next_nonblank);
+        cache.insert(&asked, content);
+        let arrival = Arrival { language: case.language, first_suggestion_ms: shown.as_ref().map(|_| ms(arrival_start)) };
         let mut typist = Typist::new(&case.content);
-        let mut shown: Option<String> = None;
         let mut keystrokes = Vec::new();
         while !typist.done() {
             let (_, accepted_word) = typist.next(shown.as_deref());
@@ -392,17 +452,7 @@ impl Driver for PeerDriver {
                 match self.answers.recv_timeout(left) {
                     Ok((asked, answer)) => {
                         in_flight = false;
-                        let content = match answer {
-                            Ok(answer) => {
-                                self.prompt_tokens += answer.prompt_tokens;
-                                answer.content
-                            }
-                            Err(err) => {
-                                self.errors += 1;
-                                eprintln!("peer error: {err}");
-                                String::new()
-                            }
-                        };
+                        let content = self.content_of(answer);
                         cache.insert(&asked, content);
                         if !answered {
                             answered = try_cache(&cache, &mut shown);
@@ -435,7 +485,7 @@ impl Driver for PeerDriver {
         if in_flight {
             let _ = self.answers.recv_timeout(Duration::from_secs(300));
         }
-        keystrokes
+        (arrival, keystrokes)
     }
 
     fn totals(&mut self) -> ServerTotals {
@@ -500,6 +550,7 @@ fn main() {
 
     let started = Instant::now();
     let mut keystrokes: Vec<Vec<Keystroke>> = vec![Vec::new(); drivers.len()];
+    let mut arrivals: Vec<Vec<Arrival>> = vec![Vec::new(); drivers.len()];
     for (case_idx, case) in cases.iter().enumerate() {
         let file = case.path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
         println!("case {case_idx:>2} {:<10} {file}:{} `{}`", case.language, case.line + 1, case.content);
@@ -507,7 +558,9 @@ fn main() {
         for turn in 0..drivers.len() {
             let idx = (case_idx + turn) % drivers.len();
             let mut next_interval = intervals(options.cadence, options.seed, case_idx);
-            keystrokes[idx].extend(drivers[idx].run_case(case, case_idx, &mut next_interval));
+            let (arrival, keys) = drivers[idx].run_case(case, case_idx, &mut next_interval);
+            arrivals[idx].push(arrival);
+            keystrokes[idx].extend(keys);
         }
     }
     let names: Vec<String> = drivers.iter().map(|driver| driver.name()).collect();
@@ -521,12 +574,15 @@ fn main() {
     let mut runs = Vec::new();
     for (idx, name) in names.iter().enumerate() {
         let all: Vec<&Keystroke> = keystrokes[idx].iter().collect();
+        let first_suggestions = |language: Option<&str>| -> Vec<Option<f64>> {
+            arrivals[idx].iter().filter(|arrival| language.is_none_or(|language| arrival.language == language)).map(|arrival| arrival.first_suggestion_ms).collect()
+        };
         let mut by_language = serde_json::Map::new();
         for language in &languages {
             let subset: Vec<&Keystroke> = keystrokes[idx].iter().filter(|key| key.language == *language).collect();
-            by_language.insert(language.to_string(), metrics::summarize(&subset, chars_in(Some(language)), None));
+            by_language.insert(language.to_string(), metrics::summarize(&subset, &first_suggestions(Some(language)), chars_in(Some(language)), None));
         }
-        runs.push(json!({"name": name, "all": metrics::summarize(&all, chars_in(None), Some(&totals[idx])), "languages": by_language}));
+        runs.push(json!({"name": name, "all": metrics::summarize(&all, &first_suggestions(None), chars_in(None), Some(&totals[idx])), "languages": by_language}));
     }
 
     let alls: Vec<&Value> = runs.iter().map(|run| &run["all"]).collect();

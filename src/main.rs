@@ -23,6 +23,9 @@ struct Cli {
     /// Write logs to this file instead of stderr (level from GHOSTLINE_LOG, e.g. `debug`).
     #[arg(long, global = true)]
     log_file: Option<PathBuf>,
+    /// The server always speaks over stdin/stdout; the flag is accepted for clients that pass it.
+    #[arg(long, global = true, hide = true)]
+    stdio: bool,
     #[command(subcommand)]
     command: Option<CliCommand>,
 }

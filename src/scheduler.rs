@@ -299,6 +299,7 @@ impl Scheduler {
         let ms_per_token = self.ms_per_token.clone();
         runtime.spawn(async move {
             let Ok(progress) = progress.wait_for(|progress| progress.done.is_some()).await else { return };
+            stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).counters.jobs_ended += 1;
             if let Some(Ok(completion)) = &progress.done {
                 if completion.generated_tokens >= 2 {
                     let measured = completion.generation_ms / completion.generated_tokens as f64;
@@ -362,9 +363,10 @@ impl Scheduler {
             return (Answer::Empty(EmptyReason::BadPosition), None);
         };
         // The budget counts from the keystroke, not from the request: the editor sees the
-        // whole time since the key was pressed.
+        // whole time since the key was pressed. Timers fire on whole milliseconds, rounding up,
+        // so the wait ends one millisecond early to leave within the budget.
         let deadline = match waiting {
-            Waiting::Budget => keystroke + Duration::from_millis(config.budget_ms),
+            Waiting::Budget => keystroke + Duration::from_millis(config.budget_ms.saturating_sub(1).max(config.budget_ms.min(1))),
             Waiting::UntilReady => keystroke + Duration::from_millis(config.max_wait_ms),
         };
         let covering = self.covering_job(state, &split, &config);

@@ -65,6 +65,8 @@ pub struct Counters {
     pub typed_ahead_hits: u64,
     pub jobs_started: u64,
     pub jobs_superseded: u64,
+    /// Jobs that have ended (finished, superseded, cancelled or failed).
+    pub jobs_ended: u64,
     pub ready_notifications: u64,
     pub accepted: u64,
     pub tokens_reused: u64,

@@ -153,3 +153,23 @@ fn doctor_reports_cpu_features() {
     assert!(stdout.contains("CPU"), "{stdout}");
     assert!(stdout.contains("default threads"), "{stdout}");
 }
+
+/// Clients that start servers with `--stdio` (vscode-languageclient does) get the server.
+#[test]
+fn stdio_flag_runs_the_server() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline"))
+        .arg("--stdio")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the binary runs");
+    let request = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"capabilities":{}}}"#;
+    let mut stdin = child.stdin.take().unwrap();
+    write!(stdin, "Content-Length: {}\r\n\r\n{request}", request.len()).unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("inlineCompletionProvider"), "no initialize result: {stdout}");
+}

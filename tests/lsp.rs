@@ -65,7 +65,7 @@ fn typing_gets_inline_completions_and_typed_ahead_answers() {
     let rest = client.inline_text(CIRCLE_URI, 5, character).expect("a typed-ahead suggestion");
     let typed_ahead_ms = start.elapsed().as_millis();
     assert_eq!(format!("ra{rest}"), suggestion);
-    let stats = client.request_ok("ghostline/stats", json!(null));
+    let stats = client.request_ok("ghostline/stats", json!({}));
     assert!(stats["counters"]["typedAheadHits"].as_u64().unwrap() >= 1, "{stats}");
     assert!(stats["counters"]["tokensGenerated"].as_u64().unwrap() > 0, "{stats}");
     assert!(stats["responseMs"]["count"].as_u64().unwrap() >= 2, "{stats}");

@@ -48,7 +48,7 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
 }
 
 /// The figures of one run (or one language of it).
-pub fn summarize(keystrokes: &[&Keystroke], chars_in_lines: usize, totals: Option<&ServerTotals>) -> Value {
+pub fn summarize(keystrokes: &[&Keystroke], arrivals: &[Option<f64>], chars_in_lines: usize, totals: Option<&ServerTotals>) -> Value {
     let count = keystrokes.len();
     let response: Vec<Option<f64>> = keystrokes.iter().map(|key| key.response_ms).collect();
     let suggestion: Vec<Option<f64>> = keystrokes.iter().map(|key| key.suggestion_ms).collect();
@@ -76,6 +76,7 @@ pub fn summarize(keystrokes: &[&Keystroke], chars_in_lines: usize, totals: Optio
         "correctCharsPerKeystroke": if count == 0 { 0.0 } else { correct as f64 / count as f64 },
         "correctCharsPerSuggestion": if with_suggestion == 0 { 0.0 } else { correct as f64 / with_suggestion as f64 },
         "charsSaved": saved,
+        "coldStartMs": {"p50": percentile(arrivals, 0.5), "p90": percentile(arrivals, 0.9), "cases": arrivals.len()},
         "charsSavedShare": if chars_in_lines == 0 { 0.0 } else { saved as f64 / chars_in_lines as f64 },
     });
     if let Some(totals) = totals {
@@ -105,6 +106,8 @@ pub const ROWS: &[(&str, &str, bool)] = &[
     ("correct chars / suggestion", "/correctCharsPerSuggestion", false),
     ("chars saved (Tab per word)", "/charsSaved", false),
     ("chars saved share", "/charsSavedShare", false),
+    ("cold start p50 ms", "/coldStartMs/p50", true),
+    ("cold start p90 ms", "/coldStartMs/p90", true),
     ("prompt tokens / keystroke", "/promptTokensPerKeystroke", true),
     ("server CPU s", "/serverCpuSeconds", true),
     ("server peak RSS MiB", "/serverPeakRssMiB", true),

@@ -249,7 +249,8 @@ impl Backend {
         .await
     }
 
-    async fn stats(&self) -> Result<Value> {
+    /// `ghostline/stats`; any params (none, null, an object) are ignored.
+    async fn stats(&self, _params: Option<Value>) -> Result<Value> {
         guarded("ghostline/stats", async {
             let mut stats = self.scheduler.stats_json();
             let engine = match self.scheduler.engine_state() {
