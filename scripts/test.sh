@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, and end-to-end tests of the real binary with real models.
+# Runs every test: unit tests, end-to-end tests of the real binary with real models, the quick
+# checks of the benchmarks, and the real-editor tests.
 # Installs the build tools when missing and fetches both test models (verified by sha256)
-# into the model cache on first use.
+# into the model cache on first use; the editors are installed into ~/.cache/ghostline/editors.
+#
+# Neovim's test always runs. Helix's and VS Code's need root for apt-get on their first run and
+# VS Code's first install takes minutes: they run with GHOSTLINE_EDITOR_TESTS=1 (CI sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,3 +13,8 @@ cargo build --release --quiet
 target/release/ghostline models fetch smollm2-135m >/dev/null
 target/release/ghostline models fetch qwen2.5-coder-0.5b >/dev/null
 cargo test --release --all-targets "$@"
+bash tests/editors/neovim.sh
+if [[ "${GHOSTLINE_EDITOR_TESTS:-0}" == 1 ]]; then
+    bash tests/editors/helix.sh
+    bash tests/editors/vscode.sh
+fi
