@@ -10,14 +10,15 @@
 //!
 //! `cargo bench --bench replay -- [--cases N] [--seed S] [--cadence human|wait]
 //!  [--interval-ms MS] [--jitter-ms MS] [--model NAME|PATH] [--threads N] [--languages a,b]
-//!  [--no-peer] [--regression] [--max-keys N] [--settings JSON] [--out DIR]`
+//!  [--no-peer] [--regression] [--variant JSON] [--max-keys N] [--settings JSON] [--out DIR]`
 //!
 //! Each case starts with an arrival: the editor asks at the blanked line (not counted as a
 //! keystroke; its time to a first suggestion is the cold-start figure), and the user reads until
 //! the server is idle, then types. Cadences: `human` types a key every interval ± jitter (a fixed seed), and a suggestion counts
 //! when it arrives before the next key; `wait` types the next key as soon as the current one has
 //! its answer (Ghostline then runs as a client without the ready notification). `--regression`
-//! adds a Ghostline run with typed-ahead reuse switched off, which must come out visibly worse.
+//! adds a Ghostline run with typed-ahead reuse switched off, which must come out visibly worse;
+//! `--variant JSON` adds a Ghostline run with those settings on top (to compare prompt layouts).
 //! Under `cargo test` it runs a quick check on the tiny model: a few keystrokes, output well formed.
 
 #[allow(dead_code)]
@@ -56,6 +57,8 @@ struct Options {
     languages: Vec<String>,
     peer: bool,
     regression: bool,
+    /// Settings of an extra Ghostline run, compared in the same run.
+    variant: Option<Value>,
     max_keys: Option<usize>,
     /// Extra Ghostline settings (a JSON object), for trying a variant.
     settings: Value,
@@ -84,6 +87,7 @@ fn parse_options() -> Options {
         languages: value("--languages").map(|list| list.split(',').map(str::to_string).collect()).unwrap_or_default(),
         peer: !quick && !args.iter().any(|arg| arg == "--no-peer"),
         regression: args.iter().any(|arg| arg == "--regression"),
+        variant: value("--variant").map(|text| serde_json::from_str(&text).expect("--variant takes a JSON object")),
         max_keys: value("--max-keys").map(|text| text.parse().expect("--max-keys takes a number")).or(quick.then_some(6)),
         settings: value("--settings").map(|text| serde_json::from_str(&text).expect("--settings takes a JSON object")).unwrap_or_else(|| json!({})),
         out: value("--out").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/replay")),
@@ -543,6 +547,13 @@ fn main() {
             },
             None => eprintln!("no peer in this run: llama-server not found (run benches/build-peer.sh or set GHOSTLINE_PEER_BIN)"),
         }
+    }
+    if let Some(variant) = &options.variant {
+        let mut settings = options.settings.clone();
+        for (key, value) in variant.as_object().into_iter().flatten() {
+            settings[key] = value.clone();
+        }
+        drivers.push(Box::new(GhostlineDriver::start(&format!("ghostline {variant}"), &model, options.threads, options.cadence, true, &settings)));
     }
     if options.regression {
         drivers.push(Box::new(GhostlineDriver::start("ghostline typedAhead=off", &model, options.threads, options.cadence, false, &options.settings)));

@@ -204,7 +204,10 @@ impl Backend {
     fn notify_when_ready(&self, waiter: crate::scheduler::ReadyWaiter) {
         let scheduler = self.scheduler.clone();
         let client = self.client.clone();
-        let max_wait = Duration::from_millis(scheduler.config().max_wait_ms.max(1000) * 5);
+        // Every job ends (its tokens are bounded, and a newer job supersedes it), so wait for it
+        // however slow the machine is: a client showing a partial suggestion is only updated
+        // by this notification. The bound is a backstop against a stuck engine.
+        let max_wait = Duration::from_secs(600);
         let encoding = self.encoding();
         tokio::spawn(async move {
             let uri = waiter.uri.clone();
@@ -249,7 +252,8 @@ impl Backend {
         .await
     }
 
-    /// `ghostline/stats`; any params (none, null, an object) are ignored.
+    /// `ghostline/stats`; its params (null or an object such as `{}`) are ignored. The field
+    /// must be present: tower-lsp-server's router tells a method with params from one without.
     async fn stats(&self, _params: Option<Value>) -> Result<Value> {
         guarded("ghostline/stats", async {
             let mut stats = self.scheduler.stats_json();

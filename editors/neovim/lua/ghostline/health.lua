@@ -1,0 +1,93 @@
+-- :checkhealth ghostline: Neovim version, the server binary, `ghostline doctor`, the renderer
+-- in use and, when a client runs, the model's state from ghostline/stats.
+-- Only reads; it never starts a server or changes settings.
+
+local M = {}
+
+local health = vim.health
+
+local function check_neovim()
+  if vim.fn.has('nvim-0.11') == 1 then
+    health.ok('Neovim ' .. tostring(vim.version()))
+  else
+    health.error('Neovim ' .. tostring(vim.version()) .. ' is too old', { 'Ghostline needs Neovim 0.11 or newer (vim.lsp.config)' })
+  end
+  local ghostline = require('ghostline')
+  if ghostline.renderer == 'builtin' then
+    health.ok('ghost text: built-in vim.lsp.inline_completion')
+  elseif ghostline.renderer == 'plugin' then
+    health.ok('ghost text: drawn by the plugin (extmarks)')
+  elseif vim.lsp.config.ghostline == nil then
+    health.warn('require("ghostline").setup{} has not run')
+  else
+    health.info('ghost text is off (ghost_text = false)')
+  end
+end
+
+local function check_binary()
+  local cmd = require('ghostline').options.cmd
+  local exe = cmd and cmd[1]
+  if not exe or vim.fn.executable(exe) == 0 then
+    health.error(('server command `%s` is not executable'):format(tostring(exe)), {
+      'build it with `cargo build --release` and put target/release on PATH',
+      'or pass its path: require("ghostline").setup{ cmd = { "/path/to/ghostline" } }',
+    })
+    return
+  end
+  health.ok('server: ' .. vim.fn.exepath(exe))
+  local version = vim.system({ exe, '--version' }, { text = true }):wait(5000)
+  if version.code == 0 then
+    health.ok(vim.trim(version.stdout))
+  end
+  local doctor = vim.system({ exe, 'doctor' }, { text = true }):wait(10000)
+  if doctor.code ~= 0 then
+    health.error('`ghostline doctor` failed: ' .. vim.trim((doctor.stderr or '') .. (doctor.stdout or '')))
+    return
+  end
+  for _, line in ipairs(vim.split(vim.trim(doctor.stdout), '\n', { plain = true })) do
+    if line:match('not cached') or line:match('missing') then
+      health.warn(line, { 'fetch it with `ghostline models fetch NAME`' })
+    else
+      health.info(line)
+    end
+  end
+end
+
+local function check_client()
+  local client = require('ghostline').client()
+  if not client then
+    health.info('no Ghostline client is running (open a file of a configured file type)')
+    return
+  end
+  health.ok(('client %d running, position encoding %s'):format(client.id, client.offset_encoding))
+  local bufnr = next(client.attached_buffers) or 0
+  local response, err = client:request_sync('ghostline/stats', vim.empty_dict(), 3000, bufnr)
+  if not response then
+    health.warn('ghostline/stats got no answer: ' .. tostring(err))
+    return
+  end
+  if response.err then
+    health.error('ghostline/stats failed: ' .. response.err.message)
+    return
+  end
+  local engine = response.result and response.result.engine or {}
+  if engine.state == 'ready' then
+    local model = engine.model or {}
+    health.ok(('model ready: %s'):format(model.name or vim.inspect(model)))
+  elseif engine.state == 'failed' then
+    health.error('model failed to load: ' .. tostring(engine.error), { 'set `settings = { model = ... }` to a registry name or a .gguf path' })
+  else
+    health.info('model state: ' .. tostring(engine.state))
+  end
+end
+
+function M.check()
+  health.start('Neovim')
+  check_neovim()
+  health.start('Ghostline server')
+  check_binary()
+  health.start('Ghostline client')
+  check_client()
+end
+
+return M

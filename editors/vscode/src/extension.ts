@@ -1,0 +1,517 @@
+// Ghostline for VS Code: starts the `ghostline` language server over stdio through
+// vscode-languageclient, so inline completion flows through the standard
+// textDocument/inlineCompletion method, maps the `ghostline.*` settings to the server's
+// configuration, refreshes the ghost text on ghostline/suggestionReady (the suggestion for a
+// state grows while the model writes it: first words, then the whole line), and shows a status
+// bar item (model, state, last latency, acceptance rate).
+//
+// This file never builds suggestions or edits documents itself: the language client shows the
+// server's items and runs their `ghostline.accept` command when one is accepted.
+
+import * as vscode from 'vscode';
+import {
+  InlineCompletionRequest,
+  LanguageClient,
+  LanguageClientOptions,
+  ServerOptions,
+  State,
+} from 'vscode-languageclient/node';
+
+/** Server settings (camelCase, as the server reads them) with their `ghostline.*` names. */
+const SERVER_SETTINGS = [
+  'model',
+  'threads',
+  'contextTokens',
+  'budgetMs',
+  'maxTokens',
+  'multiLine',
+  'maxLines',
+  'debounceMs',
+  'languages',
+  'prefixLines',
+  'suffixLines',
+] as const;
+
+/** Settings that need a new server process when they change. */
+const RESTART_SETTINGS = ['ghostline.path', 'ghostline.trace.server'];
+
+/** How often the status bar refreshes its counters from ghostline/stats. */
+const STATS_INTERVAL_MS = 5000;
+
+/** How long an answer fetched after ghostline/suggestionReady waits for VS Code to ask for it. */
+const FRESH_ANSWER_MS = 2000;
+
+/** The shortest time between two refreshes of the ghost text: each one hides it for a moment
+ * (see onSuggestionReady), so growth that comes faster is shown in fewer, larger steps. */
+const REFRESH_INTERVAL_MS = 150;
+
+type InlineResult = vscode.InlineCompletionItem[] | vscode.InlineCompletionList | null | undefined;
+
+/** A document state: its URI, version and cursor. */
+function stateKey(uri: string, version: number, line: number, character: number): string {
+  return `${uri}@${version}:${line}:${character}`;
+}
+
+function firstText(result: InlineResult): string {
+  const items = Array.isArray(result) ? result : result?.items;
+  const item = items?.[0];
+  if (!item) {
+    return '';
+  }
+  return typeof item.insertText === 'string' ? item.insertText : item.insertText.value;
+}
+
+interface SuggestionReadyParams {
+  uri: string;
+  version: number;
+  position: { line: number; character: number };
+}
+
+interface Summary {
+  count: number;
+  mean: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  max: number;
+}
+
+interface Stats {
+  counters: { requests: number; answeredWithSuggestion: number; accepted: number; [name: string]: number };
+  responseMs: Summary;
+  timeToSuggestionMs: Summary;
+  engine: { state: string; error?: string; model?: { name: string } };
+  config: { model: string };
+}
+
+type EngineState = 'starting' | 'loading' | 'ready' | 'error' | 'off';
+
+class Ghostline implements vscode.Disposable {
+  private client: LanguageClient | undefined;
+  private readonly output = vscode.window.createOutputChannel('Ghostline', { log: true });
+  private readonly status = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
+  private statsTimer: NodeJS.Timeout | undefined;
+  private state: EngineState = 'off';
+  private modelName = '';
+  private errorMessage = '';
+  private lastLatencyMs: number | undefined;
+  /** The first request for a state; the latency shown is to its first answer with a suggestion. */
+  private firstAsked: { key: string; at: number; answered: boolean } | undefined;
+  private acceptanceRate: number | undefined;
+  /** Settings overridden by "Expand Suggestion" until the next change of the document. */
+  private expanded: { uri: string; listener: vscode.Disposable } | undefined;
+  /** The text VS Code was last given for a state (what it shows, if anything). */
+  private answered: { key: string; text: string } | undefined;
+  /** A grown answer fetched after ghostline/suggestionReady, for VS Code's next request. */
+  private fresh: { key: string; result: InlineResult; at: number } | undefined;
+  /** Counts ghostline/suggestionReady refreshes; only the latest one goes on. */
+  private refreshSeq = 0;
+  /** When the ghost text was last refreshed (performance.now()). */
+  private lastRefreshAt = -Infinity;
+
+  constructor(private readonly context: vscode.ExtensionContext) {
+    this.status.command = 'ghostline.showStats';
+    this.status.show();
+    this.render();
+  }
+
+  async start(): Promise<void> {
+    if (this.client) {
+      return;
+    }
+    const config = vscode.workspace.getConfiguration('ghostline');
+    if (!config.get<boolean>('enable', true)) {
+      this.state = 'off';
+      this.render();
+      return;
+    }
+    const command = config.get<string>('path')?.trim() || 'ghostline';
+    // No `transport`: TransportKind.stdio would append `--stdio`, which `ghostline serve` rejects.
+    const serverOptions: ServerOptions = {
+      run: { command, args: ['serve'] },
+      debug: { command, args: ['serve'], options: { env: { ...process.env, GHOSTLINE_LOG: 'debug' } } },
+    };
+    const clientOptions: LanguageClientOptions = {
+      documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }],
+      outputChannel: this.output,
+      initializationOptions: { ...serverSettings(), suggestionReadyNotification: true },
+      middleware: {
+        // The latency shown is from the first request for a document state to the answer
+        // with a suggestion for it (which often comes after ghostline/suggestionReady).
+        provideInlineCompletionItems: async (document, position, context, token, next) => {
+          const key = stateKey(document.uri.toString(), document.version, position.line, position.character);
+          if (this.firstAsked?.key !== key) {
+            this.firstAsked = { key, at: performance.now(), answered: false };
+          }
+          const asked = this.firstAsked;
+          let res: InlineResult;
+          const fresh = this.fresh;
+          if (fresh && fresh.key === key && performance.now() - fresh.at < FRESH_ANSWER_MS) {
+            // VS Code asks again after a refresh (below): the grown answer is already here.
+            this.fresh = undefined;
+            res = fresh.result;
+          } else {
+            res = await next(document, position, context, token);
+            this.logAnswer(key, res);
+          }
+          if (!token.isCancellationRequested) {
+            this.answered = { key, text: firstText(res) };
+          }
+          if (firstText(res) !== '' && asked === this.firstAsked && !asked.answered) {
+            asked.answered = true;
+            this.lastLatencyMs = performance.now() - asked.at;
+            this.render();
+          }
+          return res;
+        },
+      },
+    };
+    const client = new LanguageClient('ghostline', 'Ghostline', serverOptions, clientOptions);
+    client.registerProposedFeatures();
+    this.client = client;
+    this.state = 'starting';
+    this.render();
+    client.onDidChangeState((event) => {
+      if (event.newState === State.Stopped && this.client === client) {
+        this.state = this.state === 'off' ? 'off' : 'error';
+        this.errorMessage = this.errorMessage || 'the server stopped';
+        this.render();
+      }
+    });
+    try {
+      await client.start();
+    } catch (err) {
+      this.state = 'error';
+      this.errorMessage = `could not start \`${command}\`: ${String(err)}. Set ghostline.path to the ghostline binary.`;
+      this.render();
+      void vscode.window.showErrorMessage(`Ghostline: ${this.errorMessage}`);
+      this.client = undefined;
+      return;
+    }
+    this.state = 'loading';
+    this.render();
+    client.onNotification('ghostline/suggestionReady', (params: SuggestionReadyParams) => void this.onSuggestionReady(params));
+    this.statsTimer = setInterval(() => void this.refreshStats(), STATS_INTERVAL_MS);
+    void this.refreshStats();
+  }
+
+  async stop(): Promise<void> {
+    if (this.statsTimer) {
+      clearInterval(this.statsTimer);
+      this.statsTimer = undefined;
+    }
+    const client = this.client;
+    this.client = undefined;
+    this.state = 'off';
+    this.render();
+    if (client) {
+      await client.stop();
+    }
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.start();
+  }
+
+  /** Whether a document state is the one in the active editor (same version, cursor there). */
+  private isCurrent(uri: string, version: number, position: { line: number; character: number }): boolean {
+    const editor = vscode.window.activeTextEditor;
+    if (!editor || editor.document.uri.toString() !== uri || editor.document.version !== version) {
+      return false;
+    }
+    const selection = editor.selection;
+    return selection.isEmpty && selection.active.line === position.line && selection.active.character === position.character;
+  }
+
+  /** Writes a server answer with a suggestion to the output (ghostline.logSuggestions). */
+  private logAnswer(key: string, result: InlineResult): void {
+    const insertText = firstText(result);
+    if (insertText === '' || !vscode.workspace.getConfiguration('ghostline').get<boolean>('logSuggestions', false)) {
+      return;
+    }
+    const match = /^(.*)@(\d+):(\d+):(\d+)$/.exec(key);
+    if (match) {
+      const [, uri, version, line, character] = match;
+      this.output.info(`suggestion ${JSON.stringify({ uri, version: Number(version), line: Number(line), character: Number(character), insertText })}`);
+    }
+  }
+
+  /** ghostline/suggestionReady: the suggestion for a document state is ready or has grown past
+   * what the server last answered for it (it is sent again as it grows: first words, then the
+   * whole line). If that state is still the one in the active editor, fetch the grown answer
+   * and have VS Code show it, also while a shorter one is shown.
+   *
+   * `editor.action.inlineSuggest.trigger` alone does not do that: VS Code asks its providers
+   * again only when no earlier request for the same position and version already satisfies the
+   * new one, and after one explicit trigger every later one is satisfied, so the ghost text would
+   * stay at the first words. Hiding first drops the shown suggestion and its request; the
+   * trigger then asks again, and this extension answers that at once with the answer fetched
+   * here, so the old text is gone only for the round trip to the extension host. */
+  private async onSuggestionReady(params: SuggestionReadyParams): Promise<void> {
+    const client = this.client;
+    if (!client) {
+      return;
+    }
+    const uri = vscode.Uri.parse(params.uri).toString();
+    const logging = vscode.workspace.getConfiguration('ghostline').get<boolean>('logSuggestions', false);
+    const current = this.isCurrent(uri, params.version, params.position);
+    if (logging) {
+      this.output.info(`ready ${JSON.stringify({ uri, version: params.version, line: params.position.line, character: params.position.character, current })}`);
+    }
+    if (!current) {
+      return;
+    }
+    const seq = ++this.refreshSeq;
+    const key = stateKey(uri, params.version, params.position.line, params.position.character);
+    const wait = this.lastRefreshAt + REFRESH_INTERVAL_MS - performance.now();
+    if (wait > 0) {
+      // Right after a refresh: wait, then ask once for whatever the suggestion has become.
+      await new Promise((resolve) => setTimeout(resolve, wait));
+      if (seq !== this.refreshSeq || !this.isCurrent(uri, params.version, params.position)) {
+        return;
+      }
+    }
+    let result: InlineResult;
+    try {
+      const answer = await client.sendRequest(InlineCompletionRequest.type, {
+        textDocument: { uri: params.uri },
+        position: params.position,
+        context: { triggerKind: 2 }, // InlineCompletionTriggerKind.Automatic
+      });
+      result = await client.protocol2CodeConverter.asInlineCompletionResult(answer);
+    } catch (err) {
+      this.output.debug(`refresh after ghostline/suggestionReady failed: ${String(err)}`);
+      return;
+    }
+    this.logAnswer(key, result);
+    if (seq !== this.refreshSeq || !this.isCurrent(uri, params.version, params.position)) {
+      return;
+    }
+    const text = firstText(result);
+    if (text === '' || (this.answered?.key === key && this.answered.text === text)) {
+      return; // nothing new to show
+    }
+    this.fresh = { key, result, at: performance.now() };
+    this.lastRefreshAt = performance.now();
+    if (logging) {
+      this.output.info(`refresh ${JSON.stringify({ uri, version: params.version, shown: this.answered?.key === key ? this.answered.text : '', insertText: text })}`);
+    }
+    // One call, so that both commands run back to back in the window.
+    await vscode.commands.executeCommand('runCommands', {
+      commands: ['editor.action.inlineSuggest.hide', 'editor.action.inlineSuggest.trigger'],
+    });
+  }
+
+  async stats(): Promise<Stats | undefined> {
+    if (!this.client || !this.client.isRunning()) {
+      return undefined;
+    }
+    // With params: the server rejects a request without a params field.
+    return this.client.sendRequest<Stats>('ghostline/stats', {});
+  }
+
+  private async refreshStats(): Promise<void> {
+    let stats: Stats | undefined;
+    try {
+      stats = await this.stats();
+    } catch {
+      return;
+    }
+    if (!stats) {
+      return;
+    }
+    const engine = stats.engine;
+    if (engine.state === 'ready') {
+      this.state = 'ready';
+      this.modelName = engine.model?.name ?? stats.config.model;
+    } else if (engine.state === 'failed') {
+      this.state = 'error';
+      this.errorMessage = engine.error ?? 'the model failed to load';
+      this.modelName = stats.config.model;
+    } else {
+      this.state = 'loading';
+      this.modelName = stats.config.model;
+    }
+    const shown = stats.counters.answeredWithSuggestion;
+    this.acceptanceRate = shown > 0 ? stats.counters.accepted / shown : undefined;
+    this.render();
+  }
+
+  private render(): void {
+    const icon = { starting: '$(sync~spin)', loading: '$(sync~spin)', ready: '$(sparkle)', error: '$(error)', off: '$(circle-slash)' }[this.state];
+    const parts = [this.state === 'ready' ? `${icon} Ghostline` : `${icon} Ghostline: ${this.state}`];
+    if (this.state === 'ready' && this.lastLatencyMs !== undefined) {
+      parts.push(`${Math.round(this.lastLatencyMs)} ms`);
+    }
+    if (this.state === 'ready' && this.acceptanceRate !== undefined) {
+      parts.push(`${Math.round(this.acceptanceRate * 100)}% accepted`);
+    }
+    this.status.text = parts.join(' · ');
+    const tooltip = new vscode.MarkdownString();
+    tooltip.appendMarkdown(`**Ghostline**: ${this.state}${this.state === 'error' ? ` (${this.errorMessage})` : ''}\n\n`);
+    if (this.modelName) {
+      tooltip.appendMarkdown(`model: ${this.modelName}\n\n`);
+    }
+    if (this.lastLatencyMs !== undefined) {
+      tooltip.appendMarkdown(`last suggestion: ${Math.round(this.lastLatencyMs)} ms\n\n`);
+    }
+    if (this.acceptanceRate !== undefined) {
+      tooltip.appendMarkdown(`accepted: ${Math.round(this.acceptanceRate * 100)}% of suggestions shown\n\n`);
+    }
+    tooltip.appendMarkdown('Click for stats.');
+    this.status.tooltip = tooltip;
+    this.status.backgroundColor = this.state === 'error' ? new vscode.ThemeColor('statusBarItem.errorBackground') : undefined;
+  }
+
+  /** Sends the settings to the running server. */
+  sendSettings(overrides: Record<string, unknown> = {}): void {
+    if (!this.client || !this.client.isRunning()) {
+      return;
+    }
+    void this.client.sendNotification('workspace/didChangeConfiguration', {
+      settings: { ghostline: { ...serverSettings(), ...overrides } },
+    });
+  }
+
+  /** "Expand Suggestion": asks again at the cursor for a longer, multi-line suggestion; the
+   * usual settings come back with the next change of the document. */
+  async expand(): Promise<void> {
+    const editor = vscode.window.activeTextEditor;
+    if (!editor || !this.client) {
+      return;
+    }
+    const config = vscode.workspace.getConfiguration('ghostline');
+    this.endExpand();
+    this.sendSettings({
+      multiLine: true,
+      maxTokens: Math.min(1024, config.get<number>('maxTokens', 48) * 4),
+      maxLines: Math.min(200, config.get<number>('maxLines', 8) * 4),
+    });
+    const uri = editor.document.uri.toString();
+    const listener = vscode.workspace.onDidChangeTextDocument((event) => {
+      if (event.document.uri.toString() === uri && event.contentChanges.length > 0) {
+        this.endExpand();
+        this.sendSettings();
+      }
+    });
+    this.expanded = { uri, listener };
+    await vscode.commands.executeCommand('editor.action.inlineSuggest.hide');
+    await vscode.commands.executeCommand('editor.action.inlineSuggest.trigger');
+  }
+
+  /** "Log Server State at Cursor": writes the server's job counters and, when it has no job
+   * running, its suggestion for the state at the cursor to the Ghostline output, as a line
+   * `state {json}`. For bug reports and for tests: what the server would suggest here, next to
+   * the ghost text shown. It never asks while a job runs, so it cannot cause a
+   * ghostline/suggestionReady refresh itself. */
+  async logState(): Promise<void> {
+    const editor = vscode.window.activeTextEditor;
+    const client = this.client;
+    if (!editor || !client || !client.isRunning()) {
+      this.output.info(`state ${JSON.stringify({ error: 'no editor or no running server' })}`);
+      return;
+    }
+    const document = editor.document;
+    const position = editor.selection.active;
+    const entry: Record<string, unknown> = {
+      uri: document.uri.toString(),
+      version: document.version,
+      line: position.line,
+      character: position.character,
+    };
+    try {
+      const idle = (stats: Stats) => stats.counters.jobsEnded >= stats.counters.jobsStarted;
+      const before = await client.sendRequest<Stats>('ghostline/stats', {});
+      entry.idle = idle(before);
+      entry.jobsStarted = before.counters.jobsStarted;
+      entry.jobsEnded = before.counters.jobsEnded;
+      if (entry.idle) {
+        const answer = await client.sendRequest(InlineCompletionRequest.type, {
+          textDocument: { uri: document.uri.toString() },
+          position: client.code2ProtocolConverter.asPosition(position),
+          context: { triggerKind: 1 }, // InlineCompletionTriggerKind.Invoked
+        });
+        const after = await client.sendRequest<Stats>('ghostline/stats', {});
+        // The answer is final only if it started no job (it came from a finished one).
+        entry.idle = idle(after) && after.counters.jobsStarted === before.counters.jobsStarted;
+        entry.insertText = firstText(await client.protocol2CodeConverter.asInlineCompletionResult(answer));
+      }
+    } catch (err) {
+      entry.error = String(err);
+    }
+    entry.current = document.version === entry.version && editor.selection.active.isEqual(position);
+    this.output.info(`state ${JSON.stringify(entry)}`);
+  }
+
+  private endExpand(): void {
+    this.expanded?.listener.dispose();
+    this.expanded = undefined;
+  }
+
+  async showStats(): Promise<void> {
+    const stats = await this.stats();
+    if (!stats) {
+      void vscode.window.showInformationMessage('Ghostline is not running.');
+      return;
+    }
+    const document = await vscode.workspace.openTextDocument({ language: 'json', content: JSON.stringify(stats, null, 2) });
+    await vscode.window.showTextDocument(document, { preview: true });
+  }
+
+  dispose(): void {
+    this.endExpand();
+    void this.stop();
+    this.status.dispose();
+    this.output.dispose();
+  }
+}
+
+/** The server settings from the `ghostline.*` configuration, without unset values. */
+function serverSettings(): Record<string, unknown> {
+  const config = vscode.workspace.getConfiguration('ghostline');
+  const res: Record<string, unknown> = {};
+  for (const name of SERVER_SETTINGS) {
+    const value = config.get(name);
+    if (value !== undefined && value !== null && value !== '') {
+      res[name] = value;
+    }
+  }
+  return res;
+}
+
+let ghostline: Ghostline | undefined;
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  ghostline = new Ghostline(context);
+  context.subscriptions.push(
+    ghostline,
+    vscode.commands.registerCommand('ghostline.enable', async () => {
+      await vscode.workspace.getConfiguration('ghostline').update('enable', true, vscode.ConfigurationTarget.Global);
+    }),
+    vscode.commands.registerCommand('ghostline.disable', async () => {
+      await vscode.workspace.getConfiguration('ghostline').update('enable', false, vscode.ConfigurationTarget.Global);
+    }),
+    vscode.commands.registerCommand('ghostline.showStats', () => ghostline?.showStats()),
+    vscode.commands.registerCommand('ghostline.expand', () => ghostline?.expand()),
+    vscode.commands.registerCommand('ghostline.logState', () => ghostline?.logState()),
+    vscode.workspace.onDidChangeConfiguration(async (event) => {
+      if (!ghostline || !event.affectsConfiguration('ghostline')) {
+        return;
+      }
+      if (event.affectsConfiguration('ghostline.enable')) {
+        const enabled = vscode.workspace.getConfiguration('ghostline').get<boolean>('enable', true);
+        await (enabled ? ghostline.start() : ghostline.stop());
+      } else if (RESTART_SETTINGS.some((name) => event.affectsConfiguration(name))) {
+        await ghostline.restart();
+      } else {
+        ghostline.sendSettings();
+      }
+    }),
+  );
+  await ghostline.start();
+}
+
+export async function deactivate(): Promise<void> {
+  await ghostline?.stop();
+}

