@@ -629,7 +629,7 @@ fn main() {
     std::fs::create_dir_all(&options.out).expect("the output folder can be made");
     let json_path = options.out.join("replay.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report).unwrap()).expect("the JSON report is written");
-    let curves: Vec<(String, Vec<Option<f64>>, Vec<Option<f64>>)> = names
+    let curves: Vec<metrics::Curve> = names
         .iter()
         .zip(&keystrokes)
         .map(|(name, keys)| (name.clone(), keys.iter().map(|key| key.response_ms).collect(), keys.iter().map(|key| key.suggestion_ms).collect()))

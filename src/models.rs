@@ -204,7 +204,7 @@ pub fn fetch(spec: &ModelSpec) -> Result<PathBuf, ModelError> {
 
 fn fetch_into(spec: &ModelSpec, dir: &Path) -> Result<PathBuf, ModelError> {
     let final_path = dir.join(spec.file_name);
-    fs::create_dir_all(&dir).map_err(io_context(format!("cannot create {}", dir.display())))?;
+    fs::create_dir_all(dir).map_err(io_context(format!("cannot create {}", dir.display())))?;
     let work_dir = dir.join(format!(".fetch-{}-{}", spec.name, std::process::id()));
     let _ = fs::remove_dir_all(&work_dir);
     fs::create_dir_all(&work_dir).map_err(io_context(format!("cannot create {}", work_dir.display())))?;

@@ -169,14 +169,17 @@ pub fn table(names: &[String], figures: &[&Value]) -> String {
     out
 }
 
+/// One server's latencies for the picture: its name, response and time-to-suggestion values.
+pub type Curve = (String, Vec<Option<f64>>, Vec<Option<f64>>);
+
 const COLORS: &[&str] = &["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
 
 /// Two panels of cumulative distributions (response latency, time to suggestion) on a log
 /// axis from 0.1 ms to 10 s; keystrokes that never got one keep a curve below 100 %.
-pub fn svg(title: &str, runs: &[(String, Vec<Option<f64>>, Vec<Option<f64>>)]) -> String {
+pub fn svg(title: &str, runs: &[Curve]) -> String {
     let (width, height, margin) = (520.0, 300.0, 50.0);
     let (plot_w, plot_h) = (width - 2.0 * margin + 20.0, height - 2.0 * margin);
-    let x_of = |ms: f64| margin + (ms.max(0.1).min(10_000.0).log10() + 1.0) / 5.0 * plot_w;
+    let x_of = |ms: f64| margin + (ms.clamp(0.1, 10_000.0).log10() + 1.0) / 5.0 * plot_w;
     let y_of = |share: f64| margin + plot_h - share * plot_h;
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"18\" font-size=\"13\">{}</text>\n",
