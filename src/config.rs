@@ -7,6 +7,7 @@
 use serde::Deserialize;
 
 use crate::context::WindowConfig;
+use crate::expansions::Expansion;
 use crate::models::DEFAULT_MODEL;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +32,8 @@ pub struct Config {
     pub windows: WindowConfig,
     /// Serve typed-ahead characters from the current suggestion (switch off only to measure).
     pub typed_ahead: bool,
+    /// User-defined text expansions, offered as completion items without the model.
+    pub expansions: Vec<Expansion>,
 }
 
 impl Default for Config {
@@ -48,6 +51,7 @@ impl Default for Config {
             languages: Vec::new(),
             windows: WindowConfig::default(),
             typed_ahead: true,
+            expansions: Vec::new(),
         }
     }
 }
@@ -70,6 +74,7 @@ pub struct RawSettings {
     pub prefix_lines: Option<serde_json::Value>,
     pub suffix_lines: Option<serde_json::Value>,
     pub typed_ahead: Option<serde_json::Value>,
+    pub expansions: Option<serde_json::Value>,
     /// Whether the client handles `ghostline/suggestionReady` (also a client capability).
     pub suggestion_ready_notification: Option<bool>,
 }
@@ -179,6 +184,12 @@ impl Config {
         if let Some(value) = &raw.typed_ahead {
             if let Some(typed_ahead) = boolean("typedAhead", value, errors) {
                 self.typed_ahead = typed_ahead;
+            }
+        }
+        if let Some(value) = &raw.expansions {
+            match crate::expansions::parse(value) {
+                Ok(expansions) => self.expansions = expansions,
+                Err(err) => errors.push(format!("setting expansions: {err}; keeping the previous value")),
             }
         }
         if let Some(value) = &raw.languages {

@@ -10,6 +10,7 @@
 //! - `context`: builds prompts from a rope and a cursor, ordered stable to volatile.
 //! - `models`: the model registry, fetching with checksum verification, the cache directory.
 //! - `postprocess`: cleaning a raw suggestion (overlap with the text after the cursor, whitespace).
+//! - `expansions`: user-defined triggers served as completion items without the model.
 //! - `config`: raw client settings and the validated `Config`.
 //! - `stats`: counters and latency histograms.
 //!
@@ -22,6 +23,7 @@ pub mod config;
 pub mod context;
 pub mod documents;
 pub mod engine;
+pub mod expansions;
 pub mod models;
 pub mod postprocess;
 pub mod scheduler;

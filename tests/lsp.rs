@@ -213,6 +213,46 @@ fn completion_items_for_clients_without_ghost_text() {
 }
 
 #[test]
+fn expansions_are_offered_as_snippets_with_their_variables_filled() {
+    let _serial = serial();
+    let expansions = json!({
+        "todo": {"body": "# TODO(${fileBase}, ${year}): ${1:what}$0", "description": "a to-do note"},
+        "today": "${date}",
+    });
+    let mut client = start(DEFAULT_MODEL, json!({"expansions": expansions}));
+    let uri = "file:///project/my%20notes.py";
+    client.open(uri, "python", "import math\n\n\n");
+    let character = client.type_text(uri, 1, 0, "to");
+    let result = client.request_ok("textDocument/completion", json!({"textDocument": {"uri": uri}, "position": {"line": 1, "character": character}}));
+    let items = result["items"].as_array().unwrap();
+    let todo = items.iter().find(|item| item["label"] == "todo").unwrap_or_else(|| panic!("no todo item in {result}"));
+    let year = chrono_year();
+    assert_eq!(todo["textEdit"]["newText"], format!("# TODO(my notes, {year}): ${{1:what}}$0"));
+    assert_eq!(todo["insertTextFormat"], 2, "a snippet");
+    assert_eq!(todo["detail"], "a to-do note");
+    assert_eq!(todo["textEdit"]["range"]["start"], json!({"line": 1, "character": 0}), "replaces the typed trigger");
+    let today = items.iter().find(|item| item["label"] == "today").expect("today matches `to` too");
+    assert!(today["textEdit"]["newText"].as_str().unwrap().starts_with(&year), "{today}");
+
+    // A bad setting is reported and the previous expansions stay.
+    client.notify("workspace/didChangeConfiguration", json!({"settings": {"expansions": {"two words": "x"}}}));
+    client
+        .wait_notification("window/showMessage", Duration::from_secs(10), |params| params["message"].as_str().unwrap_or_default().contains("expansions"))
+        .expect("the invalid expansions are reported");
+    let character = client.type_text(uri, 1, character, "da");
+    let result = client.request_ok("textDocument/completion", json!({"textDocument": {"uri": uri}, "position": {"line": 1, "character": character}}));
+    let labels: Vec<&str> = result["items"].as_array().unwrap().iter().filter_map(|item| item["label"].as_str()).collect();
+    assert!(labels.contains(&"today") && !labels.contains(&"todo"), "{labels:?}");
+    client.shutdown();
+}
+
+/// The current year, as the server's local clock gives it.
+fn chrono_year() -> String {
+    let output = std::process::Command::new("date").arg("+%Y").output().expect("date runs");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
 fn configuration_changes_apply_and_invalid_values_are_reported() {
     let _serial = serial();
     let mut client = start(TINY_MODEL, json!({"maxTokens": "many"}));

@@ -27,6 +27,7 @@ use tower_lsp_server::{Client, LanguageServer, LspService, Server};
 use crate::config::{Config, RawSettings};
 use crate::documents::{self, DocumentStore, PositionEncoding};
 use crate::engine::{Engine, EngineConfig};
+use crate::expansions;
 use crate::models;
 use crate::scheduler::{Answer, CursorState, EngineState, Scheduler, Waiting};
 
@@ -287,6 +288,32 @@ fn accept_command(uri: &Uri, text: &str) -> Command {
 }
 
 /// The identifier characters right before the cursor (what a completion menu filters on).
+impl Backend {
+    /// Completion items for the user's expansions whose trigger starts with `word`.
+    fn expansion_items(&self, uri: &Uri, language_id: &str, word: &str, word_range: Range) -> Vec<CompletionItem> {
+        let config = self.scheduler.config();
+        let path = uri.path().decode().to_string_lossy();
+        let file_name = path.rsplit('/').next().unwrap_or_default().to_string();
+        let context = expansions::Context { file_name, language_id: language_id.to_string(), now: chrono::Local::now() };
+        expansions::matching(&config.expansions, word)
+            .map(|expansion| {
+                let text = expansions::render(&expansion.body, &context);
+                CompletionItem {
+                    label: expansion.trigger.clone(),
+                    kind: Some(CompletionItemKind::SNIPPET),
+                    detail: Some(expansion.description.clone().unwrap_or_else(|| "Ghostline expansion".to_string())),
+                    documentation: Some(Documentation::MarkupContent(MarkupContent { kind: MarkupKind::Markdown, value: format!("```\n{text}\n```") })),
+                    sort_text: Some(format!("1{}", expansion.trigger)),
+                    filter_text: Some(expansion.trigger.clone()),
+                    insert_text_format: Some(InsertTextFormat::SNIPPET),
+                    text_edit: Some(CompletionTextEdit::Edit(TextEdit { range: word_range, new_text: text })),
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
+}
+
 fn word_before_cursor(line_head: &str) -> &str {
     let start = line_head
         .char_indices()
@@ -441,13 +468,17 @@ impl LanguageServer for Backend {
             let state = self.cursor_state(&uri, position)?;
             let line_start = state.rope.line_to_char(state.rope.char_to_line(state.cursor_char_idx));
             let line_head = state.rope.slice(line_start..state.cursor_char_idx).to_string();
-            let (answer, _) = self.scheduler.complete(state.clone(), Waiting::UntilReady).await;
-            let Answer::Ready(suggestion) = answer else {
-                return Ok(Some(CompletionResponse::List(CompletionList { is_incomplete: true, items: Vec::new() })));
-            };
             let word = word_before_cursor(&line_head);
             let word_start_idx = state.cursor_char_idx - word.chars().count();
             let word_start = proto::to_position(documents::position(&state.rope, word_start_idx, self.encoding()));
+            let word_range = Range { start: word_start, end: position };
+            // Expansions are answered at once: the model's item joins them only if it is ready.
+            let mut items = self.expansion_items(&uri, &state.language_id, word, word_range);
+            let waiting = if items.is_empty() { Waiting::UntilReady } else { Waiting::Budget };
+            let (answer, _) = self.scheduler.complete(state.clone(), waiting).await;
+            let Answer::Ready(suggestion) = answer else {
+                return Ok(Some(CompletionResponse::List(CompletionList { is_incomplete: true, items })));
+            };
             let full_text = cap_chars(&suggestion.text, MAX_ITEM_TEXT_CHARS);
             let first_line = suggestion.text.lines().find(|line| !line.trim().is_empty()).unwrap_or_default();
             let label = cap_chars(&format!("{word}{}", if suggestion.text.starts_with('\n') { first_line.trim_start() } else { first_line }), MAX_LABEL_CHARS);
@@ -464,13 +495,14 @@ impl LanguageServer for Backend {
                 filter_text: Some(format!("{word}{}", suggestion.text.lines().next().unwrap_or_default())),
                 insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
                 text_edit: Some(CompletionTextEdit::Edit(TextEdit {
-                    range: Range { start: word_start, end: position },
+                    range: word_range,
                     new_text: format!("{word}{full_text}"),
                 })),
                 command: Some(accept_command(&uri, &suggestion.text)),
                 ..Default::default()
             };
-            Ok(Some(CompletionResponse::List(CompletionList { is_incomplete: true, items: vec![item] })))
+            items.insert(0, item);
+            Ok(Some(CompletionResponse::List(CompletionList { is_incomplete: true, items })))
         })
         .await
     }
