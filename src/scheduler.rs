@@ -60,6 +60,14 @@ pub struct Suggestion {
     pub from_typed_ahead: bool,
 }
 
+/// An expansion: replace the characters `start_char_idx..end_char_idx` with `text`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expanded {
+    pub start_char_idx: usize,
+    pub end_char_idx: usize,
+    pub text: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmptyReason {
     ModelNotReady,
@@ -435,6 +443,50 @@ impl Scheduler {
                 Err(_) => return (Answer::Empty(EmptyReason::NotReadyYet), None),
             }
         }
+    }
+
+    /// Turns lines `first_line..=last_line` (a comment or a short note saying what should come)
+    /// into code: the model writes what follows them on a new line with their indentation. A
+    /// comment stays and the code goes below it; a note is replaced by the code. Returns the
+    /// character range to replace and its new text.
+    pub async fn expand(&self, rope: &Rope, first_line: usize, last_line: usize) -> Result<Expanded, String> {
+        let engine = self.ready_engine().ok_or("the model is not loaded yet")?;
+        if first_line > last_line || last_line >= rope.len_lines() {
+            return Err(format!("lines {first_line}..{last_line} are not in the document"));
+        }
+        let lines: Vec<String> = (first_line..=last_line).map(|line| rope.line(line).to_string().trim_end_matches(['\r', '\n']).to_string()).collect();
+        if lines.iter().all(|line| line.trim().is_empty()) {
+            return Err("there is nothing to expand on these lines".to_string());
+        }
+        let first = &lines[0];
+        let indent: String = first.chars().take_while(|ch| ch.is_whitespace()).collect();
+        let is_comment = lines.iter().filter(|line| !line.trim().is_empty()).all(|line| {
+            let text = line.trim_start();
+            ["#", "//", "--", "/*", "*", ";", "%", "<!--"].iter().any(|marker| text.starts_with(marker))
+        });
+        let first_start = rope.line_to_char(first_line);
+        let last_end = rope.line_to_char(last_line) + context::line_len_chars(rope, last_line);
+        let mut with_new_line = rope.clone();
+        with_new_line.insert(last_end, &format!("\n{indent}"));
+        let cursor_idx = last_end + 1 + indent.chars().count();
+        let cursor_line = with_new_line.char_to_line(cursor_idx);
+        let cursor = CursorPosition { line: cursor_line, column: cursor_idx - with_new_line.line_to_char(cursor_line) };
+        let config = self.config();
+        let built = context::build_prompt(&with_new_line, cursor, &config.windows, engine.info().special).map_err(|err| err.to_string())?;
+        let params = GenerateParams { max_tokens: 256, stop: StopRules::multi_line(config.max_lines.max(24)), ..GenerateParams::default() };
+        let completion = engine.submit(built.prompt, params).wait().await.map_err(|err| err.to_string())?;
+        if matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled) {
+            return Err("a newer edit interrupted the expansion; ask again".to_string());
+        }
+        let code = clean_suggestion(&indent, &completion.text, "");
+        if code.trim().is_empty() {
+            return Err("the model had nothing to write here".to_string());
+        }
+        Ok(if is_comment {
+            Expanded { start_char_idx: last_end, end_char_idx: last_end, text: format!("\n{indent}{code}") }
+        } else {
+            Expanded { start_char_idx: first_start, end_char_idx: last_end, text: format!("{indent}{code}") }
+        })
     }
 
     /// Whether a job may publish a token before `deadline`: not while its prompt is still being

@@ -246,6 +246,46 @@ fn expansions_are_offered_as_snippets_with_their_variables_filled() {
     client.shutdown();
 }
 
+#[test]
+fn a_comment_or_a_note_expands_into_code_through_a_code_action() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({}));
+    let uri = "file:///project/stats.py";
+    let comment = "# return the mean of a list of numbers";
+    client.open(uri, "python", &format!("import math\n\n{comment}\n\n\nprint(mean([1, 2, 3]))\n"));
+    let range = json!({"start": {"line": 2, "character": 0}, "end": {"line": 2, "character": 5}});
+    let actions = client.request_ok("textDocument/codeAction", json!({"textDocument": {"uri": uri}, "range": range, "context": {"diagnostics": []}}));
+    let command = &actions[0]["command"];
+    assert_eq!(command["command"], "ghostline.expand", "{actions}");
+    let edit = client.request_ok("workspace/executeCommand", json!({"command": "ghostline.expand", "arguments": command["arguments"]}));
+    let change = &edit["changes"][uri][0];
+    // A comment stays: the code goes in after it, at its indentation.
+    assert_eq!(change["range"]["start"], json!({"line": 2, "character": comment.len()}), "{edit}");
+    assert_eq!(change["range"]["start"], change["range"]["end"]);
+    let code = change["newText"].as_str().unwrap();
+    assert!(code.starts_with('\n') && code.contains("def ") && code.contains("return"), "{code:?}");
+    let apply = client.wait_notification("workspace/applyEdit", Duration::from_secs(10), |params| params["edit"]["changes"][uri].is_array());
+    assert!(apply.is_some(), "the server asks the client to apply the edit");
+
+    // A note (not a comment) is replaced by the code.
+    let note_uri = "file:///project/note.py";
+    client.open(note_uri, "python", "import math\n\ndef circle_area(radius):\n    compute the area with math.pi\n");
+    let edit = client.request_ok("workspace/executeCommand", json!({"command": "ghostline.expand", "arguments": [note_uri, 3, 3]}));
+    let change = &edit["changes"][note_uri][0];
+    assert_eq!(change["range"], json!({"start": {"line": 3, "character": 0}, "end": {"line": 3, "character": 33}}), "{edit}");
+    let code = change["newText"].as_str().unwrap();
+    assert!(code.starts_with("    ") && code.contains("math.pi"), "{code:?}");
+
+    // Blank lines offer nothing; bad arguments are clear errors.
+    let blank = json!({"start": {"line": 1, "character": 0}, "end": {"line": 1, "character": 0}});
+    assert_eq!(client.request_ok("textDocument/codeAction", json!({"textDocument": {"uri": note_uri}, "range": blank, "context": {"diagnostics": []}})), json!(null));
+    let response = client.request("workspace/executeCommand", json!({"command": "ghostline.expand", "arguments": [note_uri, 40, 41]}));
+    assert!(response["error"]["message"].as_str().unwrap_or_default().contains("not in the document"), "{response}");
+    let response = client.request("workspace/executeCommand", json!({"command": "ghostline.expand", "arguments": [note_uri]}));
+    assert!(response["error"]["message"].as_str().unwrap_or_default().contains("takes [uri, firstLine, lastLine]"), "{response}");
+    client.shutdown();
+}
+
 /// The current year, as the server's local clock gives it.
 fn chrono_year() -> String {
     let output = std::process::Command::new("date").arg("+%Y").output().expect("date runs");

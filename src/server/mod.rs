@@ -41,6 +41,9 @@ const MAX_LABEL_CHARS: usize = 60;
 const MAX_ITEM_TEXT_CHARS: usize = 2000;
 
 pub const ACCEPT_COMMAND: &str = "ghostline.accept";
+/// Turns lines (a comment or a note) into code: arguments `[uri, firstLine, lastLine]`
+/// (0-based lines). The server applies the edit with `workspace/applyEdit` and returns it.
+pub const EXPAND_COMMAND: &str = "ghostline.expand";
 
 /// Runs the server on stdin/stdout until the client exits.
 pub async fn serve(config: Config) {
@@ -289,6 +292,36 @@ fn accept_command(uri: &Uri, text: &str) -> Command {
 
 /// The identifier characters right before the cursor (what a completion menu filters on).
 impl Backend {
+    /// `ghostline.expand`: generates the code, applies it with `workspace/applyEdit` and returns
+    /// the edit (so a client that cannot apply edits can still use it).
+    async fn expand(&self, arguments: &[Value]) -> Result<Value> {
+        let usage = || invalid_params(format!("{EXPAND_COMMAND} takes [uri, firstLine, lastLine]"));
+        let uri: Uri = arguments.first().and_then(Value::as_str).and_then(|text| text.parse().ok()).ok_or_else(usage)?;
+        let first_line = arguments.get(1).and_then(Value::as_u64).ok_or_else(usage)? as usize;
+        let last_line = arguments.get(2).and_then(Value::as_u64).ok_or_else(usage)? as usize;
+        let document = self.documents.get(uri.as_str()).ok_or_else(|| invalid_params(format!("document {} is not open", uri.as_str())))?;
+        let expanded = self.scheduler.expand(&document.rope, first_line, last_line).await.map_err(invalid_params)?;
+        let current = self.documents.get(uri.as_str()).map(|document| document.version);
+        if current != Some(document.version) {
+            return Err(invalid_params("the document changed while expanding; ask again"));
+        }
+        let encoding = self.encoding();
+        let range = Range {
+            start: proto::to_position(documents::position(&document.rope, expanded.start_char_idx, encoding)),
+            end: proto::to_position(documents::position(&document.rope, expanded.end_char_idx, encoding)),
+        };
+        let edit = WorkspaceEdit {
+            changes: Some([(uri.clone(), vec![TextEdit { range, new_text: expanded.text }])].into_iter().collect()),
+            ..Default::default()
+        };
+        match self.client.apply_edit(edit.clone()).await {
+            Ok(response) if !response.applied => tracing::warn!(reason = ?response.failure_reason, "the client did not apply the expansion"),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "workspace/applyEdit failed"),
+        }
+        serde_json::to_value(edit).map_err(|err| Error { code: ErrorCode::InternalError, message: err.to_string().into(), data: None })
+    }
+
     /// Completion items for the user's expansions whose trigger starts with `word`.
     fn expansion_items(&self, uri: &Uri, language_id: &str, word: &str, word_range: Range) -> Vec<CompletionItem> {
         let config = self.scheduler.config();
@@ -387,9 +420,10 @@ impl LanguageServer for Backend {
                         ..Default::default()
                     })),
                     inline_completion_provider: Some(OneOf::Left(true)),
+                    code_action_provider: Some(CodeActionProviderCapability::Simple(true)),
                     completion_provider: Some(CompletionOptions { resolve_provider: Some(false), ..Default::default() }),
                     execute_command_provider: Some(ExecuteCommandOptions {
-                        commands: vec![ACCEPT_COMMAND.to_string()],
+                        commands: vec![ACCEPT_COMMAND.to_string(), EXPAND_COMMAND.to_string()],
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -507,6 +541,37 @@ impl LanguageServer for Backend {
         .await
     }
 
+    async fn code_action(&self, params: CodeActionParams) -> Result<Option<CodeActionResponse>> {
+        guarded("textDocument/codeAction", async {
+            let uri = params.text_document.uri;
+            let Some(document) = self.documents.get(uri.as_str()) else {
+                return Err(invalid_params(format!("document {} is not open", uri.as_str())));
+            };
+            let first_line = params.range.start.line as usize;
+            // A selection that ends at the start of a line does not include that line.
+            let last_line = if params.range.end.line > params.range.start.line && params.range.end.character == 0 {
+                params.range.end.line as usize - 1
+            } else {
+                params.range.end.line as usize
+            };
+            if last_line >= document.rope.len_lines() || (first_line..=last_line).all(|line| document.rope.line(line).to_string().trim().is_empty()) {
+                return Ok(None);
+            }
+            let action = CodeAction {
+                title: "Ghostline: expand into code".to_string(),
+                kind: Some(CodeActionKind::REFACTOR_REWRITE),
+                command: Some(Command {
+                    title: "Ghostline: expand into code".to_string(),
+                    command: EXPAND_COMMAND.to_string(),
+                    arguments: Some(vec![json!(uri.as_str()), json!(first_line), json!(last_line)]),
+                }),
+                ..Default::default()
+            };
+            Ok(Some(vec![CodeActionOrCommand::CodeAction(action)]))
+        })
+        .await
+    }
+
     async fn execute_command(&self, params: ExecuteCommandParams) -> Result<Option<LSPAny>> {
         guarded("workspace/executeCommand", async {
             match params.command.as_str() {
@@ -514,7 +579,8 @@ impl LanguageServer for Backend {
                     self.scheduler.record_accepted();
                     Ok(None)
                 }
-                other => Err(invalid_params(format!("unknown command `{other}`; Ghostline offers {ACCEPT_COMMAND}"))),
+                EXPAND_COMMAND => self.expand(&params.arguments).await.map(Some),
+                other => Err(invalid_params(format!("unknown command `{other}`; Ghostline offers {ACCEPT_COMMAND} and {EXPAND_COMMAND}"))),
             }
         })
         .await
