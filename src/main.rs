@@ -225,7 +225,11 @@ fn complete(args: CompleteArgs) -> Result<(), CliError> {
             token_healing: true,
         };
         let mut completion = engine.complete_blocking(built.prompt, params)?;
-        completion.text = ghostline::postprocess::clean_suggestion(&built.line_head, &completion.text, &built.line_tail);
+        let surroundings = ghostline::postprocess::Surroundings {
+            next_lines: built.next_lines.clone(),
+            indent: ghostline::postprocess::detect_indent(text.lines()),
+        };
+        completion.text = ghostline::postprocess::clean_suggestion(&built.line_head, &completion.text, &built.line_tail, &surroundings);
         let total_ms = round_start.elapsed().as_secs_f64() * 1000.0;
         let mut stdout = std::io::stdout().lock();
         if args.json {

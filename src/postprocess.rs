@@ -1,10 +1,60 @@
 //! Post-processing of a suggestion before it leaves: no overlap with the text after the cursor,
-//! no trailing whitespace, no whitespace-only suggestions.
+//! no repetition of the lines that follow, indentation in the file's style (tabs or spaces), no
+//! trailing whitespace, no whitespace-only suggestions.
 //!
 //! Pure functions on strings; they never see a document or a model.
 
+/// How a file indents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Indent {
+    Tabs,
+    Spaces(usize),
+}
+
+/// The file's indentation style from a sample of its lines: tabs when most indented lines start
+/// with a tab, else spaces of the most common step between consecutive indentations. None when
+/// nothing is indented.
+pub fn detect_indent<'a>(lines: impl Iterator<Item = &'a str>) -> Option<Indent> {
+    let (mut tabs, mut spaces) = (0, 0);
+    let mut steps = [0usize; 9];
+    let mut previous = 0;
+    for line in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.starts_with('\t') {
+            tabs += 1;
+            continue;
+        }
+        let width = line.len() - line.trim_start_matches(' ').len();
+        if width > 0 {
+            spaces += 1;
+        }
+        let step = width.abs_diff(previous);
+        if (1..steps.len()).contains(&step) {
+            steps[step] += 1;
+        }
+        previous = width;
+    }
+    if tabs == 0 && spaces == 0 {
+        return None;
+    }
+    if tabs > spaces {
+        return Some(Indent::Tabs);
+    }
+    let width = (2..steps.len()).max_by_key(|&step| (steps[step], std::cmp::Reverse(step))).filter(|&step| steps[step] > 0).unwrap_or(4);
+    Some(Indent::Spaces(width))
+}
+
+/// What is around the cursor besides its line: the lines after it, and the file's indentation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Surroundings {
+    pub next_lines: String,
+    pub indent: Option<Indent>,
+}
+
 /// Cleans a raw suggestion for a cursor whose line reads `line_head|line_tail`.
-pub fn clean_suggestion(line_head: &str, suggestion: &str, line_tail: &str) -> String {
+pub fn clean_suggestion(line_head: &str, suggestion: &str, line_tail: &str, surroundings: &Surroundings) -> String {
     let mut res: String = suggestion.split('\n').map(str::trim_end).collect::<Vec<_>>().join("\n");
     // A multi-line suggestion keeps its leading newline (it starts the next line), but never
     // ends in empty lines.
@@ -12,10 +62,66 @@ pub fn clean_suggestion(line_head: &str, suggestion: &str, line_tail: &str) -> S
         res.pop();
     }
     res = trim_overlap_with_tail(line_head, &res, line_tail);
+    if line_tail.trim().is_empty() {
+        res = drop_repeated_next_lines(line_head, &res, &surroundings.next_lines);
+    }
+    if let Some(indent) = surroundings.indent {
+        res = reindent(&res, indent);
+    }
     if res.trim().is_empty() {
         return String::new();
     }
     res
+}
+
+/// Cuts the suggestion where it starts repeating the lines after the cursor: the model has seen
+/// them and tends to write them again. A one-line suggestion that makes the cursor line equal to
+/// the next non-blank line is dropped.
+fn drop_repeated_next_lines(line_head: &str, suggestion: &str, next_lines: &str) -> String {
+    // Lines compare with their indentation: a `}` that closes an outer block is not the `}`
+    // below it at another depth.
+    let Some(next) = next_lines.lines().map(str::trim_end).find(|line| !line.trim().is_empty()) else {
+        return suggestion.to_string();
+    };
+    let mut lines = suggestion.split('\n');
+    let first = lines.next().unwrap_or_default();
+    if format!("{line_head}{first}").trim_end() == next {
+        return String::new();
+    }
+    let mut kept = first.to_string();
+    for line in lines {
+        if line.trim_end() == next {
+            break;
+        }
+        kept.push('\n');
+        kept.push_str(line);
+    }
+    kept.trim_end().to_string()
+}
+
+/// Rewrites the indentation of the suggestion's later lines (each carries its own) in the file's
+/// style: tabs become spaces of the file's width; runs of four spaces (the models' habit) become
+/// tabs in a tab-indented file.
+fn reindent(suggestion: &str, indent: Indent) -> String {
+    let mut lines = suggestion.split('\n');
+    let mut out = lines.next().unwrap_or_default().to_string();
+    for line in lines {
+        let body = line.trim_start_matches([' ', '\t']);
+        let leading = &line[..line.len() - body.len()];
+        let columns: usize = leading.chars().map(|ch| if ch == '\t' { 4 } else { 1 }).sum();
+        let converted = match indent {
+            Indent::Tabs if leading.contains(' ') => format!("{}{}", "\t".repeat(columns / 4), " ".repeat(columns % 4)),
+            Indent::Spaces(width) if leading.contains('\t') => {
+                let tabs = leading.chars().filter(|&ch| ch == '\t').count();
+                " ".repeat(tabs * width + (columns - tabs * 4))
+            }
+            _ => leading.to_string(),
+        };
+        out.push('\n');
+        out.push_str(&converted);
+        out.push_str(body);
+    }
+    out
 }
 
 /// Removes the end of the suggestion that repeats the start of the text after the cursor: the
@@ -74,11 +180,104 @@ mod tests {
         ("def f(", "a, b):", "):", "a, b"),
     ];
 
+    const T: Option<Indent> = Some(Indent::Tabs);
+    const S2: Option<Indent> = Some(Indent::Spaces(2));
+    const S4: Option<Indent> = Some(Indent::Spaces(4));
+
+    /// language, line_head, raw suggestion, line_tail, the lines after the cursor line, the file's
+    /// indentation, expected.
+    #[allow(clippy::type_complexity)]
+    const IN_CONTEXT: &[(&str, &str, &str, &str, &str, Option<Indent>, &str)] = &[
+        // Overlap with the text after the cursor.
+        ("python", "    print(", "total)", ")", "", S4, "total"),
+        ("python", "    items.append(", "value)", ")\n", "", S4, "value"),
+        ("python", "x = {", "'a': 1}", "}", "", S4, "'a': 1"),
+        ("rust", "    let v = vec![", "1, 2, 3]", "];", "", S4, "1, 2, 3"),
+        ("rust", "    println!(", "\"{}\", x)", ");", "", S4, "\"{}\", x"),
+        ("rust", "    if let Some(x) = map.get(", "&key)", ") {", "", S4, "&key"),
+        ("javascript", "  console.log(", "result)", ");", "", S2, "result"),
+        ("javascript", "  const xs = [", "1, 2]", "];", "", S2, "1, 2"),
+        ("go", "\tfmt.Println(", "err)", ")", "", T, "err"),
+        ("go", "\tif err := f(", "ctx)", "); err != nil {", "", T, "ctx"),
+        ("c", "    printf(", "\"%d\\n\", n)", ");", "", S4, "\"%d\\n\", n"),
+        ("lua", "  print(", "name)", ")", "", S2, "name"),
+        ("java", "        System.out.println(", "msg)", ");", "", S4, "msg"),
+        ("bash", "echo \"$(", "date)", ")\"", "", S4, "date"),
+        // A tail that is not only closers is kept when the suggestion does not end with it.
+        ("python", "    return max(", "a, b", "))", "", S4, "a, b"),
+        ("rust", "    foo(", "bar(1), 2", ")", "", S4, "bar(1), 2"),
+        // No repetition of the lines that follow.
+        ("python", "    ", "return result", "", "    return result\n", S4, ""),
+        ("python", "    total = ", "0", "", "    total = 0\n", S4, ""),
+        ("rust", "    ", "Ok(())", "", "\n    Ok(())\n}\n", S4, ""),
+        ("javascript", "  ", "return x;", "", "  return x;\n}\n", S2, ""),
+        ("go", "\t", "return nil", "", "\treturn nil\n}\n", T, ""),
+        ("c", "    ", "return 0;", "", "    return 0;\n}\n", S4, ""),
+        ("lua", "  ", "end", "", "  end\n", S2, ""),
+        ("lua", "  ", "end", "", "end\n", S2, "end"),
+        ("rust", "    ", "}", "", "}\n", S4, "}"),
+        ("python", "", "\n    x = 1\n    return x", "", "    return x\n", S4, "\n    x = 1"),
+        ("rust", "", "\n    let y = 2;\n    y\n}", "", "    y\n}\n", S4, "\n    let y = 2;"),
+        ("javascript", "", "\n  a();\n  b();\n}", "", "  b();\n}\n", S2, "\n  a();"),
+        ("go", "", "\n\tx := 1\n\treturn x\n}", "", "\treturn x\n}\n", T, "\n\tx := 1"),
+        ("java", "", "\n        int a = 1;\n        return a;", "", "        return a;\n    }\n", S4, "\n        int a = 1;"),
+        ("lua", "", "\n  local n = 0\n  return n\nend", "", "  return n\nend\n", S2, "\n  local n = 0"),
+        ("c", "", "\n    int i;\n    return i;", "", "\n\n    return i;\n", S4, "\n    int i;"),
+        ("rust", "", "\n        x\n    }\n}", "", "}\n", S4, "\n        x\n    }"),
+        // Different text below is not repetition.
+        ("python", "    ", "return total", "", "    print(total)\n", S4, "return total"),
+        ("rust", "    let n = ", "items.len();", "", "    let m = 0;\n", S4, "items.len();"),
+        ("go", "\tn := ", "len(xs)", "", "\tm := 0\n", T, "len(xs)"),
+        ("javascript", "  const y = ", "x + 1;", "", "  return y;\n", S2, "x + 1;"),
+        // Indentation in the file's style.
+        ("go", "", "\n    x := 1\n    return x", "", "", T, "\n\tx := 1\n\treturn x"),
+        ("go", "", "\n        nested()", "", "", T, "\n\t\tnested()"),
+        ("c", "", "\n    if (a) {\n        b();\n    }", "", "", T, "\n\tif (a) {\n\t\tb();\n\t}"),
+        ("python", "", "\n\tx = 1\n\treturn x", "", "", S4, "\n    x = 1\n    return x"),
+        ("javascript", "", "\n\tfoo();", "", "", S2, "\n  foo();"),
+        ("lua", "", "\n\tlocal a = 1", "", "", S2, "\n  local a = 1"),
+        ("rust", "", "\n\t\tdeep();", "", "", S4, "\n        deep();"),
+        ("java", "", "\n    return 1;", "", "", S4, "\n    return 1;"),
+        ("python", "", "\n    pass", "", "", None, "\n    pass"),
+        ("go", "", "\n\treturn", "", "", T, "\n\treturn"),
+        // Whitespace.
+        ("python", "x = ", "  \n  ", "", "", S4, ""),
+        ("rust", "let a = ", "b;   ", "", "", S4, "b;"),
+        ("javascript", "", "\n  a();   \n\n", "", "", S2, "\n  a();"),
+        ("go", "x := ", "\t", "", "", T, ""),
+        ("lua", "local s = ", "'a'  ", "", "", S2, "'a'"),
+        ("bash", "if [ -f ", "\"$f\" ]; then  ", "", "", S2, "\"$f\" ]; then"),
+        ("c", "int n = ", "0; ", "", "", S4, "0;"),
+        ("java", "int n = ", "", "", "", S4, ""),
+    ];
+
+    #[test]
+    fn golden_cases_in_context() {
+        let languages: std::collections::BTreeSet<&str> = IN_CONTEXT.iter().map(|case| case.0).collect();
+        assert!(languages.len() >= 6 && IN_CONTEXT.len() + CASES.len() >= 60);
+        for (language, line_head, suggestion, line_tail, next_lines, indent, expected) in IN_CONTEXT {
+            let surroundings = Surroundings { next_lines: next_lines.to_string(), indent: *indent };
+            assert_eq!(
+                clean_suggestion(line_head, suggestion, line_tail, &surroundings),
+                *expected,
+                "{language}: {line_head:?} + {suggestion:?} before {line_tail:?}, then {next_lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn indentation_is_read_from_the_file() {
+        assert_eq!(detect_indent("fn f() {\n\tlet a = 1;\n\tif a {\n\t\tb();\n\t}\n}\n".lines()), Some(Indent::Tabs));
+        assert_eq!(detect_indent("def f():\n    a = 1\n    if a:\n        b()\n".lines()), Some(Indent::Spaces(4)));
+        assert_eq!(detect_indent("function f() {\n  a();\n  if (b) {\n    c();\n  }\n}\n".lines()), Some(Indent::Spaces(2)));
+        assert_eq!(detect_indent("a = 1\nb = 2\n".lines()), None);
+    }
+
     #[test]
     fn golden_cases() {
         for (line_head, suggestion, line_tail, expected) in CASES {
             assert_eq!(
-                clean_suggestion(line_head, suggestion, line_tail),
+                clean_suggestion(line_head, suggestion, line_tail, &Surroundings::default()),
                 *expected,
                 "{line_head:?} + {suggestion:?} before {line_tail:?}"
             );

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::context::{self, CursorPosition};
 use crate::engine::{Engine, GenerateParams, Job, Progress, StopReason, StopRules};
-use crate::postprocess::clean_suggestion;
+use crate::postprocess::{clean_suggestion, detect_indent, Surroundings};
 use crate::stats::Stats;
 
 /// Where the model is.
@@ -120,6 +120,27 @@ struct LineSplit {
     line: usize,
     head: String,
     tail: String,
+    /// The document, for the post-processing's view of what is around the cursor (computed
+    /// only when a suggestion is cleaned; cloning a rope is cheap).
+    rope: Rope,
+}
+
+impl LineSplit {
+    fn surroundings(&self) -> Surroundings {
+        surroundings(&self.rope, self.line)
+    }
+}
+
+/// Lines after the cursor line that a suggestion must not repeat, and the sample of lines the
+/// indentation style is read from.
+const NEXT_LINES: usize = 8;
+const INDENT_SAMPLE_LINES: usize = 32;
+
+fn surroundings(rope: &Rope, line: usize) -> Surroundings {
+    let n_lines = rope.len_lines();
+    let next_lines: String = (line + 1..(line + 1 + NEXT_LINES).min(n_lines)).map(|idx| rope.line(idx).to_string()).collect();
+    let sample: Vec<String> = (line.saturating_sub(INDENT_SAMPLE_LINES)..(line + 8).min(n_lines)).map(|idx| rope.line(idx).to_string()).collect();
+    Surroundings { next_lines, indent: detect_indent(sample.iter().map(String::as_str)) }
 }
 
 fn split_line(rope: &Rope, cursor_char_idx: usize) -> Option<LineSplit> {
@@ -136,6 +157,7 @@ fn split_line(rope: &Rope, cursor_char_idx: usize) -> Option<LineSplit> {
         line,
         head: rope.slice(line_start..cursor_char_idx).to_string(),
         tail: rope.slice(cursor_char_idx..line_end).to_string(),
+        rope: rope.clone(),
     })
 }
 
@@ -478,7 +500,7 @@ impl Scheduler {
         if matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled) {
             return Err("a newer edit interrupted the expansion; ask again".to_string());
         }
-        let code = clean_suggestion(&indent, &completion.text, "");
+        let code = clean_suggestion(&indent, &completion.text, "", &surroundings(&with_new_line, cursor_line));
         if code.trim().is_empty() {
             return Err("the model had nothing to write here".to_string());
         }
@@ -556,7 +578,7 @@ fn partial_suggestion(progress: &Progress, typed: &str, split: &LineSplit) -> Op
         .filter(|((_, ch), next)| is_word(*ch) != is_word(*next) || !is_word(*ch))
         .map(|((idx, ch), _)| idx + ch.len_utf8())
         .last()?;
-    let text = clean_suggestion(&split.head, &remainder[..cut], &split.tail);
+    let text = clean_suggestion(&split.head, &remainder[..cut], &split.tail, &split.surroundings());
     if text.is_empty() {
         return None;
     }
@@ -576,7 +598,7 @@ fn answer_from(progress: &Progress, typed: &str, split: &LineSplit) -> Answer {
     let Some(remainder) = completion.text.strip_prefix(typed) else {
         return Answer::Empty(EmptyReason::Outdated);
     };
-    let text = clean_suggestion(&split.head, remainder, &split.tail);
+    let text = clean_suggestion(&split.head, remainder, &split.tail, &split.surroundings());
     if text.is_empty() {
         return Answer::Empty(EmptyReason::NothingToSuggest);
     }
@@ -597,7 +619,7 @@ mod tests {
     }
 
     fn split(head: &str, tail: &str) -> LineSplit {
-        LineSplit { line: 0, head: head.to_string(), tail: tail.to_string() }
+        LineSplit { line: 0, head: head.to_string(), tail: tail.to_string(), rope: Rope::new() }
     }
 
     fn partial(text: &str, typed: &str) -> Option<String> {

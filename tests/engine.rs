@@ -43,7 +43,7 @@ fn fim_suggestion_does_not_repeat_the_text_after_the_cursor() {
     let (_turn, engine) = engine(DEFAULT_MODEL);
     let fixture = "def greet(name):\n    print(\"Hello, \" + |)\n";
     let completion = complete_fixture(&engine, fixture, GenerateParams::default());
-    let cleaned = ghostline::postprocess::clean_suggestion("    print(\"Hello, \" + ", &completion.text, ")");
+    let cleaned = ghostline::postprocess::clean_suggestion("    print(\"Hello, \" + ", &completion.text, ")", &Default::default());
     assert!(cleaned.contains("name"), "got {cleaned:?}");
     assert!(!cleaned.ends_with(')'), "raw {:?}, cleaned {cleaned:?}", completion.text);
 }
