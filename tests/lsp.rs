@@ -256,8 +256,8 @@ fn a_comment_or_a_note_expands_into_code_through_a_code_action() {
     let range = json!({"start": {"line": 2, "character": 0}, "end": {"line": 2, "character": 5}});
     let actions = client.request_ok("textDocument/codeAction", json!({"textDocument": {"uri": uri}, "range": range, "context": {"diagnostics": []}}));
     let command = &actions[0]["command"];
-    assert_eq!(command["command"], "ghostline.expand", "{actions}");
-    let edit = client.request_ok("workspace/executeCommand", json!({"command": "ghostline.expand", "arguments": command["arguments"]}));
+    assert_eq!(command["command"], "ghostline.expandIntoCode", "{actions}");
+    let edit = client.request_ok("workspace/executeCommand", json!({"command": "ghostline.expandIntoCode", "arguments": command["arguments"]}));
     let change = &edit["changes"][uri][0];
     // A comment stays: the code goes in after it, at its indentation.
     assert_eq!(change["range"]["start"], json!({"line": 2, "character": comment.len()}), "{edit}");
@@ -270,7 +270,7 @@ fn a_comment_or_a_note_expands_into_code_through_a_code_action() {
     // A note (not a comment) is replaced by the code.
     let note_uri = "file:///project/note.py";
     client.open(note_uri, "python", "import math\n\ndef circle_area(radius):\n    compute the area with math.pi\n");
-    let edit = client.request_ok("workspace/executeCommand", json!({"command": "ghostline.expand", "arguments": [note_uri, 3, 3]}));
+    let edit = client.request_ok("workspace/executeCommand", json!({"command": "ghostline.expandIntoCode", "arguments": [note_uri, 3, 3]}));
     let change = &edit["changes"][note_uri][0];
     assert_eq!(change["range"], json!({"start": {"line": 3, "character": 0}, "end": {"line": 3, "character": 33}}), "{edit}");
     let code = change["newText"].as_str().unwrap();
@@ -279,9 +279,9 @@ fn a_comment_or_a_note_expands_into_code_through_a_code_action() {
     // Blank lines offer nothing; bad arguments are clear errors.
     let blank = json!({"start": {"line": 1, "character": 0}, "end": {"line": 1, "character": 0}});
     assert_eq!(client.request_ok("textDocument/codeAction", json!({"textDocument": {"uri": note_uri}, "range": blank, "context": {"diagnostics": []}})), json!(null));
-    let response = client.request("workspace/executeCommand", json!({"command": "ghostline.expand", "arguments": [note_uri, 40, 41]}));
+    let response = client.request("workspace/executeCommand", json!({"command": "ghostline.expandIntoCode", "arguments": [note_uri, 40, 41]}));
     assert!(response["error"]["message"].as_str().unwrap_or_default().contains("not in the document"), "{response}");
-    let response = client.request("workspace/executeCommand", json!({"command": "ghostline.expand", "arguments": [note_uri]}));
+    let response = client.request("workspace/executeCommand", json!({"command": "ghostline.expandIntoCode", "arguments": [note_uri]}));
     assert!(response["error"]["message"].as_str().unwrap_or_default().contains("takes [uri, firstLine, lastLine]"), "{response}");
     client.shutdown();
 }

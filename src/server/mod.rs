@@ -41,9 +41,11 @@ const MAX_LABEL_CHARS: usize = 60;
 const MAX_ITEM_TEXT_CHARS: usize = 2000;
 
 pub const ACCEPT_COMMAND: &str = "ghostline.accept";
-/// Turns lines (a comment or a note) into code: arguments `[uri, firstLine, lastLine]`
-/// (0-based lines). The server applies the edit with `workspace/applyEdit` and returns it.
-pub const EXPAND_COMMAND: &str = "ghostline.expand";
+/// Turns lines (a comment or a note) into code: arguments `[uri, firstLine, lastLine]` (0-based
+/// lines). The server applies the edit with `workspace/applyEdit` and returns it. The name
+/// differs from the VS Code extension's own `ghostline.expand`: vscode-languageclient registers
+/// every server command as an editor command, and two of one name fail the extension.
+pub const EXPAND_COMMAND: &str = "ghostline.expandIntoCode";
 
 /// Runs the server on stdin/stdout until the client exits.
 pub async fn serve(config: Config) {
@@ -292,7 +294,7 @@ fn accept_command(uri: &Uri, text: &str) -> Command {
 
 /// The identifier characters right before the cursor (what a completion menu filters on).
 impl Backend {
-    /// `ghostline.expand`: generates the code, applies it with `workspace/applyEdit` and returns
+    /// `ghostline.expandIntoCode`: generates the code, applies it with `workspace/applyEdit` and returns
     /// the edit (so a client that cannot apply edits can still use it).
     async fn expand(&self, arguments: &[Value]) -> Result<Value> {
         let usage = || invalid_params(format!("{EXPAND_COMMAND} takes [uri, firstLine, lastLine]"));
