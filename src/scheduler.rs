@@ -10,7 +10,7 @@
 //! anchor's head plus typed characters that agree with the suggestion is served from that job,
 //! without touching the model.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use ropey::Rope;
@@ -92,7 +92,6 @@ pub struct ReadyWaiter {
     pub uri: String,
     pub version: i32,
     pub cursor_char_idx: usize,
-    pub rope: Rope,
     progress: watch::Receiver<Progress>,
     keystroke: Instant,
     /// The characters typed since the job's state, and the cursor line's split.
@@ -100,6 +99,13 @@ pub struct ReadyWaiter {
     split: LineSplit,
     /// The length of the suggestion already answered (0 for an empty answer).
     answered_chars: usize,
+}
+
+impl ReadyWaiter {
+    /// The document the request was answered for.
+    pub fn rope(&self) -> &Rope {
+        &self.split.rope
+    }
 }
 
 struct Anchor {
@@ -120,14 +126,15 @@ struct LineSplit {
     line: usize,
     head: String,
     tail: String,
-    /// The document, for the post-processing's view of what is around the cursor (computed
-    /// only when a suggestion is cleaned; cloning a rope is cheap).
+    /// The document, for the post-processing's view of what is around the cursor (cloning a
+    /// rope is cheap); that view is read once, when a suggestion is first cleaned.
     rope: Rope,
+    surroundings: OnceLock<Surroundings>,
 }
 
 impl LineSplit {
-    fn surroundings(&self) -> Surroundings {
-        surroundings(&self.rope, self.line)
+    fn surroundings(&self) -> &Surroundings {
+        self.surroundings.get_or_init(|| surroundings(&self.rope, self.line))
     }
 }
 
@@ -158,6 +165,7 @@ fn split_line(rope: &Rope, cursor_char_idx: usize) -> Option<LineSplit> {
         head: rope.slice(line_start..cursor_char_idx).to_string(),
         tail: rope.slice(cursor_char_idx..line_end).to_string(),
         rope: rope.clone(),
+        surroundings: OnceLock::new(),
     })
 }
 
@@ -396,7 +404,7 @@ impl Scheduler {
         // whole time since the key was pressed. Timers fire on whole milliseconds, rounding up,
         // so the wait ends one millisecond early to leave within the budget.
         let deadline = match waiting {
-            Waiting::Budget => keystroke + Duration::from_millis(config.budget_ms.saturating_sub(1).max(config.budget_ms.min(1))),
+            Waiting::Budget => keystroke + Duration::from_millis(if config.budget_ms > 1 { config.budget_ms - 1 } else { config.budget_ms }),
             Waiting::UntilReady => keystroke + Duration::from_millis(config.max_wait_ms),
         };
         let covering = self.covering_job(state, &split, &config);
@@ -414,7 +422,8 @@ impl Scheduler {
             // A client that is told when the suggestion grows may be shown its first words while
             // the rest is generated; any other client gets the whole suggestion.
             let partial_ok = waiting == Waiting::Budget;
-            let wait_until = if partial_ok && !self.may_grow_before(&active.job.snapshot(), deadline) { Instant::now() } else { deadline };
+            let may_grow = !partial_ok || self.may_grow_before(&progress.borrow(), deadline);
+            let wait_until = if may_grow { deadline } else { Instant::now() };
             let settled = tokio::time::timeout_at(
                 wait_until.into(),
                 progress.wait_for(|progress| progress.done.is_some() || (partial_ok && partial_suggestion(progress, &typed, &split).is_some())),
@@ -426,7 +435,6 @@ impl Scheduler {
                 uri: state.uri.clone(),
                 version: state.version,
                 cursor_char_idx: state.cursor_char_idx,
-                rope: state.rope.clone(),
                 progress: progress.clone(),
                 keystroke,
                 typed: typed.clone(),
@@ -536,18 +544,17 @@ impl Scheduler {
         let Ok(Ok(progress)) = tokio::time::timeout(max_wait, waiter.progress.wait_for(grown)).await else {
             return false;
         };
-        let progress = progress.clone();
-        let longer = |suggestion: &Suggestion| suggestion.text.chars().count() > waiter.answered_chars;
-        let useful = match &progress.done {
-            None => partial_suggestion(&progress, &waiter.typed, &waiter.split).is_some_and(|suggestion| longer(&suggestion)),
-            Some(_) => matches!(answer_from(&progress, &waiter.typed, &waiter.split), Answer::Ready(suggestion) if longer(&suggestion)),
-        };
-        if useful && waiter.answered_chars == 0 {
+        // A suggestion still being generated has grown already (that is what was waited for);
+        // a finished one must still be longer than what was answered.
+        let useful = progress.done.is_none()
+            || matches!(answer_from(&progress, &waiter.typed, &waiter.split), Answer::Ready(suggestion) if suggestion.text.chars().count() > waiter.answered_chars);
+        drop(progress);
+        if useful {
             let mut stats = self.stats_mut();
             stats.counters.ready_notifications += 1;
-            stats.time_to_suggestion_ms.record(ms_since(waiter.keystroke));
-        } else if useful {
-            self.stats_mut().counters.ready_notifications += 1;
+            if waiter.answered_chars == 0 {
+                stats.time_to_suggestion_ms.record(ms_since(waiter.keystroke));
+            }
         }
         useful
     }
@@ -578,7 +585,7 @@ fn partial_suggestion(progress: &Progress, typed: &str, split: &LineSplit) -> Op
         .filter(|((_, ch), next)| is_word(*ch) != is_word(*next) || !is_word(*ch))
         .map(|((idx, ch), _)| idx + ch.len_utf8())
         .last()?;
-    let text = clean_suggestion(&split.head, &remainder[..cut], &split.tail, &split.surroundings());
+    let text = clean_suggestion(&split.head, &remainder[..cut], &split.tail, split.surroundings());
     if text.is_empty() {
         return None;
     }
@@ -598,7 +605,7 @@ fn answer_from(progress: &Progress, typed: &str, split: &LineSplit) -> Answer {
     let Some(remainder) = completion.text.strip_prefix(typed) else {
         return Answer::Empty(EmptyReason::Outdated);
     };
-    let text = clean_suggestion(&split.head, remainder, &split.tail, &split.surroundings());
+    let text = clean_suggestion(&split.head, remainder, &split.tail, split.surroundings());
     if text.is_empty() {
         return Answer::Empty(EmptyReason::NothingToSuggest);
     }
@@ -619,7 +626,7 @@ mod tests {
     }
 
     fn split(head: &str, tail: &str) -> LineSplit {
-        LineSplit { line: 0, head: head.to_string(), tail: tail.to_string(), rope: Rope::new() }
+        LineSplit { line: 0, head: head.to_string(), tail: tail.to_string(), rope: Rope::new(), surroundings: OnceLock::new() }
     }
 
     fn partial(text: &str, typed: &str) -> Option<String> {

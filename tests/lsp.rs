@@ -186,7 +186,7 @@ fn unknown_documents_and_positions_out_of_range_are_clear_errors() {
     assert!(response["error"]["message"].as_str().unwrap().contains("past the end"), "{response}");
     // An edit with an impossible range is rejected and the document stays as it was.
     client.insert(CIRCLE_URI, 900, 0, "garbage");
-    let response = client.request("textDocument/completion", json!({"textDocument": {"uri": CIRCLE_URI}, "position": {"line": 8, "character": 0}}));
+    let response = client.completion(CIRCLE_URI, 8, 0);
     assert!(response.get("error").is_none(), "line 8 still exists: {response}");
     client.shutdown();
 }
@@ -197,10 +197,9 @@ fn completion_items_for_clients_without_ghost_text() {
     let mut client = start(DEFAULT_MODEL, json!({}));
     client.open(CIRCLE_URI, "python", CIRCLE);
     let character = client.type_text(CIRCLE_URI, 5, 4, "return 3.14159 * rad");
-    let result = client.request_ok(
-        "textDocument/completion",
-        json!({"textDocument": {"uri": CIRCLE_URI}, "position": {"line": 5, "character": character}}),
-    );
+    let response = client.completion(CIRCLE_URI, 5, character);
+    assert!(response.get("error").is_none(), "{response}");
+    let result = &response["result"];
     assert_eq!(result["isIncomplete"], true);
     let item = &result["items"][0];
     let label = item["label"].as_str().unwrap();
@@ -223,7 +222,9 @@ fn expansions_are_offered_as_snippets_with_their_variables_filled() {
     let uri = "file:///project/my%20notes.py";
     client.open(uri, "python", "import math\n\n\n");
     let character = client.type_text(uri, 1, 0, "to");
-    let result = client.request_ok("textDocument/completion", json!({"textDocument": {"uri": uri}, "position": {"line": 1, "character": character}}));
+    let response = client.completion(uri, 1, character);
+    assert!(response.get("error").is_none(), "{response}");
+    let result = &response["result"];
     let items = result["items"].as_array().unwrap();
     let todo = items.iter().find(|item| item["label"] == "todo").unwrap_or_else(|| panic!("no todo item in {result}"));
     let year = chrono_year();
@@ -240,7 +241,9 @@ fn expansions_are_offered_as_snippets_with_their_variables_filled() {
         .wait_notification("window/showMessage", Duration::from_secs(10), |params| params["message"].as_str().unwrap_or_default().contains("expansions"))
         .expect("the invalid expansions are reported");
     let character = client.type_text(uri, 1, character, "da");
-    let result = client.request_ok("textDocument/completion", json!({"textDocument": {"uri": uri}, "position": {"line": 1, "character": character}}));
+    let response = client.completion(uri, 1, character);
+    assert!(response.get("error").is_none(), "{response}");
+    let result = &response["result"];
     let labels: Vec<&str> = result["items"].as_array().unwrap().iter().filter_map(|item| item["label"].as_str()).collect();
     assert!(labels.contains(&"today") && !labels.contains(&"todo"), "{labels:?}");
     client.shutdown();

@@ -218,7 +218,7 @@ impl Backend {
         tokio::spawn(async move {
             let uri = waiter.uri.clone();
             let version = waiter.version;
-            let position = documents::position(&waiter.rope, waiter.cursor_char_idx, encoding);
+            let position = documents::position(waiter.rope(), waiter.cursor_char_idx, encoding);
             if scheduler.wait_ready(waiter, max_wait).await {
                 client
                     .send_notification::<SuggestionReady>(json!({
@@ -292,7 +292,6 @@ fn accept_command(uri: &Uri, text: &str) -> Command {
     }
 }
 
-/// The identifier characters right before the cursor (what a completion menu filters on).
 impl Backend {
     /// `ghostline.expandIntoCode`: generates the code, applies it with `workspace/applyEdit` and returns
     /// the edit (so a client that cannot apply edits can still use it).
@@ -349,6 +348,7 @@ impl Backend {
     }
 }
 
+/// The identifier characters right before the cursor (what a completion menu filters on).
 fn word_before_cursor(line_head: &str) -> &str {
     let start = line_head
         .char_indices()

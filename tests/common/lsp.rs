@@ -210,6 +210,11 @@ impl LspClient {
         self.request("textDocument/inlineCompletion", Self::inline_params(uri, line, character))
     }
 
+    /// `textDocument/completion` at (line, character); the whole response message.
+    pub fn completion(&mut self, uri: &str, line: u32, character: u32) -> Value {
+        self.request("textDocument/completion", json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": character}}))
+    }
+
     /// The text of the first inline item, or None for an empty answer.
     pub fn inline_text(&mut self, uri: &str, line: u32, character: u32) -> Option<String> {
         let response = self.inline_completion(uri, line, character);
