@@ -1,5 +1,6 @@
-//! The non-model path of a keystroke on a 10,000-line file, with criterion: applying an edit,
-//! building the prompt, the typed-ahead answer, tokenizing the changed piece. Then the whole
+//! The non-model path of a keystroke on a 10,000-line file, with criterion: applying an edit
+//! (with the incremental parse of its syntax tree), reading the tree at the cursor, building the
+//! prompt, the typed-ahead answer, tokenizing the changed piece. Then the whole
 //! path of one keystroke (edit, scheduler change, typed-ahead answer) timed 10,000 times for its
 //! p99. Targets: each part under 100 µs median, the whole path under 1 ms p99.
 //!
@@ -76,12 +77,15 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let scheduler = Scheduler::new(Config { max_wait_ms: 600_000, ..Config::default() });
     scheduler.set_engine_state(EngineState::Ready(engine.clone()));
+    let syntax = store.get(URI).and_then(|document| document.syntax).expect("a Rust document has a syntax tree");
+    assert!(syntax.is_parsed());
     let state = |rope: &Rope, cursor_char_idx: usize| CursorState {
         uri: URI.to_string(),
         version: 1,
         rope: rope.clone(),
         cursor_char_idx,
         language_id: "rust".to_string(),
+        syntax: Some(syntax.clone()),
     };
 
     // A job at the cursor; once it has a suggestion, typing its first character is answered from
@@ -102,13 +106,16 @@ fn main() {
     let mut criterion = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     let mut version = 1;
 
-    criterion.bench_function("insert and delete a character (10k lines)", |bench| {
+    criterion.bench_function("insert and delete a character, parsing after each (10k lines)", |bench| {
         bench.iter(|| {
             version += 2;
             store.apply_changes(URI, version, &[insert(line, column, "x")], PositionEncoding::Utf16).unwrap();
             black_box(store.apply_changes(URI, version + 1, &[delete(line, column)], PositionEncoding::Utf16).unwrap());
         })
     });
+
+    let cursor_char_idx = rope.line_to_char(line) + column;
+    criterion.bench_function("read the syntax tree at the cursor (10k lines)", |bench| bench.iter(|| black_box(syntax.at(&rope, cursor_char_idx))));
 
     let windows = WindowConfig::default();
     let special = engine.info().special;
@@ -144,7 +151,7 @@ fn main() {
         version += 2;
         let start = Instant::now();
         let outcome = store.apply_changes(URI, version, &[insert(line, column, &first_char.to_string())], PositionEncoding::Utf16).unwrap();
-        let typed = CursorState { version, rope: outcome.document.rope.clone(), ..typed_state.clone() };
+        let typed = CursorState { version, rope: outcome.document.rope.clone(), syntax: outcome.document.syntax.clone(), ..typed_state.clone() };
         runtime.block_on(async {
             scheduler.on_change(typed.clone());
             black_box(scheduler.complete(typed, Waiting::Budget).await);

@@ -34,6 +34,8 @@ pub struct Config {
     pub typed_ahead: bool,
     /// User-defined text expansions, offered as completion items without the model.
     pub expansions: Vec<Expansion>,
+    /// Shape suggestions and stop them by the syntax tree (switch off only to measure).
+    pub syntax: bool,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             windows: WindowConfig::default(),
             typed_ahead: true,
             expansions: Vec::new(),
+            syntax: true,
         }
     }
 }
@@ -68,6 +71,7 @@ pub struct RawSettings {
     pub max_wait_ms: Option<serde_json::Value>,
     pub debounce_ms: Option<serde_json::Value>,
     pub max_tokens: Option<serde_json::Value>,
+    pub syntax: Option<serde_json::Value>,
     pub multi_line: Option<serde_json::Value>,
     pub max_lines: Option<serde_json::Value>,
     pub languages: Option<serde_json::Value>,
@@ -184,6 +188,11 @@ impl Config {
         if let Some(value) = &raw.typed_ahead {
             if let Some(typed_ahead) = boolean("typedAhead", value, errors) {
                 self.typed_ahead = typed_ahead;
+            }
+        }
+        if let Some(value) = &raw.syntax {
+            if let Some(syntax) = boolean("syntax", value, errors) {
+                self.syntax = syntax;
             }
         }
         if let Some(value) = &raw.expansions {

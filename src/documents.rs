@@ -5,10 +5,14 @@
 //! to a clone of the rope (O(1)), and the document is replaced only if all of them were valid,
 //! so an impossible range never corrupts a document. Lines are split at `\n`, `\r\n` and `\r`,
 //! as the LSP specification says (ropey is built without Unicode line breaks for this).
+//! Each document of a language with a grammar keeps its syntax tree, edited with every change
+//! and parsed again incrementally (tree-sitter reuses the unchanged parts).
 //! This module knows no LSP types; the server converts to and from them.
 
 use dashmap::DashMap;
 use ropey::Rope;
+
+use crate::syntax::SyntaxTree;
 
 /// How a position's `character` counts: UTF-16 code units (the LSP default) or UTF-8 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +46,8 @@ pub struct Document {
     pub rope: Rope,
     pub version: i32,
     pub language_id: String,
+    /// The syntax tree, for a language Ghostline knows (cloning it is cheap).
+    pub syntax: Option<SyntaxTree>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,10 +79,9 @@ pub struct DocumentStore {
 
 impl DocumentStore {
     pub fn open(&self, uri: &str, language_id: &str, version: i32, text: &str) {
-        self.documents.insert(
-            uri.to_string(),
-            Document { rope: Rope::from_str(text), version, language_id: language_id.to_string() },
-        );
+        let rope = Rope::from_str(text);
+        let syntax = crate::syntax::language_for(language_id, uri).map(|language| SyntaxTree::new(language, &rope));
+        self.documents.insert(uri.to_string(), Document { rope, version, language_id: language_id.to_string(), syntax });
     }
 
     pub fn close(&self, uri: &str) {
@@ -105,12 +110,15 @@ impl DocumentStore {
             return Err(DocumentError::StaleVersion { new: version, current: entry.version });
         }
         let mut rope = entry.rope.clone();
+        let mut syntax = entry.syntax.clone();
+        let mut replaced = false;
         let mut cursor_char_idx = 0;
         for change in changes {
             match change.range {
                 None => {
                     rope = Rope::from_str(&change.text);
                     cursor_char_idx = rope.len_chars();
+                    replaced = true;
                 }
                 Some(range) => {
                     let start = char_idx(&rope, range.start, encoding)?;
@@ -123,13 +131,21 @@ impl DocumentStore {
                             end_character: range.end.character,
                         });
                     }
+                    let pending = SyntaxTree::before_edit(&rope, start, end);
                     rope.remove(start..end);
                     rope.insert(start, &change.text);
                     cursor_char_idx = start + change.text.chars().count();
+                    if let Some(syntax) = &mut syntax {
+                        syntax.edited(&rope, pending, change.text.len());
+                    }
                 }
             }
         }
+        if let Some(syntax) = &mut syntax {
+            syntax.reparse(&rope, replaced);
+        }
         entry.rope = rope;
+        entry.syntax = syntax;
         entry.version = version;
         Ok(EditOutcome { document: entry.clone(), cursor_char_idx })
     }

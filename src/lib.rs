@@ -29,3 +29,4 @@ pub mod postprocess;
 pub mod scheduler;
 pub mod server;
 pub mod stats;
+pub mod syntax;

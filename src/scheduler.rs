@@ -21,6 +21,7 @@ use crate::context::{self, CursorPosition};
 use crate::engine::{Engine, GenerateParams, Job, Progress, StopReason, StopRules};
 use crate::postprocess::{clean_suggestion, detect_indent, Surroundings};
 use crate::stats::Stats;
+use crate::syntax::{self, SyntaxTree};
 
 /// Where the model is.
 #[derive(Clone)]
@@ -39,6 +40,8 @@ pub struct CursorState {
     pub rope: Rope,
     pub cursor_char_idx: usize,
     pub language_id: String,
+    /// The document's syntax tree, when its language has a grammar.
+    pub syntax: Option<SyntaxTree>,
 }
 
 /// How a request wants to be answered.
@@ -308,12 +311,7 @@ impl Scheduler {
         let line_start = state.rope.line_to_char(split.line);
         let cursor = CursorPosition { line: split.line, column: state.cursor_char_idx - line_start };
         let built = context::build_prompt(&state.rope, cursor, &config.windows, engine.info().special).ok()?;
-        let multi_line = config.multi_line && split.head.trim().is_empty() && split.tail.trim().is_empty();
-        let params = GenerateParams {
-            max_tokens: config.max_tokens,
-            stop: if multi_line { StopRules::multi_line(config.max_lines) } else { StopRules::default() },
-            ..GenerateParams::default()
-        };
+        let params = GenerateParams { max_tokens: config.max_tokens, stop: stop_rules(state, &split, config), ..GenerateParams::default() };
         let job = engine.submit(built.prompt, params);
         let active = Arc::new(ActiveJob {
             anchor: Anchor { uri: state.uri.clone(), line: split.line, line_head: split.head, line_tail: split.tail },
@@ -610,6 +608,21 @@ fn answer_from(progress: &Progress, typed: &str, split: &LineSplit) -> Answer {
         return Answer::Empty(EmptyReason::NothingToSuggest);
     }
     Answer::Ready(Suggestion { text, line_tail: split.tail.clone(), from_typed_ahead: !typed.is_empty() })
+}
+
+/// How the suggestion is shaped and where it stops: by the syntax tree when the language has
+/// one, else several lines on an empty line and one line elsewhere.
+fn stop_rules(state: &CursorState, split: &LineSplit, config: &Config) -> StopRules {
+    let multi_line = config.multi_line && split.head.trim().is_empty() && split.tail.trim().is_empty();
+    let plain = if multi_line { StopRules::multi_line(config.max_lines) } else { StopRules::default() };
+    let Some(tree) = state.syntax.as_ref().filter(|_| config.syntax) else { return plain };
+    let cursor = tree.at(&state.rope, state.cursor_char_idx);
+    let tab_width = match split.surroundings().indent {
+        Some(crate::postprocess::Indent::Spaces(width)) => width,
+        _ => 4,
+    };
+    let shape = syntax::Shape { multi_line: config.multi_line, max_lines: config.max_lines, tab_width };
+    syntax::stop_rules(tree.language, &cursor, &split.head, &split.tail, shape)
 }
 
 fn ms_since(start: Instant) -> f64 {

@@ -70,7 +70,7 @@ fn stop_strings_cut_the_suggestion() {
     let (_turn, engine) = engine(DEFAULT_MODEL);
     let params = GenerateParams {
         max_tokens: 32,
-        stop: StopRules { single_line: true, max_lines: 0, stop_strings: vec!["radius".into()] },
+        stop: StopRules { stop_strings: vec!["radius".into()], ..StopRules::default() },
         ..GenerateParams::default()
     };
     let completion = complete_fixture(&engine, FIM_CASES[0].0, params);

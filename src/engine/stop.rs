@@ -11,17 +11,184 @@ pub struct StopRules {
     pub max_lines: usize,
     /// Stop before any of these strings.
     pub stop_strings: Vec<String>,
+    /// Prose: stop after the first sentence (a `.`, `!` or `?` followed by white space).
+    pub sentence: bool,
+    /// The structure of the code around the cursor, when it is known.
+    pub scope: Option<ScopeRules>,
 }
 
 impl Default for StopRules {
     fn default() -> Self {
-        StopRules { single_line: true, max_lines: 0, stop_strings: Vec::new() }
+        StopRules { single_line: true, max_lines: 0, stop_strings: Vec::new(), sentence: false, scope: None }
+    }
+}
+
+/// How a language writes brackets, strings and line comments: enough to follow bracket depth in
+/// generated text without a parser.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Lexical {
+    /// Opening and closing bracket pairs.
+    pub brackets: Vec<(char, char)>,
+    /// Characters that open and close a string literal.
+    pub quotes: Vec<char>,
+    pub line_comments: Vec<String>,
+}
+
+impl Lexical {
+    fn closer_of(&self, ch: char) -> Option<char> {
+        self.brackets.iter().find(|(open, _)| *open == ch).map(|(_, close)| *close)
+    }
+
+    fn is_closer(&self, ch: char) -> bool {
+        self.brackets.iter().any(|(_, close)| *close == ch)
+    }
+
+    /// The closers that the brackets left open in `text` expect, innermost last; None when a
+    /// closer in `text` has no opener there.
+    pub fn unclosed(&self, text: &str) -> Vec<char> {
+        let mut scan = Scan::new(self, Vec::new());
+        for (idx, ch) in text.char_indices() {
+            scan.step(text, idx, ch);
+        }
+        scan.stack
+    }
+}
+
+/// The scanner's state over a text: expected closers, and whether it is inside a string or a
+/// line comment.
+struct Scan<'lex> {
+    lexical: &'lex Lexical,
+    stack: Vec<char>,
+    quote: Option<char>,
+    escaped: bool,
+    comment: bool,
+}
+
+/// What one character did to the bracket depth.
+enum Step {
+    Other,
+    /// A closer that matched the innermost open bracket.
+    Closed,
+    /// A closer with no open bracket before it in the scanned text.
+    Unmatched,
+}
+
+impl<'lex> Scan<'lex> {
+    fn new(lexical: &'lex Lexical, stack: Vec<char>) -> Scan<'lex> {
+        Scan { lexical, stack, quote: None, escaped: false, comment: false }
+    }
+
+    fn step(&mut self, text: &str, idx: usize, ch: char) -> Step {
+        if ch == '\n' {
+            // Strings and comments in generated code rarely span lines; a lost quote must not
+            // blind the scanner for the rest of the suggestion.
+            self.quote = None;
+            self.comment = false;
+            self.escaped = false;
+            return Step::Other;
+        }
+        if self.comment {
+            return Step::Other;
+        }
+        if let Some(quote) = self.quote {
+            if self.escaped {
+                self.escaped = false;
+            } else if ch == '\\' {
+                self.escaped = true;
+            } else if ch == quote {
+                self.quote = None;
+            }
+            return Step::Other;
+        }
+        if self.lexical.line_comments.iter().any(|token| text[idx..].starts_with(token.as_str())) {
+            self.comment = true;
+            return Step::Other;
+        }
+        if self.lexical.quotes.contains(&ch) {
+            self.quote = Some(ch);
+            return Step::Other;
+        }
+        if let Some(close) = self.lexical.closer_of(ch) {
+            self.stack.push(close);
+            return Step::Other;
+        }
+        if self.lexical.is_closer(ch) {
+            if self.stack.last() == Some(&ch) {
+                self.stack.pop();
+                return Step::Closed;
+            }
+            return Step::Unmatched;
+        }
+        Step::Other
+    }
+}
+
+/// Stop rules from the structure of the code around the cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeRules {
+    pub lexical: Lexical,
+    /// The closers that brackets opened on the cursor line before the cursor expect.
+    pub open: Vec<char>,
+    /// How many closers of enclosing scopes the document lacks: a suggestion may write that many;
+    /// one more closes a scope that is already closed below the cursor, and the suggestion ends
+    /// before it. `usize::MAX` when unknown.
+    pub missing_closers: usize,
+    /// Multi-line suggestions: a later line indented less than this many columns is outside the
+    /// block and ends the suggestion before it, unless it starts with a closer the rules above
+    /// allow (the block's own end), which ends the suggestion after that line.
+    pub body_indent: Option<usize>,
+    pub tab_width: usize,
+}
+
+impl ScopeRules {
+    fn check(&self, text: &str) -> Option<usize> {
+        let mut scan = Scan::new(&self.lexical, self.open.clone());
+        let mut missing = self.missing_closers;
+        let mut line_start = 0;
+        let mut first_line = true;
+        let mut line_judged = false;
+        let mut stop_at_line_end = false;
+        for (idx, ch) in text.char_indices() {
+            if ch == '\n' {
+                if stop_at_line_end {
+                    return Some(idx);
+                }
+                line_start = idx + 1;
+                first_line = false;
+                line_judged = false;
+                scan.step(text, idx, ch);
+                continue;
+            }
+            if !first_line && !line_judged && !ch.is_whitespace() && scan.quote.is_none() {
+                line_judged = true;
+                if let Some(body_indent) = self.body_indent {
+                    let indent: usize = text[line_start..idx].chars().map(|ch| if ch == '\t' { self.tab_width } else { 1 }).sum();
+                    if indent < body_indent {
+                        let closes_allowed = scan.stack.last() == Some(&ch) || (scan.stack.is_empty() && missing > 0 && self.lexical.is_closer(ch));
+                        if !closes_allowed {
+                            return Some(line_start - 1);
+                        }
+                        stop_at_line_end = true;
+                    }
+                }
+            }
+            match scan.step(text, idx, ch) {
+                Step::Unmatched if scan.stack.is_empty() && missing > 0 => {
+                    if missing != usize::MAX {
+                        missing -= 1;
+                    }
+                }
+                Step::Unmatched => return Some(idx),
+                Step::Closed | Step::Other => {}
+            }
+        }
+        None
     }
 }
 
 impl StopRules {
     pub fn multi_line(max_lines: usize) -> StopRules {
-        StopRules { single_line: false, max_lines, stop_strings: Vec::new() }
+        StopRules { single_line: false, max_lines, ..StopRules::default() }
     }
 
     /// Returns the byte length the text must be cut to if a rule fires, else `None`.
@@ -35,6 +202,20 @@ impl StopRules {
         } else if self.max_lines > 0 {
             if let Some((newline_idx, _)) = text.match_indices('\n').nth(self.max_lines - 1) {
                 keep_smallest(newline_idx);
+            }
+        }
+        if self.sentence {
+            let mut chars = text.char_indices().peekable();
+            while let Some((idx, ch)) = chars.next() {
+                if matches!(ch, '.' | '!' | '?') && chars.peek().is_some_and(|(_, next)| next.is_whitespace()) {
+                    keep_smallest(idx + 1);
+                    break;
+                }
+            }
+        }
+        if let Some(scope) = &self.scope {
+            if let Some(at) = scope.check(text) {
+                keep_smallest(at);
             }
         }
         for stop in &self.stop_strings {
@@ -71,8 +252,58 @@ mod tests {
 
     #[test]
     fn stop_strings_cut_before_the_earliest() {
-        let rules = StopRules { single_line: false, max_lines: 0, stop_strings: vec!["```".into(), "END".into()] };
+        let rules = StopRules { single_line: false, stop_strings: vec!["```".into(), "END".into()], ..StopRules::default() };
         assert_eq!(rules.check("abc END ``` x"), Some(4));
         assert_eq!(rules.check("abc"), None);
+    }
+
+    fn c_like() -> Lexical {
+        Lexical { brackets: vec![('(', ')'), ('[', ']'), ('{', '}')], quotes: vec!['"'], line_comments: vec!["//".into()] }
+    }
+
+    fn scope(open: &str, missing_closers: usize, body_indent: Option<usize>) -> StopRules {
+        let lexical = c_like();
+        let open = lexical.unclosed(open);
+        StopRules { single_line: body_indent.is_none(), scope: Some(ScopeRules { lexical, open, missing_closers, body_indent, tab_width: 4 }), ..StopRules::default() }
+    }
+
+    #[test]
+    fn sentences_end_at_their_terminator() {
+        let rules = StopRules { sentence: true, ..StopRules::default() };
+        assert_eq!(rules.check("the sum of the values"), None);
+        assert_eq!(rules.check("the sum. Then"), Some(8));
+        assert_eq!(rules.check("version 1.5 of it"), None);
+        assert_eq!(rules.check("what? yes"), Some(5));
+    }
+
+    #[test]
+    fn a_closer_of_a_scope_closed_below_ends_the_suggestion() {
+        // `    x += 1;|` inside a function whose `}` is in the document.
+        assert_eq!(scope("    x += 1", 0, None).check("; }"), Some(2));
+        // Brackets of the line and of the suggestion itself balance.
+        assert_eq!(scope("    foo(a, ", 0, None).check("b[0])"), None);
+        // A missing closer may be written once.
+        assert_eq!(scope("", 1, None).check("} }"), Some(2));
+        // Closers inside strings and comments do not count.
+        assert_eq!(scope("", 0, None).check("x = \"}\"; // )"), None);
+        // Mismatched closer.
+        assert_eq!(scope("    foo(", 0, None).check("a]"), Some(1));
+    }
+
+    #[test]
+    fn a_dedent_below_the_block_ends_the_suggestion() {
+        let rules = scope("", 0, Some(4));
+        // The next function, at the enclosing depth, is not part of this block.
+        assert_eq!(rules.check("x = 1\n    y = 2\ndef g():"), Some(15));
+        // Blank lines do not count; an indented continuation does.
+        assert_eq!(rules.check("x = 1\n\n    y = 2\n\tz"), None);
+        // A block's own closer at the opener's depth is kept, and ends the suggestion.
+        let opened = scope("fn f() {", 1, Some(1));
+        assert_eq!(opened.check("\n    body();\n}\nfn g() {}"), Some(14));
+        // When the block is closed below, its closer is not written again.
+        let closed = scope("", 0, Some(4));
+        assert_eq!(closed.check("body();\n}"), Some(7));
+        // Until the line has a character, it is not judged.
+        assert_eq!(rules.check("x = 1\n  "), None);
     }
 }

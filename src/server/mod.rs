@@ -195,6 +195,7 @@ impl Backend {
             rope: document.rope,
             cursor_char_idx,
             language_id: document.language_id,
+            syntax: document.syntax,
         })
     }
 
@@ -462,6 +463,7 @@ impl LanguageServer for Backend {
                 rope: outcome.document.rope,
                 cursor_char_idx: outcome.cursor_char_idx,
                 language_id: outcome.document.language_id,
+                syntax: outcome.document.syntax,
             }),
             Err(err) => tracing::warn!(%uri, %err, "rejected a change; the document is unchanged"),
         }

@@ -1,0 +1,4 @@
+[(comment) (html_comment)] @comment
+[(string) (template_string)] @string
+[(statement_block) (class_body) (switch_body) (class_static_block)] @block
+(template_substitution) @code

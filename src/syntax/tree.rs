@@ -1,0 +1,434 @@
+//! A document's syntax tree: parsed when the document opens, edited and parsed again
+//! incrementally after every change, and read at the cursor.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ropey::Rope;
+use tree_sitter::{InputEdit, Node, Parser, Point, Query, QueryCursor, StreamingIterator, Tree};
+
+use super::Language;
+
+/// Documents larger than this are not parsed (the syntax rules are then left out).
+const MAX_PARSE_BYTES: usize = 8 << 20;
+/// A parse that takes longer is given up, and the document has no syntax from then on.
+const PARSE_TIME_LIMIT: Duration = Duration::from_millis(500);
+/// A parse error around the cursor longer than this is not scanned for open brackets.
+const MAX_ERROR_SCAN_BYTES: usize = 64 << 10;
+
+pub(super) struct Grammar {
+    language: tree_sitter::Language,
+    query: Query,
+    comment: Option<u32>,
+    string: Option<u32>,
+    block: Option<u32>,
+    code: Option<u32>,
+}
+
+impl Grammar {
+    pub(super) fn new(language: tree_sitter::Language, query_source: &str) -> Result<Grammar, String> {
+        let query = Query::new(&language, query_source).map_err(|err| err.to_string())?;
+        let capture = |name: &str| query.capture_index_for_name(name);
+        Ok(Grammar { comment: capture("comment"), string: capture("string"), block: capture("block"), code: capture("code"), language, query })
+    }
+}
+
+/// Where the cursor is, by the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Region {
+    Code,
+    Comment,
+    String,
+    /// A prose language (Markdown outside code blocks, plain text, commit messages).
+    Prose,
+}
+
+/// What the tree says about a cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorSyntax {
+    pub region: Region,
+    /// The innermost construct around the cursor is a bracket pair (arguments, a list), not a
+    /// block.
+    pub in_brackets: bool,
+    /// Closing brackets of enclosing scopes that the document lacks; `usize::MAX` when the
+    /// tree cannot tell (the cursor is inside a parse error).
+    pub missing_closers: usize,
+}
+
+/// A document's language and its tree (none when the language has no grammar, or the document
+/// was too large or too slow to parse).
+#[derive(Clone)]
+pub struct SyntaxTree {
+    pub language: &'static Language,
+    tree: Option<Tree>,
+    /// A parse was given up: do not try again on every keystroke.
+    gave_up: bool,
+}
+
+impl std::fmt::Debug for SyntaxTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyntaxTree").field("language", &self.language.name).field("parsed", &self.tree.is_some()).finish()
+    }
+}
+
+thread_local! {
+    /// One parser per language and thread (parsers are cheap to keep and costly to create).
+    static PARSERS: RefCell<HashMap<&'static str, Parser>> = RefCell::new(HashMap::new());
+}
+
+fn parse(language: &'static Language, rope: &Rope, old: Option<&Tree>) -> Option<Tree> {
+    let grammar = language.grammar.as_ref()?;
+    if rope.len_bytes() > MAX_PARSE_BYTES {
+        return None;
+    }
+    PARSERS.with(|parsers| {
+        let mut parsers = parsers.borrow_mut();
+        let parser = match parsers.entry(language.name) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let mut parser = Parser::new();
+                parser.set_language(&grammar.language).ok()?;
+                entry.insert(parser)
+            }
+        };
+        let start = Instant::now();
+        let mut too_slow = |_: &tree_sitter::ParseState| start.elapsed() > PARSE_TIME_LIMIT;
+        let options = tree_sitter::ParseOptions::new().progress_callback(&mut too_slow);
+        let mut read = |byte: usize, _: Point| -> &[u8] {
+            if byte >= rope.len_bytes() {
+                return &[];
+            }
+            let (chunk, chunk_start, _, _) = rope.chunk_at_byte(byte);
+            &chunk.as_bytes()[byte - chunk_start..]
+        };
+        let tree = parser.parse_with_options(&mut read, old, Some(options));
+        if tree.is_none() {
+            parser.reset();
+            tracing::warn!(language = language.name, bytes = rope.len_bytes(), "parse given up; no syntax rules for this document");
+        }
+        tree
+    })
+}
+
+fn point(rope: &Rope, byte: usize) -> Point {
+    let line = rope.byte_to_line(byte);
+    Point { row: line, column: byte - rope.line_to_byte(line) }
+}
+
+/// An edit about to be made: the span it replaces, measured before the edit.
+pub struct PendingEdit {
+    start_byte: usize,
+    old_end_byte: usize,
+    start_position: Point,
+    old_end_position: Point,
+}
+
+impl SyntaxTree {
+    /// Parses a document in a language.
+    pub fn new(language: &'static Language, rope: &Rope) -> SyntaxTree {
+        let tree = parse(language, rope, None);
+        let gave_up = language.grammar.is_some() && tree.is_none();
+        SyntaxTree { language, tree, gave_up }
+    }
+
+    /// Whether the document has a tree.
+    pub fn is_parsed(&self) -> bool {
+        self.tree.is_some()
+    }
+
+    /// Measures the characters `start..end` of `rope` before they are replaced.
+    pub fn before_edit(rope: &Rope, start: usize, end: usize) -> PendingEdit {
+        let start_byte = rope.char_to_byte(start);
+        let old_end_byte = rope.char_to_byte(end);
+        PendingEdit { start_byte, old_end_byte, start_position: point(rope, start_byte), old_end_position: point(rope, old_end_byte) }
+    }
+
+    /// Tells the tree about an edit, once `rope` holds its result (`inserted_bytes` of text at
+    /// the start of the span). The tree is parsed again by `reparse`.
+    pub fn edited(&mut self, rope: &Rope, pending: PendingEdit, inserted_bytes: usize) {
+        let Some(tree) = &mut self.tree else { return };
+        let new_end_byte = pending.start_byte + inserted_bytes;
+        tree.edit(&InputEdit {
+            start_byte: pending.start_byte,
+            old_end_byte: pending.old_end_byte,
+            new_end_byte,
+            start_position: pending.start_position,
+            old_end_position: pending.old_end_position,
+            new_end_position: point(rope, new_end_byte),
+        });
+    }
+
+    /// Parses the document again after edits, reusing the unchanged parts of the old tree; a
+    /// replaced document (no old tree) is parsed from scratch, unless a parse was given up.
+    pub fn reparse(&mut self, rope: &Rope, whole_document_replaced: bool) {
+        if self.gave_up {
+            return;
+        }
+        let old = if whole_document_replaced { None } else { self.tree.as_ref() };
+        self.tree = parse(self.language, rope, old);
+        self.gave_up = self.language.grammar.is_some() && self.tree.is_none();
+    }
+
+    /// What the tree says about the cursor at `char_idx`.
+    pub fn at(&self, rope: &Rope, char_idx: usize) -> CursorSyntax {
+        let prose = self.language.facts.prose;
+        let default = CursorSyntax { region: if prose { Region::Prose } else { Region::Code }, in_brackets: false, missing_closers: usize::MAX };
+        let (Some(tree), Some(grammar)) = (&self.tree, &self.language.grammar) else { return default };
+        if char_idx > rope.len_chars() {
+            return default;
+        }
+        let byte = rope.char_to_byte(char_idx);
+        let root = tree.root_node();
+
+        let mut region = default.region;
+        let mut blocks = Vec::new();
+        let mut query_cursor = QueryCursor::new();
+        query_cursor.set_byte_range(byte.saturating_sub(1)..byte + 1);
+        let mut captures = query_cursor.captures(&grammar.query, root, RopeText(rope));
+        while let Some((found, capture_idx)) = captures.next() {
+            let capture = found.captures[*capture_idx];
+            let node = capture.node;
+            let inside = node.start_byte() < byte && byte < node.end_byte();
+            let at_end = node.start_byte() < byte && byte == node.end_byte();
+            let index = Some(capture.index);
+            if index == grammar.comment {
+                // A line comment runs to the end of its line: its end is still inside it.
+                let line_comment = grammar_line_comment(self.language, rope, node);
+                if inside || (at_end && line_comment) {
+                    region = Region::Comment;
+                }
+            } else if index == grammar.string && inside {
+                region = Region::String;
+            } else if index == grammar.code && (inside || at_end) {
+                region = Region::Code;
+            } else if index == grammar.block && (inside || at_end) {
+                blocks.push(node.id());
+            }
+        }
+
+        let mut in_brackets = false;
+        let mut decided_brackets = false;
+        let mut in_error = false;
+        let mut node = root.descendant_for_byte_range(byte, byte);
+        while let Some(current) = node {
+            in_error |= current.is_error();
+            let spans_cursor = current.start_byte() < byte && byte <= current.end_byte();
+            if spans_cursor && !decided_brackets {
+                if blocks.contains(&current.id()) {
+                    decided_brackets = true;
+                } else if opens_with_bracket(current) && !closed_before(current, byte) {
+                    in_brackets = true;
+                    decided_brackets = true;
+                }
+            }
+            node = current.parent();
+        }
+
+        // Scopes left open at the cursor: the parser closes them with an invented (missing)
+        // closer, right after the last token before the cursor or further on. They enclose
+        // that last token.
+        let last_code = last_non_blank_byte(rope, byte);
+        let mut unclosed = 0;
+        let mut outermost_error = None;
+        let mut node = last_code.and_then(|last| root.descendant_for_byte_range(last, last));
+        while let Some(current) = node {
+            if current.is_error() {
+                outermost_error = Some(current);
+            }
+            if lacks_closer(current).is_some_and(|closer| closer.start_byte() > last_code.unwrap_or(0)) {
+                unclosed += 1;
+            }
+            node = current.parent();
+        }
+        // Inside a parse error the tree does not know the scopes: the brackets left open in
+        // the error's text before the cursor do.
+        let missing_closers = match outermost_error {
+            _ if in_error && outermost_error.is_none() => usize::MAX,
+            None => unclosed,
+            Some(error) if byte - error.start_byte() <= MAX_ERROR_SCAN_BYTES => {
+                let text = rope.byte_slice(error.start_byte()..byte).to_string();
+                unclosed + self.language.facts.lexical().unclosed(&text).len()
+            }
+            Some(_) => usize::MAX,
+        };
+        CursorSyntax { region, in_brackets, missing_closers }
+    }
+}
+
+/// Whether a comment node starts with one of the language's line comment tokens.
+fn grammar_line_comment(language: &Language, rope: &Rope, node: Node) -> bool {
+    let start = node.start_byte();
+    let end = (start + 4).min(node.end_byte()).min(rope.len_bytes());
+    let Ok(head) = std::str::from_utf8(&rope.bytes_at(start).take(end - start).collect::<Vec<u8>>()).map(str::to_string) else {
+        return false;
+    };
+    language.facts.line_comments.iter().any(|token| head.starts_with(token.as_str()))
+}
+
+fn opens_with_bracket(node: Node) -> bool {
+    node.child(0).is_some_and(|first| matches!(first.kind(), "(" | "["))
+}
+
+/// Whether the node's own closing bracket is before the cursor (the cursor is after the list).
+fn closed_before(node: Node, byte: usize) -> bool {
+    let count = node.child_count();
+    count > 0 && node.child(count - 1).is_some_and(|last| !last.is_missing() && matches!(last.kind(), ")" | "]") && last.end_byte() <= byte)
+}
+
+/// The node's last child, when it is a closing bracket the parser had to invent.
+fn lacks_closer(node: Node) -> Option<Node> {
+    let count = node.child_count();
+    node.child(count.checked_sub(1)?).filter(|last| last.is_missing() && matches!(last.kind(), ")" | "]" | "}"))
+}
+
+/// The last byte before `byte` that is not white space (looking back a bounded distance).
+fn last_non_blank_byte(rope: &Rope, byte: usize) -> Option<usize> {
+    let mut bytes = rope.bytes_at(byte);
+    let mut at = byte;
+    for _ in 0..100_000 {
+        let previous = bytes.prev()?;
+        at -= 1;
+        if !previous.is_ascii_whitespace() {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// The rope as text for tree-sitter's query predicates.
+struct RopeText<'rope>(&'rope Rope);
+
+impl<'rope> tree_sitter::TextProvider<&'rope [u8]> for RopeText<'rope> {
+    type I = RopeChunks<'rope>;
+
+    fn text(&mut self, node: Node) -> Self::I {
+        RopeChunks { rope: self.0, at: node.start_byte(), end: node.end_byte().min(self.0.len_bytes()) }
+    }
+}
+
+struct RopeChunks<'rope> {
+    rope: &'rope Rope,
+    at: usize,
+    end: usize,
+}
+
+impl<'rope> Iterator for RopeChunks<'rope> {
+    type Item = &'rope [u8];
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.end {
+            return None;
+        }
+        let (chunk, chunk_start, _, _) = self.rope.chunk_at_byte(self.at);
+        let bytes = &chunk.as_bytes()[self.at - chunk_start..];
+        let len = bytes.len().min(self.end - self.at);
+        self.at += len;
+        Some(&bytes[..len])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syntax::language_for;
+
+    /// Parses `text` with `|` marking the cursor, and reads the tree there.
+    fn at(language_id: &str, text: &str) -> CursorSyntax {
+        let cursor = text.find('|').expect("a cursor");
+        let text = text.replacen('|', "", 1);
+        let rope = Rope::from_str(&text);
+        let tree = SyntaxTree::new(language_for(language_id, "").unwrap(), &rope);
+        assert!(tree.is_parsed());
+        tree.at(&rope, rope.byte_to_char(cursor))
+    }
+
+    fn region(language_id: &str, text: &str) -> Region {
+        at(language_id, text).region
+    }
+
+    #[test]
+    fn regions_in_every_language() {
+        let cases: &[(&str, &str, Region)] = &[
+            ("rust", "fn main() {\n    // sum of |\n}\n", Region::Comment),
+            ("rust", "fn main() {\n    let s = \"hel|lo\";\n}\n", Region::String),
+            ("rust", "fn main() {\n    let s = \"hello\";|\n}\n", Region::Code),
+            ("rust", "/* a |block */ fn f() {}\n", Region::Comment),
+            ("rust", "/* a block */| fn f() {}\n", Region::Code),
+            ("python", "def f():\n    # returns |\n    pass\n", Region::Comment),
+            ("python", "def f():\n    \"\"\"Return the |\"\"\"\n", Region::String),
+            ("python", "x = 1|\n", Region::Code),
+            ("javascript", "// todo: |\nconst a = 1;\n", Region::Comment),
+            ("javascript", "const a = `x ${|}`;\n", Region::Code),
+            ("typescript", "const a: string = 'ab|c';\n", Region::String),
+            ("typescriptreact", "const A = () => <div>{/* hi | */}</div>;\n", Region::Comment),
+            ("go", "package main\n\n// Sum adds |\nfunc Sum() {}\n", Region::Comment),
+            ("c", "int main() {\n    printf(\"%d|\\n\", 1);\n}\n", Region::String),
+            ("cpp", "int main() {\n    return 0; // done|\n}\n", Region::Comment),
+            ("java", "class A {\n    /** Adds |\n     */\n    void f() {}\n}\n", Region::Comment),
+            ("lua", "-- the |\nlocal x = 1\n", Region::Comment),
+            ("bash", "echo \"hel|lo\"\n", Region::String),
+            ("bash", "# install |\nset -e\n", Region::Comment),
+            ("markdown", "# Title\n\nSome |text.\n", Region::Prose),
+            ("markdown", "# Title\n\n```rust\nfn main() {|}\n```\n", Region::Code),
+        ];
+        for &(language, text, expected) in cases {
+            assert_eq!(region(language, text), expected, "{language}: {text:?}");
+        }
+    }
+
+    #[test]
+    fn brackets_and_blocks() {
+        assert!(at("python", "foo(\n    a,\n    |\n)\n").in_brackets);
+        assert!(!at("python", "def f():\n    x = 1\n    |\n    return x\n").in_brackets);
+        assert!(!at("rust", "fn f() {\n    g(1);\n    |\n}\n").in_brackets);
+        assert!(at("rust", "fn f() {\n    g(1,\n      |\n    );\n}\n").in_brackets);
+        // After a closed call, on the same line, the cursor is not in its brackets.
+        assert!(!at("javascript", "function f() {\n  g(1)|\n}\n").in_brackets);
+    }
+
+    #[test]
+    fn missing_closers_are_counted() {
+        assert_eq!(at("rust", "fn f() {\n    g(1);\n    |\n}\n").missing_closers, 0);
+        assert_eq!(at("go", "package main\n\nfunc f() {\n\tx := 1\n\t|").missing_closers, 1);
+        // Inside a parse error, the brackets its text leaves open.
+        assert_eq!(at("rust", "fn f() {\n    if x {\n        |").missing_closers, 2);
+        assert_eq!(at("c", "int f() {\n    if (x) {\n        |").missing_closers, 2);
+        assert_eq!(at("c", "int f() {\n    if (x) {\n        g();\n    }\n    |").missing_closers, 1);
+    }
+
+    #[test]
+    fn incremental_edits_keep_the_tree_in_step() {
+        let language = language_for("rust", "").unwrap();
+        let mut rope = Rope::from_str("fn f() {\n    let s = 1;\n}\n");
+        let mut tree = SyntaxTree::new(language, &rope);
+        // Open a string on line 2 by typing `"` after `= `, one character at a time.
+        let at_char = rope.line_to_char(1) + 12;
+        for (offset, ch) in "\"hi".chars().enumerate() {
+            let pending = SyntaxTree::before_edit(&rope, at_char + offset, at_char + offset);
+            rope.insert_char(at_char + offset, ch);
+            tree.edited(&rope, pending, ch.len_utf8());
+            tree.reparse(&rope, false);
+        }
+        assert_eq!(rope.line(1).to_string(), "    let s = \"hi1;\n");
+        let fresh = SyntaxTree::new(language, &rope);
+        let sexp = |tree: &SyntaxTree| tree.tree.as_ref().unwrap().root_node().to_sexp();
+        assert_eq!(sexp(&tree), sexp(&fresh));
+        // Replace a span, then delete it.
+        let start = rope.line_to_char(1);
+        let pending = SyntaxTree::before_edit(&rope, start, start + 4);
+        rope.remove(start..start + 4);
+        rope.insert(start, "\t");
+        tree.edited(&rope, pending, 1);
+        tree.reparse(&rope, false);
+        assert_eq!(sexp(&tree), sexp(&SyntaxTree::new(language, &rope)));
+    }
+
+    #[test]
+    fn a_document_too_large_has_no_tree_and_no_rules() {
+        let rope = Rope::from_str(&"x = 1\n".repeat(MAX_PARSE_BYTES / 6 + 10));
+        let tree = SyntaxTree::new(language_for("python", "").unwrap(), &rope);
+        assert!(!tree.is_parsed());
+        assert_eq!(tree.at(&rope, 3).missing_closers, usize::MAX);
+    }
+}
