@@ -210,8 +210,11 @@ pub fn stop_rules(language: &Language, cursor: &CursorSyntax, line_head: &str, l
         (true, true) => Some(indent_columns(line_head, shape.tab_width) + 1),
         (true, false) => Some(indent_columns(line_head, shape.tab_width)),
     };
+    // One line may close what the line opens; several lines close a scope only when the
+    // document lacks its closer (the tree knows which, also for the brackets of this line).
+    let open = if multi_line { Vec::new() } else { lexical.unclosed(&format!("{line_head}{line_tail}")) };
     let scope = ScopeRules {
-        open: lexical.unclosed(&format!("{line_head}{line_tail}")),
+        open,
         lexical,
         missing_closers: if facts.indented_blocks { 0 } else { cursor.missing_closers },
         body_indent,
@@ -263,5 +266,57 @@ mod tests {
         let javascript = language_for("javascript", "").unwrap();
         assert!(javascript.facts.opens_block("describe('x', () => {"));
         assert!(!javascript.facts.opens_block("const o = {}"));
+    }
+
+    /// Language, document with `|` at the cursor, what the model writes, what is kept.
+    const STOP_CASES: &[(&str, &str, &str, &str)] = &[
+        // Python: a dedent below the block ends it.
+        ("python", "def f(x):\n    y = x + 1\n    |\n", "return y\n\ndef g():\n    pass", "return y\n"),
+        ("python", "def f(x):|\n", "\n    return x * 2\n\nprint(f(2))", "\n    return x * 2\n"),
+        ("python", "def f(x):\n    return x\n\n|\n", "def g():\n    return 2\nclass A:", "def g():\n    return 2\nclass A:"),
+        ("python", "print(|)\n", "x) + 1", "x"),
+        ("python", "items = [\n    1,\n    |\n]\n", "2,\n    3,\n]", "2,"),
+        // Rust: the closer of the function is below the cursor already.
+        ("rust", "fn f() {\n    let x = 1;\n    |\n}\n", "let y = x + 1;\n    y\n}\n\nfn g() {}", "let y = x + 1;\n    y"),
+        ("rust", "fn f() {\n    let v = vec![1, 2|];\n}\n", ", 3]; v.len() }", ", 3"),
+        ("rust", "fn f() {|\n", "\n    g();\n}\n\nfn g() {}", "\n    g();\n}"),
+        ("rust", "fn f() {\n    if x {\n        |", "a();\n    }\n}\n", "a();\n    }"),
+        // JavaScript, TypeScript: a callback's body, a closed call.
+        ("javascript", "describe('x', () => {|\n});\n", "\n  it('works', () => {});\n});", "\n  it('works', () => {});"),
+        ("typescript", "function f(a: number) {\n  return g(a|);\n}\n", ", 2); }", ", 2"),
+        // Go, C, C++, Java: blocks closed below.
+        ("go", "package main\n\nfunc f() {\n\tx := 1\n\t|\n}\n", "fmt.Println(x)\n}\n\nfunc g() {}", "fmt.Println(x)"),
+        ("c", "int main(void) {\n    int x = 1;\n    |\n}\n", "return x;\n}\nint g;", "return x;"),
+        ("cpp", "int main() {\n    std::vector<int> v{1, |};\n}\n", "2, 3}; }", "2, 3"),
+        ("java", "class A {\n    void f() {\n        |\n    }\n}\n", "g();\n    }\n}", "g();"),
+        // Lua, Bash: word openers and closers.
+        ("lua", "for i = 1, 10 do|\nend\n", "\n  print(i)\nend\nprint('done')", "\n  print(i)"),
+        ("bash", "if [ -f x ]; then\n  echo hi\n  |\nfi\n", "echo there\nfi\necho after", "echo there"),
+        // Comments and prose end with their sentence; strings with their line.
+        ("rust", "// Adds the two |\nfn add() {}\n", "numbers. Returns the sum.", "numbers."),
+        ("python", "x = \"hello |\"\n", "world\ny = 2", "world"),
+        ("markdown", "# Notes\n\nThe cache |\n", "keeps tokens. It is fast.", "keeps tokens."),
+        ("plaintext", "Dear team,\n\nThe release |", "is ready. Thanks.", "is ready."),
+    ];
+
+    #[test]
+    fn stop_rules_cut_where_the_code_says() {
+        let shape = Shape { multi_line: true, max_lines: 8, tab_width: 4 };
+        for &(language_id, document, raw, expected) in STOP_CASES {
+            let cursor = document.find('|').unwrap();
+            let text = document.replacen('|', "", 1);
+            let rope = ropey::Rope::from_str(&text);
+            let language = language_for(language_id, "").unwrap();
+            let tree = SyntaxTree::new(language, &rope);
+            let char_idx = rope.byte_to_char(cursor);
+            let line = rope.char_to_line(char_idx);
+            let line_start = rope.line_to_char(line);
+            let line_end = line_start + crate::context::line_len_chars(&rope, line);
+            let head = rope.slice(line_start..char_idx).to_string();
+            let tail = rope.slice(char_idx..line_end).to_string();
+            let rules = stop_rules(language, &tree.at(&rope, char_idx), &head, &tail, shape);
+            let kept = rules.check(raw).map_or(raw, |cut| &raw[..cut]);
+            assert_eq!(kept, expected, "{language_id}: {document:?} with {raw:?} ({rules:?})");
+        }
     }
 }
