@@ -26,12 +26,7 @@ fn engine_ms_per_token(engine: &Engine, depth_tokens: usize, round: usize) -> Op
         }
         let mut prompt = Prompt::default();
         prompt.push_text(text);
-        let params = GenerateParams {
-            max_tokens: N_GENERATE,
-            stop: StopRules::multi_line(0),
-            deadline: None,
-            token_healing: false,
-        };
+        let params = GenerateParams { max_tokens: N_GENERATE, stop: StopRules::multi_line(0), token_healing: false, ..GenerateParams::default() };
         let completion = engine.complete_blocking(prompt, params).expect("generation works");
         if completion.generated_tokens >= 8 {
             res = Some(completion.generation_ms / completion.generated_tokens as f64);

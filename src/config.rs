@@ -36,6 +36,9 @@ pub struct Config {
     pub expansions: Vec<Expansion>,
     /// Shape suggestions and stop them by the syntax tree (switch off only to measure).
     pub syntax: bool,
+    /// In idle time, compute the suggestion's other likely starts and the state after
+    /// accepting it (switch off only to measure, or to save power).
+    pub prefetch: bool,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             typed_ahead: true,
             expansions: Vec::new(),
             syntax: true,
+            prefetch: true,
         }
     }
 }
@@ -72,6 +76,7 @@ pub struct RawSettings {
     pub debounce_ms: Option<serde_json::Value>,
     pub max_tokens: Option<serde_json::Value>,
     pub syntax: Option<serde_json::Value>,
+    pub prefetch: Option<serde_json::Value>,
     pub multi_line: Option<serde_json::Value>,
     pub max_lines: Option<serde_json::Value>,
     pub languages: Option<serde_json::Value>,
@@ -193,6 +198,11 @@ impl Config {
         if let Some(value) = &raw.syntax {
             if let Some(syntax) = boolean("syntax", value, errors) {
                 self.syntax = syntax;
+            }
+        }
+        if let Some(value) = &raw.prefetch {
+            if let Some(prefetch) = boolean("prefetch", value, errors) {
+                self.prefetch = prefetch;
             }
         }
         if let Some(value) = &raw.expansions {

@@ -9,8 +9,14 @@
 //! before the cursor (the head) and after it (the tail). A later state whose line head is the
 //! anchor's head plus typed characters that agree with the suggestion is served from that job,
 //! without touching the model.
+//!
+//! When a job finishes, the time until the next keystroke is used to prefetch (when the
+//! `prefetch` setting is on): jobs for the suggestion's other likely starts (a key that leaves
+//! the suggestion may still agree with one of them), then for the state after accepting it (the
+//! next line, indented as an editor does). They wait on standby, anchored to their states, and
+//! become the active job when the user reaches one; any other new job drops them.
 
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use ropey::Rope;
@@ -18,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::context::{self, CursorPosition};
-use crate::engine::{Engine, GenerateParams, Job, Progress, StopReason, StopRules};
+use crate::engine::{Engine, GenerateParams, Job, Progress, Prompt, StopReason, StopRules};
 use crate::postprocess::{clean_suggestion, detect_indent, Surroundings};
 use crate::stats::Stats;
 use crate::syntax::{self, SyntaxTree};
@@ -111,6 +117,7 @@ impl ReadyWaiter {
     }
 }
 
+#[derive(Clone)]
 struct Anchor {
     uri: String,
     line: usize,
@@ -121,7 +128,15 @@ struct Anchor {
 struct ActiveJob {
     anchor: Anchor,
     job: Job,
+    /// The state, prompt and parameters the job was started with (prefetching derives its jobs
+    /// from them).
+    state: CursorState,
+    prompt: Prompt,
+    params: GenerateParams,
 }
+
+/// The other likely starts a job asks for, to prefetch.
+const ALTERNATIVES: usize = 2;
 
 /// The text of a cursor's line, split at the cursor.
 #[derive(Clone)]
@@ -182,11 +197,14 @@ pub struct Scheduler {
     change_counter: std::sync::atomic::AtomicU64,
     /// Recent generation speed (ms per token, a moving average; 0 until measured).
     ms_per_token: Arc<Mutex<f64>>,
+    /// Prefetched jobs for states the user may reach next.
+    standby: Mutex<Vec<Arc<ActiveJob>>>,
+    me: Weak<Scheduler>,
 }
 
 impl Scheduler {
     pub fn new(config: Config) -> Arc<Scheduler> {
-        Arc::new(Scheduler {
+        Arc::new_cyclic(|me| Scheduler {
             engine: RwLock::new(EngineState::NotStarted),
             config: RwLock::new(config),
             active: Mutex::new(None),
@@ -194,6 +212,8 @@ impl Scheduler {
             last_change: Mutex::new(None),
             change_counter: std::sync::atomic::AtomicU64::new(0),
             ms_per_token: Arc::new(Mutex::new(0.0)),
+            standby: Mutex::new(Vec::new()),
+            me: me.clone(),
         })
     }
 
@@ -214,6 +234,7 @@ impl Scheduler {
             self.stats_mut().model_load_ms = Some(engine.info().load_ms);
         }
         *self.lock_active() = None;
+        self.lock_standby().clear();
         *self.engine.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
     }
 
@@ -231,6 +252,10 @@ impl Scheduler {
 
     fn lock_active(&self) -> std::sync::MutexGuard<'_, Option<Arc<ActiveJob>>> {
         self.active.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_standby(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ActiveJob>>> {
+        self.standby.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn ready_engine(&self) -> Option<Engine> {
@@ -277,64 +302,150 @@ impl Scheduler {
         });
     }
 
-    /// The active job, if it can serve this state (now or when it finishes).
+    /// The active job, if it can serve this state (now or when it finishes); else a job on
+    /// standby that can, which becomes the active job.
     fn covering_job(&self, state: &CursorState, split: &LineSplit, config: &Config) -> Option<Arc<ActiveJob>> {
-        let active = self.lock_active().clone()?;
-        let typed = typed_ahead(&active.anchor, &state.uri, split)?;
-        if typed.is_empty() {
+        let active = self.lock_active().clone();
+        if let Some(active) = active.filter(|active| covers(active, state, split, config)) {
             return Some(active);
         }
-        if !config.typed_ahead {
-            return None;
+        let mut active = self.lock_active();
+        let mut standby = self.lock_standby();
+        let idx = standby.iter().position(|job| covers(job, state, split, config))?;
+        let promoted = standby.remove(idx);
+        *active = Some(promoted.clone());
+        drop((active, standby));
+        self.stats_mut().counters.prefetch_hits += 1;
+        if promoted.job.snapshot().done.is_some() {
+            self.spawn_prefetch(promoted.clone());
         }
-        let progress = active.job.snapshot();
-        let finished_with_error = matches!(progress.done, Some(Err(_)));
-        let superseded = matches!(&progress.done, Some(Ok(completion)) if matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled));
-        if finished_with_error || superseded {
-            return None;
-        }
-        // With no text yet there is nothing to compare the typed characters with: a new job is
-        // cheap (it reuses the KV cache of this one) and is for the right state.
-        let covers = !progress.text.is_empty()
-            && if progress.text.starts_with(typed) {
-                // Typed characters agree with the suggestion; something must remain.
-                progress.done.is_none() || progress.text.len() > typed.len()
-            } else {
-                // The suggestion may still grow into what was typed.
-                progress.done.is_none() && typed.starts_with(progress.text.as_str())
-            };
-        covers.then_some(active)
+        Some(promoted)
     }
 
     fn start_job(&self, state: &CursorState, split: LineSplit, config: &Config) -> Option<Arc<ActiveJob>> {
         let engine = self.ready_engine()?;
-        let line_start = state.rope.line_to_char(split.line);
-        let cursor = CursorPosition { line: split.line, column: state.cursor_char_idx - line_start };
-        let built = context::build_prompt(&state.rope, cursor, &config.windows, engine.info().special).ok()?;
-        let params = GenerateParams { max_tokens: config.max_tokens, stop: stop_rules(state, &split, config), ..GenerateParams::default() };
-        let job = engine.submit(built.prompt, params);
+        let (prompt, params) = job_for(state, &split, config, &engine)?;
+        let params = GenerateParams { alternatives: if config.prefetch { ALTERNATIVES } else { 0 }, ..params };
+        // Submitted under the lock: a prefetch job is submitted only while its origin is the
+        // active job, so it can never supersede a newer job.
+        let mut active_slot = self.lock_active();
+        let job = engine.submit(prompt.clone(), params.clone());
         let active = Arc::new(ActiveJob {
             anchor: Anchor { uri: state.uri.clone(), line: split.line, line_head: split.head, line_tail: split.tail },
             job,
+            state: state.clone(),
+            prompt,
+            params,
         });
-        let previous = self.lock_active().replace(active.clone());
+        let previous = active_slot.replace(active.clone());
+        self.lock_standby().clear();
+        drop(active_slot);
         let mut stats = self.stats_mut();
         stats.counters.jobs_started += 1;
         if previous.is_some_and(|previous| previous.job.snapshot().done.is_none()) {
             stats.counters.jobs_superseded += 1;
         }
         drop(stats);
-        self.count_tokens_when_done(&active);
+        self.count_tokens_when_done(&active, true);
         Some(active)
     }
 
-    fn count_tokens_when_done(&self, active: &Arc<ActiveJob>) {
+    fn spawn_prefetch(&self, origin: Arc<ActiveJob>) {
+        let (Some(scheduler), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else { return };
+        if scheduler.config().prefetch {
+            runtime.spawn(async move { scheduler.prefetch(origin).await });
+        }
+    }
+
+    /// Runs the prefetch jobs of a finished job one after the other, while it is still the
+    /// active job.
+    async fn prefetch(&self, origin: Arc<ActiveJob>) {
+        let Some(engine) = self.ready_engine() else { return };
+        let progress = origin.job.snapshot();
+        let Some(Ok(completion)) = &progress.done else { return };
+        if matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled) {
+            return;
+        }
+        let config = self.config();
+        let mut plans: Vec<(Anchor, CursorState, Prompt, GenerateParams)> = progress
+            .alternatives
+            .iter()
+            .filter(|alternative| !completion.text.starts_with(alternative.as_str()))
+            .map(|alternative| {
+                let params = GenerateParams { forced_prefix: alternative.clone(), alternatives: 0, ..origin.params.clone() };
+                (origin.anchor.clone(), origin.state.clone(), origin.prompt.clone(), params)
+            })
+            .collect();
+        if let Some(accepted) = accepted_state(&origin.state, &completion.text) {
+            if let Some(split) = split_line(&accepted.rope, accepted.cursor_char_idx) {
+                if let Some((prompt, params)) = job_for(&accepted, &split, &config, &engine) {
+                    let anchor = Anchor { uri: accepted.uri.clone(), line: split.line, line_head: split.head, line_tail: split.tail };
+                    plans.push((anchor, accepted, prompt, params));
+                }
+            }
+        }
+        for (anchor, state, prompt, params) in plans {
+            let standby = {
+                let active = self.lock_active();
+                if !active.as_ref().is_some_and(|active| Arc::ptr_eq(active, &origin)) {
+                    return;
+                }
+                let job = engine.submit(prompt.clone(), params.clone());
+                let standby = Arc::new(ActiveJob { anchor, job, state, prompt, params });
+                self.lock_standby().push(standby.clone());
+                standby
+            };
+            self.stats_mut().counters.prefetch_jobs += 1;
+            self.count_tokens_when_done(&standby, false);
+            let mut progress = standby.job.subscribe();
+            let _ = progress.wait_for(|progress| progress.done.is_some()).await;
+        }
+    }
+}
+
+/// Whether a job can serve this state (now or when it finishes).
+fn covers(active: &ActiveJob, state: &CursorState, split: &LineSplit, config: &Config) -> bool {
+    let Some(typed) = typed_ahead(&active.anchor, &state.uri, split) else { return false };
+    if typed.is_empty() {
+        return true;
+    }
+    if !config.typed_ahead {
+        return false;
+    }
+    let progress = active.job.snapshot();
+    let finished_with_error = matches!(progress.done, Some(Err(_)));
+    let superseded = matches!(&progress.done, Some(Ok(completion)) if matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled));
+    if finished_with_error || superseded {
+        return false;
+    }
+    // With no text yet there is nothing to compare the typed characters with: a new job is
+    // cheap (it reuses the KV cache of this one) and is for the right state.
+    !progress.text.is_empty()
+        && if progress.text.starts_with(typed) {
+            // Typed characters agree with the suggestion; something must remain.
+            progress.done.is_none() || progress.text.len() > typed.len()
+        } else {
+            // The suggestion may still grow into what was typed.
+            progress.done.is_none() && typed.starts_with(progress.text.as_str())
+        }
+}
+
+impl Scheduler {
+    /// Counts a job's tokens when it ends, and starts prefetching after a job the user asked
+    /// for (`then_prefetch`).
+    fn count_tokens_when_done(&self, active: &Arc<ActiveJob>, then_prefetch: bool) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let mut progress = active.job.subscribe();
         let stats = self.stats_handle.clone();
         let ms_per_token = self.ms_per_token.clone();
+        let origin = then_prefetch.then(|| active.clone());
+        let me = self.me.clone();
         runtime.spawn(async move {
             let Ok(progress) = progress.wait_for(|progress| progress.done.is_some()).await else { return };
+            let progress = progress.clone();
+            if let (Some(origin), Some(scheduler)) = (origin, me.upgrade()) {
+                scheduler.spawn_prefetch(origin);
+            }
             stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).counters.jobs_ended += 1;
             if let Some(Ok(completion)) = &progress.done {
                 if completion.generated_tokens >= 2 {
@@ -608,6 +719,51 @@ fn answer_from(progress: &Progress, typed: &str, split: &LineSplit) -> Answer {
         return Answer::Empty(EmptyReason::NothingToSuggest);
     }
     Answer::Ready(Suggestion { text, line_tail: split.tail.clone(), from_typed_ahead: !typed.is_empty() })
+}
+
+/// The prompt and generation parameters for a job at a state.
+fn job_for(state: &CursorState, split: &LineSplit, config: &Config, engine: &Engine) -> Option<(Prompt, GenerateParams)> {
+    let line_start = state.rope.line_to_char(split.line);
+    let cursor = CursorPosition { line: split.line, column: state.cursor_char_idx - line_start };
+    let built = context::build_prompt(&state.rope, cursor, &config.windows, engine.info().special).ok()?;
+    let params = GenerateParams { max_tokens: config.max_tokens, stop: stop_rules(state, split, config), ..GenerateParams::default() };
+    Some((built.prompt, params))
+}
+
+/// The state after the user accepts a suggestion (as shown, cleaned): its text inserted at the
+/// cursor; when that completes the line, the next line too, indented as editors indent it (as
+/// the line, one level deeper after a block opener), since that is where the user goes next.
+fn accepted_state(state: &CursorState, raw: &str) -> Option<CursorState> {
+    let split = split_line(&state.rope, state.cursor_char_idx)?;
+    let shown = clean_suggestion(&split.head, raw, &split.tail, split.surroundings());
+    if shown.is_empty() {
+        return None;
+    }
+    let mut inserted = shown;
+    if split.tail.trim().is_empty() {
+        let whole = format!("{}{}", split.head, inserted);
+        let last_line = whole.rsplit('\n').next().unwrap_or_default();
+        let mut indent: String = last_line.chars().take_while(|ch| *ch == ' ' || *ch == '\t').collect();
+        let opens_block = state.syntax.as_ref().is_some_and(|tree| tree.language.facts.opens_block(last_line));
+        if opens_block {
+            match split.surroundings().indent {
+                Some(crate::postprocess::Indent::Tabs) => indent.push('\t'),
+                Some(crate::postprocess::Indent::Spaces(width)) => indent.push_str(&" ".repeat(width)),
+                None => indent.push_str("    "),
+            }
+        }
+        inserted.push('\n');
+        inserted.push_str(&indent);
+    }
+    let mut rope = state.rope.clone();
+    let mut syntax = state.syntax.clone();
+    let pending = SyntaxTree::before_edit(&rope, state.cursor_char_idx, state.cursor_char_idx);
+    rope.insert(state.cursor_char_idx, &inserted);
+    if let Some(tree) = &mut syntax {
+        tree.edited(&rope, pending, inserted.len());
+        tree.reparse(&rope, false);
+    }
+    Some(CursorState { rope, syntax, cursor_char_idx: state.cursor_char_idx + inserted.chars().count(), ..state.clone() })
 }
 
 /// How the suggestion is shaped and where it stops: by the syntax tree when the language has

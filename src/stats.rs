@@ -72,6 +72,10 @@ pub struct Counters {
     pub tokens_reused: u64,
     pub tokens_decoded: u64,
     pub tokens_generated: u64,
+    /// Jobs run in idle time for states the user may reach next, and how many of them were
+    /// reached (a keystroke then answered from one).
+    pub prefetch_jobs: u64,
+    pub prefetch_hits: u64,
 }
 
 #[derive(Debug, Default, Clone)]

@@ -153,3 +153,31 @@ fn the_tokenizer_is_reachable_through_the_handle() {
     let tokens = engine.tokenize("hello world").unwrap();
     assert!(!tokens.is_empty() && tokens.len() <= 4, "{tokens:?}");
 }
+
+#[test]
+fn other_likely_starts_are_reported_and_a_forced_start_is_continued() {
+    let (_turn, engine) = engine(DEFAULT_MODEL);
+    let fixture = "def greet(name):\n    print(|\n";
+    let (text, line, column) = with_cursor(fixture);
+    let built = build_prompt(&Rope::from_str(&text), CursorPosition { line, column }, &WindowConfig::default(), engine.info().special).unwrap();
+    let job = engine.submit(built.prompt.clone(), GenerateParams { alternatives: 3, ..GenerateParams::default() });
+    let mut progress = job.subscribe();
+    let main = job.wait_blocking().expect("completion succeeds");
+    let alternatives = progress.borrow_and_update().alternatives.clone();
+    assert!(!alternatives.is_empty() && alternatives.len() <= 3, "main {:?}, alternatives {alternatives:?}", main.text);
+    for alternative in &alternatives {
+        assert!(!main.text.starts_with(alternative.as_str()), "{alternative:?} is the main suggestion's start {:?}", main.text);
+    }
+    // A job forced to start with the alternative continues it.
+    let forced = &alternatives[0];
+    let completion = engine
+        .complete_blocking(built.prompt.clone(), GenerateParams { forced_prefix: forced.clone(), ..GenerateParams::default() })
+        .expect("completion succeeds");
+    assert!(completion.text.starts_with(forced.as_str()) && completion.text.len() > forced.len(), "forced {forced:?}, got {:?}", completion.text);
+    // Forced to start as the main suggestion does, it is the main suggestion.
+    let first_word: String = main.text.chars().take_while(|ch| ch.is_alphanumeric() || *ch == '.').collect();
+    let again = engine
+        .complete_blocking(built.prompt, GenerateParams { forced_prefix: first_word.clone(), ..GenerateParams::default() })
+        .expect("completion succeeds");
+    assert_eq!(again.text, main.text, "forced {first_word:?}");
+}

@@ -81,6 +81,47 @@ fn typing_gets_inline_completions_and_typed_ahead_answers() {
     client.shutdown();
 }
 
+/// Waits until the server has no job running, and returns its stats.
+fn wait_idle(client: &mut LspClient) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = client.request_ok("ghostline/stats", json!({}));
+        let counters = &stats["counters"];
+        let started = counters["jobsStarted"].as_u64().unwrap() + counters["prefetchJobs"].as_u64().unwrap();
+        if counters["jobsEnded"].as_u64().unwrap() >= started || Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_state_after_accepting_is_prefetched_in_idle_time() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({}));
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return 3.14159 * ");
+    let suggestion = client.inline_text(CIRCLE_URI, 5, character).expect("a suggestion");
+    assert!(!suggestion.contains('\n'), "one line: {suggestion:?}");
+    let before = wait_idle(&mut client);
+    assert!(before["counters"]["prefetchJobs"].as_u64().unwrap() >= 1, "{before}");
+
+    // Accept, then Enter: the editor indents the new line as the last one.
+    client.insert(CIRCLE_URI, 5, character, &format!("{suggestion}\n    "));
+    client.inline_completion(CIRCLE_URI, 6, 4);
+    let after = client.request_ok("ghostline/stats", json!({}));
+    assert_eq!(after["counters"]["prefetchHits"], 1, "{after}");
+    assert_eq!(after["counters"]["jobsStarted"], before["counters"]["jobsStarted"], "answered from the prefetched job: {after}");
+
+    // With prefetching off, nothing runs in idle time.
+    client.notify("workspace/didChangeConfiguration", json!({"settings": {"ghostline": {"prefetch": false}}}));
+    let character = client.type_text(CIRCLE_URI, 6, 4, "x = ");
+    client.inline_text(CIRCLE_URI, 6, character);
+    let idle = wait_idle(&mut client);
+    assert_eq!(idle["counters"]["prefetchJobs"], after["counters"]["prefetchJobs"], "{idle}");
+    client.shutdown();
+}
+
 #[test]
 fn a_client_that_opts_in_is_answered_within_the_budget_and_notified_when_ready() {
     let _serial = serial();

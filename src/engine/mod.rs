@@ -65,11 +65,16 @@ pub struct GenerateParams {
     /// generated tokens reproduce it: a cursor in the middle of a word (or after a space) then
     /// gets the natural tokenization instead of an out-of-distribution split.
     pub token_healing: bool,
+    /// Text the suggestion must start with (the first tokens are constrained to produce it,
+    /// and it is part of the text): prefetches a suggestion that starts another way.
+    pub forced_prefix: String,
+    /// How many other likely first tokens to report in `Progress::alternatives`.
+    pub alternatives: usize,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams { max_tokens: 48, stop: StopRules::default(), deadline: None, token_healing: true }
+        GenerateParams { max_tokens: 48, stop: StopRules::default(), deadline: None, token_healing: true, forced_prefix: String::new(), alternatives: 0 }
     }
 }
 
@@ -124,6 +129,10 @@ pub struct Progress {
     pub generated_tokens: usize,
     /// When the latest token was published.
     pub updated_at: Option<Instant>,
+    /// Other ways the suggestion could start: the text up to the first freely chosen token
+    /// with one of the next most likely tokens instead (at least 5% likely), most likely
+    /// first; published with the first token.
+    pub alternatives: Vec<String>,
     pub done: Option<Result<Completion, EngineError>>,
 }
 

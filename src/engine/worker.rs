@@ -333,14 +333,19 @@ impl JobRunner<'_, '_> {
         Ok(completion)
     }
 
-    /// Generates greedily. While `healed_bytes` (the rolled-back end of the prompt) is not yet
-    /// reproduced, only tokens consistent with it are allowed, and its bytes are not emitted.
-    fn generate(&mut self, completion: &mut Completion, mut logits_idx: i32, mut healed_bytes: Vec<u8>) -> Result<(), EngineError> {
+    /// Generates greedily. While `healed_bytes` (the rolled-back end of the prompt) and then the
+    /// job's forced prefix are not yet reproduced, only tokens consistent with them are allowed;
+    /// the healed bytes are not emitted, the forced prefix is.
+    fn generate(&mut self, completion: &mut Completion, mut logits_idx: i32, healed_bytes: Vec<u8>) -> Result<(), EngineError> {
         let generation_start = Instant::now();
         let vocab = self.model.vocab();
         let n_ctx = self.context.n_ctx() as usize;
         let mut pending_bytes: Vec<u8> = Vec::new();
         let mut text = String::new();
+        let mut hidden = healed_bytes.len();
+        let mut required = healed_bytes;
+        required.extend_from_slice(self.job.params.forced_prefix.as_bytes());
+        let mut alternatives_due = self.job.params.alternatives > 0 && self.job.params.forced_prefix.is_empty();
         completion.stop_reason = StopReason::MaxTokens;
         for _ in 0..self.job.params.max_tokens {
             if let Some(reason) = self.interruption() {
@@ -348,25 +353,37 @@ impl JobRunner<'_, '_> {
                 break;
             }
             let logits = self.context.get_logits_ith(logits_idx);
-            let token = if healed_bytes.is_empty() {
+            let token = if required.is_empty() {
                 argmax(logits)
             } else {
-                constrained_argmax(logits, self.token_pieces, &healed_bytes)
+                constrained_argmax(logits, self.token_pieces, &required)
             };
             if vocab.is_eog(token) || vocab.is_control(token) {
                 completion.stop_reason = StopReason::EndOfGeneration;
                 break;
             }
+            if alternatives_due {
+                // The first token: other tokens that agree with the healed bytes as well, shown
+                // as the text they add after them.
+                alternatives_due = false;
+                let agrees = |idx: usize| {
+                    let piece = self.token_pieces.get(idx).map(Vec::as_slice).unwrap_or_default();
+                    piece.len() > hidden && (required.is_empty() || piece.starts_with(&required) || required.starts_with(piece))
+                };
+                let alternatives: Vec<String> = likely_others(logits, token, self.job.params.alternatives, agrees)
+                    .into_iter()
+                    .filter(|other| !vocab.is_eog(*other) && !vocab.is_control(*other))
+                    .filter_map(|other| std::str::from_utf8(&self.token_pieces.get(other.0 as usize)?[hidden..]).ok().map(str::to_string))
+                    .filter(|shown| !shown.is_empty())
+                    .collect();
+                self.job.progress.send_modify(|progress| progress.alternatives = alternatives);
+            }
             completion.generated_tokens += 1;
             let piece = self.token_pieces.get(token.0 as usize).map(Vec::as_slice).unwrap_or_default();
-            if healed_bytes.is_empty() {
-                pending_bytes.extend_from_slice(piece);
-            } else if piece.len() >= healed_bytes.len() {
-                pending_bytes.extend_from_slice(&piece[healed_bytes.len()..]);
-                healed_bytes.clear();
-            } else {
-                healed_bytes.drain(..piece.len());
-            }
+            let shown_from = hidden.min(piece.len());
+            hidden -= shown_from;
+            pending_bytes.extend_from_slice(&piece[shown_from..]);
+            required.drain(..piece.len().min(required.len()));
             let n_valid = match std::str::from_utf8(&pending_bytes) {
                 Ok(valid) => valid.len(),
                 Err(err) if err.error_len().is_none() => err.valid_up_to(),
@@ -432,6 +449,23 @@ fn argmax(logits: &[f32]) -> LlamaToken {
         }
     }
     LlamaToken(best_idx as i32)
+}
+
+/// Up to `count` tokens other than `chosen` among those `allowed`, most likely first, each at
+/// least 5% likely among the allowed ones.
+fn likely_others(logits: &[f32], chosen: LlamaToken, count: usize, allowed: impl Fn(usize) -> bool) -> Vec<LlamaToken> {
+    let max = logits.iter().enumerate().filter(|&(idx, _)| allowed(idx)).map(|(_, &logit)| logit).fold(f32::NEG_INFINITY, f32::max);
+    let total: f32 = logits.iter().enumerate().filter(|&(idx, _)| allowed(idx)).map(|(_, &logit)| (logit - max).exp()).sum();
+    let mut best: Vec<(f32, usize)> = Vec::with_capacity(count + 1);
+    for (idx, &logit) in logits.iter().enumerate() {
+        if idx as i32 == chosen.0 || best.len() == count && logit <= best[count - 1].0 || !allowed(idx) {
+            continue;
+        }
+        let at = best.partition_point(|&(other, _)| other >= logit);
+        best.insert(at, (logit, idx));
+        best.truncate(count);
+    }
+    best.into_iter().filter(|&(logit, _)| (logit - max).exp() / total >= 0.05).map(|(_, idx)| LlamaToken(idx as i32)).collect()
 }
 
 /// The most likely token whose bytes agree with `required`: they start with it, or are a

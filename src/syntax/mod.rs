@@ -69,7 +69,7 @@ impl Facts {
     /// Whether the code of `line_head` ends with a block opener (a word opener must be a whole
     /// word: `do`, not `undo`) outside any bracket the line leaves open, except the opener's own
     /// (`d[1:` does not open a block, `describe("x", () => {` does).
-    fn opens_block(&self, line_head: &str) -> bool {
+    pub fn opens_block(&self, line_head: &str) -> bool {
         let lexical = self.lexical();
         let code = line_head.trim_end();
         self.block_openers.iter().any(|opener| {
