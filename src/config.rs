@@ -39,6 +39,9 @@ pub struct Config {
     /// In idle time, compute the suggestion's other likely starts and the state after
     /// accepting it (switch off only to measure, or to save power).
     pub prefetch: bool,
+    /// Chunks of other files in front of the prompt (0: none), and lines per chunk.
+    pub cross_file_chunks: usize,
+    pub cross_file_lines: usize,
 }
 
 impl Default for Config {
@@ -59,6 +62,8 @@ impl Default for Config {
             expansions: Vec::new(),
             syntax: true,
             prefetch: true,
+            cross_file_chunks: 3,
+            cross_file_lines: 24,
         }
     }
 }
@@ -77,6 +82,8 @@ pub struct RawSettings {
     pub max_tokens: Option<serde_json::Value>,
     pub syntax: Option<serde_json::Value>,
     pub prefetch: Option<serde_json::Value>,
+    pub cross_file_chunks: Option<serde_json::Value>,
+    pub cross_file_lines: Option<serde_json::Value>,
     pub multi_line: Option<serde_json::Value>,
     pub max_lines: Option<serde_json::Value>,
     pub languages: Option<serde_json::Value>,
@@ -203,6 +210,16 @@ impl Config {
         if let Some(value) = &raw.prefetch {
             if let Some(prefetch) = boolean("prefetch", value, errors) {
                 self.prefetch = prefetch;
+            }
+        }
+        if let Some(value) = &raw.cross_file_chunks {
+            if let Some(chunks) = integer("crossFileChunks", value, 0, 16, errors) {
+                self.cross_file_chunks = chunks as usize;
+            }
+        }
+        if let Some(value) = &raw.cross_file_lines {
+            if let Some(lines) = integer("crossFileLines", value, 4, 256, errors) {
+                self.cross_file_lines = lines as usize;
             }
         }
         if let Some(value) = &raw.expansions {

@@ -16,11 +16,28 @@
 //! prompt. Everything up to the middle marker changes only when the cursor leaves the line.
 //! A model without fill-in-the-middle tokens gets WINDOW + LINE_HEAD as plain text.
 //!
+//! [extra context] is the cross-file ring's snapshot (`src/ring.rs`), in the repository-level
+//! format of models whose vocabulary has a file-separator token (Qwen2.5-Coder):
+//! `<repo_name> NAME \n <file_sep> PATH \n CHUNK ... <file_sep> THIS_FILE'S_PATH \n`. It is the
+//! most stable part of the prompt: it changes only when the scheduler takes a new snapshot.
+//!
 //! This module never sees LSP types and never calls llama.cpp.
+
+use std::sync::Arc;
 
 use ropey::Rope;
 
 use crate::engine::{Prompt, Special, SpecialSupport};
+use crate::ring::Chunk;
+
+/// Other files' code for the front of the prompt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CrossFile {
+    pub repo: Option<String>,
+    pub chunks: Arc<Vec<Chunk>>,
+    /// How the prompt names the file being completed.
+    pub file_label: String,
+}
 
 /// Sizes of the windows around the cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +129,18 @@ pub fn build_prompt(
     windows: &WindowConfig,
     special: SpecialSupport,
 ) -> Result<BuiltPrompt, PositionError> {
+    build_prompt_with(rope, cursor, windows, special, None)
+}
+
+/// Builds the prompt for a cursor position, with other files' chunks in front when the model
+/// has the tokens to separate files.
+pub fn build_prompt_with(
+    rope: &Rope,
+    cursor: CursorPosition,
+    windows: &WindowConfig,
+    special: SpecialSupport,
+    cross_file: Option<&CrossFile>,
+) -> Result<BuiltPrompt, PositionError> {
     let cursor_idx = cursor_char_idx(rope, cursor)?;
     let line_start_idx = rope.line_to_char(cursor.line);
     let anchor = windows.anchor_lines.max(1);
@@ -142,6 +171,19 @@ pub fn build_prompt(
     let mut prompt = Prompt::default();
     if special.bos {
         prompt.push_special(Special::Bos);
+    }
+    if let Some(cross_file) = cross_file.filter(|cross_file| special.fim && special.file_separator && !cross_file.chunks.is_empty()) {
+        if let (true, Some(repo)) = (special.repo_name, &cross_file.repo) {
+            prompt.push_special(Special::RepoName);
+            prompt.push_text(format!("{repo}\n"));
+        }
+        for chunk in cross_file.chunks.iter() {
+            prompt.push_special(Special::FileSeparator);
+            let line_break = if chunk.text.ends_with('\n') { "" } else { "\n" };
+            prompt.push_text(format!("{}\n{}{line_break}", chunk.label, chunk.text));
+        }
+        prompt.push_special(Special::FileSeparator);
+        prompt.push_text(format!("{}\n", cross_file.file_label));
     }
     if special.fim {
         let line_break = rope.slice(line_end_idx..next_lines_start).to_string();
@@ -266,6 +308,25 @@ mod tests {
         let built = build_prompt(&doc, CursorPosition { line: 1, column: 4 }, &WindowConfig::default(), FIM).unwrap();
         assert_eq!(built.line_tail, "");
         assert_eq!(built.prompt.to_debug_string(), "<FimPrefix>a = 1\r\n<FimSuffix>\r\nc\r\n<FimMiddle>b = ");
+    }
+
+    #[test]
+    fn other_files_go_in_front_in_the_repository_format() {
+        let doc = rope("x = 1\ny = \n");
+        let chunk = Chunk { uri: "file:///p/util.py".into(), label: "util.py".into(), first_line: 0, n_lines: 1, text: "def helper(): pass\n".into() };
+        let cross_file = CrossFile { repo: Some("p".into()), chunks: Arc::new(vec![chunk]), file_label: "main.py".into() };
+        let cursor = CursorPosition { line: 1, column: 4 };
+        let built = build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&cross_file)).unwrap();
+        assert_eq!(
+            built.prompt.to_debug_string(),
+            "<RepoName>p\n<FileSeparator>util.py\ndef helper(): pass\n<FileSeparator>main.py\n<FimPrefix>x = 1\n<FimSuffix>\n<FimMiddle>y = "
+        );
+        // No chunks, or no file separator in the vocabulary: the plain layout.
+        let plain = build_prompt(&doc, cursor, &WindowConfig::default(), FIM).unwrap();
+        let empty = CrossFile { chunks: Arc::new(Vec::new()), ..cross_file.clone() };
+        assert_eq!(build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&empty)).unwrap(), plain);
+        let no_separator = SpecialSupport { file_separator: false, ..FIM };
+        assert_eq!(build_prompt_with(&doc, cursor, &WindowConfig::default(), no_separator, Some(&cross_file)).unwrap(), build_prompt(&doc, cursor, &WindowConfig::default(), no_separator).unwrap());
     }
 
     #[test]

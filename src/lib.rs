@@ -26,6 +26,7 @@ pub mod engine;
 pub mod expansions;
 pub mod models;
 pub mod postprocess;
+pub mod ring;
 pub mod scheduler;
 pub mod server;
 pub mod stats;

@@ -15,6 +15,10 @@
 //! the suggestion may still agree with one of them), then for the state after accepting it (the
 //! next line, indented as an editor does). They wait on standby, anchored to their states, and
 //! become the active job when the user reaches one; any other new job drops them.
+//!
+//! It also keeps the cross-file ring (`src/ring.rs`): chunks of files as they open and around a
+//! file's last edit when the user moves to another file. Prompts use a snapshot of the ring,
+//! renewed in idle time after the prefetch jobs, with a job that warms the KV cache with it.
 
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -23,7 +27,8 @@ use ropey::Rope;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::context::{self, CursorPosition};
+use crate::context::{self, CrossFile, CursorPosition};
+use crate::ring::{self, Ring};
 use crate::engine::{Engine, GenerateParams, Job, Progress, Prompt, StopReason, StopRules};
 use crate::postprocess::{clean_suggestion, detect_indent, Surroundings};
 use crate::stats::Stats;
@@ -138,6 +143,19 @@ struct ActiveJob {
 /// The other likely starts a job asks for, to prefetch.
 const ALTERNATIVES: usize = 2;
 
+/// The most characters of one cross-file chunk.
+const MAX_CHUNK_CHARS: usize = 2000;
+
+#[derive(Default)]
+struct CrossFileState {
+    ring: Ring,
+    /// What prompts put in front (renewed in idle time).
+    snapshot: Arc<Vec<ring::Chunk>>,
+    root_uri: Option<String>,
+    /// The document edited last, and the line of that edit.
+    last_edit: Option<(String, Rope, usize)>,
+}
+
 /// The text of a cursor's line, split at the cursor.
 #[derive(Clone)]
 struct LineSplit {
@@ -199,6 +217,7 @@ pub struct Scheduler {
     ms_per_token: Arc<Mutex<f64>>,
     /// Prefetched jobs for states the user may reach next.
     standby: Mutex<Vec<Arc<ActiveJob>>>,
+    cross_file: Mutex<CrossFileState>,
     me: Weak<Scheduler>,
 }
 
@@ -213,6 +232,7 @@ impl Scheduler {
             change_counter: std::sync::atomic::AtomicU64::new(0),
             ms_per_token: Arc::new(Mutex::new(0.0)),
             standby: Mutex::new(Vec::new()),
+            cross_file: Mutex::new(CrossFileState::default()),
             me: me.clone(),
         })
     }
@@ -254,6 +274,53 @@ impl Scheduler {
         self.active.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn lock_cross_file(&self) -> std::sync::MutexGuard<'_, CrossFileState> {
+        self.cross_file.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The workspace root, which names files and the repository in cross-file prompts.
+    pub fn set_workspace(&self, root_uri: Option<String>) {
+        self.lock_cross_file().root_uri = root_uri;
+    }
+
+    /// A document opened: its top goes into the cross-file ring.
+    pub fn file_opened(&self, uri: &str, rope: &Rope) {
+        let config = self.config();
+        let mut cross_file = self.lock_cross_file();
+        let label = ring::label_for(uri, cross_file.root_uri.as_deref());
+        let chunk = ring::chunk_of(uri, &label, rope, 0, config.cross_file_lines, MAX_CHUNK_CHARS);
+        cross_file.ring.add(chunk, config.cross_file_chunks);
+    }
+
+    /// Notes an edit; when it is in another document than the last one, the lines around that
+    /// document's last edit go into the cross-file ring.
+    fn note_edit(&self, state: &CursorState, config: &Config) {
+        let line = state.rope.char_to_line(state.cursor_char_idx.min(state.rope.len_chars()));
+        let mut cross_file = self.lock_cross_file();
+        let previous = cross_file.last_edit.replace((state.uri.clone(), state.rope.clone(), line));
+        if let Some((uri, rope, line)) = previous.filter(|(uri, _, _)| *uri != state.uri) {
+            let label = ring::label_for(&uri, cross_file.root_uri.as_deref());
+            let chunk = ring::chunk_around(&uri, &label, &rope, line, config.cross_file_lines, MAX_CHUNK_CHARS);
+            cross_file.ring.add(chunk, config.cross_file_chunks);
+        }
+    }
+
+    /// Other files' chunks for a prompt in `uri` (the file's own chunks would show the model
+    /// an old copy of the text it is completing).
+    fn cross_file_for(&self, uri: &str, config: &Config) -> Option<CrossFile> {
+        if config.cross_file_chunks == 0 {
+            return None;
+        }
+        let cross_file = self.lock_cross_file();
+        let repo = cross_file.root_uri.as_deref().and_then(ring::repo_name);
+        let chunks = if cross_file.snapshot.iter().any(|chunk| chunk.uri == uri) {
+            Arc::new(cross_file.snapshot.iter().filter(|chunk| chunk.uri != uri).cloned().collect())
+        } else {
+            cross_file.snapshot.clone()
+        };
+        Some(CrossFile { repo, chunks, file_label: ring::label_for(uri, cross_file.root_uri.as_deref()) })
+    }
+
     fn lock_standby(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ActiveJob>>> {
         self.standby.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -276,6 +343,7 @@ impl Scheduler {
             .replace((state.uri.clone(), state.version, now));
         let change_id = self.change_counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         let config = self.config();
+        self.note_edit(&state, &config);
         if self.ready_engine().is_none() || !config.language_enabled(&state.language_id) {
             return;
         }
@@ -324,10 +392,11 @@ impl Scheduler {
 
     fn start_job(&self, state: &CursorState, split: LineSplit, config: &Config) -> Option<Arc<ActiveJob>> {
         let engine = self.ready_engine()?;
-        let (prompt, params) = job_for(state, &split, config, &engine)?;
+        let (prompt, params) = job_for(state, &split, config, &engine, self.cross_file_for(&state.uri, config).as_ref())?;
         let params = GenerateParams { alternatives: if config.prefetch { ALTERNATIVES } else { 0 }, ..params };
         // Submitted under the lock: a prefetch job is submitted only while its origin is the
         // active job, so it can never supersede a newer job.
+        tracing::trace!(prompt = %prompt.to_debug_string(), "new job");
         let mut active_slot = self.lock_active();
         let job = engine.submit(prompt.clone(), params.clone());
         let active = Arc::new(ActiveJob {
@@ -352,13 +421,12 @@ impl Scheduler {
 
     fn spawn_prefetch(&self, origin: Arc<ActiveJob>) {
         let (Some(scheduler), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else { return };
-        if scheduler.config().prefetch {
-            runtime.spawn(async move { scheduler.prefetch(origin).await });
-        }
+        runtime.spawn(async move { scheduler.prefetch(origin).await });
     }
 
-    /// Runs the prefetch jobs of a finished job one after the other, while it is still the
-    /// active job.
+    /// Idle-time work after a finished job, one job after the other while it is still the
+    /// active job: its prefetch jobs, then a new snapshot of the cross-file ring if the ring
+    /// changed, with a job that warms the KV cache with it.
     async fn prefetch(&self, origin: Arc<ActiveJob>) {
         let Some(engine) = self.ready_engine() else { return };
         let progress = origin.job.snapshot();
@@ -367,28 +435,49 @@ impl Scheduler {
             return;
         }
         let config = self.config();
+        let cross_file = self.cross_file_for(&origin.state.uri, &config);
         let mut plans: Vec<(Anchor, CursorState, Prompt, GenerateParams)> = progress
             .alternatives
             .iter()
+            .filter(|_| config.prefetch)
             .filter(|alternative| !completion.text.starts_with(alternative.as_str()))
             .map(|alternative| {
                 let params = GenerateParams { forced_prefix: alternative.clone(), alternatives: 0, ..origin.params.clone() };
                 (origin.anchor.clone(), origin.state.clone(), origin.prompt.clone(), params)
             })
             .collect();
-        if let Some(accepted) = accepted_state(&origin.state, &completion.text) {
+        if let Some(accepted) = accepted_state(&origin.state, &completion.text).filter(|_| config.prefetch) {
             if let Some(split) = split_line(&accepted.rope, accepted.cursor_char_idx) {
-                if let Some((prompt, params)) = job_for(&accepted, &split, &config, &engine) {
+                if let Some((prompt, params)) = job_for(&accepted, &split, &config, &engine, cross_file.as_ref()) {
                     let anchor = Anchor { uri: accepted.uri.clone(), line: split.line, line_head: split.head, line_tail: split.tail };
                     plans.push((anchor, accepted, prompt, params));
                 }
             }
         }
         for (anchor, state, prompt, params) in plans {
+            if !self.run_on_standby(&engine, &origin, anchor, state, prompt, params).await {
+                return;
+            }
+        }
+        if config.cross_file_chunks == 0 {
+            return;
+        }
+        let Some(chunks) = self.lock_cross_file().ring.take_if_changed() else { return };
+        self.lock_cross_file().snapshot = Arc::new(chunks);
+        let Some(split) = split_line(&origin.state.rope, origin.state.cursor_char_idx) else { return };
+        let cross_file = self.cross_file_for(&origin.state.uri, &config);
+        if let Some((prompt, params)) = job_for(&origin.state, &split, &config, &engine, cross_file.as_ref()) {
+            self.run_on_standby(&engine, &origin, origin.anchor.clone(), origin.state.clone(), prompt, params).await;
+        }
+    }
+
+    /// Runs a job on standby, if `origin` is still the active job; false if it is not.
+    async fn run_on_standby(&self, engine: &Engine, origin: &Arc<ActiveJob>, anchor: Anchor, state: CursorState, prompt: Prompt, params: GenerateParams) -> bool {
+        {
             let standby = {
                 let active = self.lock_active();
-                if !active.as_ref().is_some_and(|active| Arc::ptr_eq(active, &origin)) {
-                    return;
+                if !active.as_ref().is_some_and(|active| Arc::ptr_eq(active, origin)) {
+                    return false;
                 }
                 let job = engine.submit(prompt.clone(), params.clone());
                 let standby = Arc::new(ActiveJob { anchor, job, state, prompt, params });
@@ -400,6 +489,7 @@ impl Scheduler {
             let mut progress = standby.job.subscribe();
             let _ = progress.wait_for(|progress| progress.done.is_some()).await;
         }
+        true
     }
 }
 
@@ -722,10 +812,10 @@ fn answer_from(progress: &Progress, typed: &str, split: &LineSplit) -> Answer {
 }
 
 /// The prompt and generation parameters for a job at a state.
-fn job_for(state: &CursorState, split: &LineSplit, config: &Config, engine: &Engine) -> Option<(Prompt, GenerateParams)> {
+fn job_for(state: &CursorState, split: &LineSplit, config: &Config, engine: &Engine, cross_file: Option<&CrossFile>) -> Option<(Prompt, GenerateParams)> {
     let line_start = state.rope.line_to_char(split.line);
     let cursor = CursorPosition { line: split.line, column: state.cursor_char_idx - line_start };
-    let built = context::build_prompt(&state.rope, cursor, &config.windows, engine.info().special).ok()?;
+    let built = context::build_prompt_with(&state.rope, cursor, &config.windows, engine.info().special, cross_file).ok()?;
     let params = GenerateParams { max_tokens: config.max_tokens, stop: stop_rules(state, split, config), ..GenerateParams::default() };
     Some((built.prompt, params))
 }

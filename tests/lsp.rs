@@ -122,6 +122,32 @@ fn the_state_after_accepting_is_prefetched_in_idle_time() {
     client.shutdown();
 }
 
+const UTIL: &str = "\"\"\"Checksums for the wire format.\"\"\"\n\n\ndef adler_fold_digest(data):\n    \"\"\"Fold the bytes into a 16-bit digest.\"\"\"\n    return sum(data) % 65521\n";
+const CHECK: &str = "import util\n\n\ndef first():\n    return 1\n\n\ndef check(data, expected):\n    return util.\n";
+
+/// The suggestion at `return util.|` in `check`, after a first completion (and the idle time
+/// after it) elsewhere in the file.
+fn suggestion_with_util_open(cross_file_chunks: u64) -> (String, Value) {
+    let mut client = start(DEFAULT_MODEL, json!({"crossFileChunks": cross_file_chunks}));
+    client.open("file:///project/util.py", "python", UTIL);
+    client.open("file:///project/check.py", "python", CHECK);
+    client.inline_text("file:///project/check.py", 4, 10);
+    wait_idle(&mut client);
+    let suggestion = client.inline_text("file:///project/check.py", 8, 16).unwrap_or_default();
+    let stats = wait_idle(&mut client);
+    client.shutdown();
+    (suggestion, stats)
+}
+
+#[test]
+fn other_open_files_are_in_the_prompt() {
+    let _serial = serial();
+    let (with_ring, stats) = suggestion_with_util_open(3);
+    assert!(with_ring.starts_with("adler_fold_digest"), "got {with_ring:?}: {stats}");
+    let (without, _) = suggestion_with_util_open(0);
+    assert!(!without.starts_with("adler_fold_digest"), "the name cannot be guessed: got {without:?}");
+}
+
 #[test]
 fn a_client_that_opts_in_is_answered_within_the_budget_and_notified_when_ready() {
     let _serial = serial();

@@ -330,6 +330,16 @@ impl JobRunner<'_, '_> {
         completion.prompt_ms = ms_since(prompt_start);
 
         self.generate(&mut completion, logits_idx, healed_bytes)?;
+        tracing::debug!(
+            job = self.job.id,
+            prompt_tokens = completion.prompt_tokens,
+            reused = completion.reused_tokens,
+            decoded = completion.decoded_tokens,
+            generated = completion.generated_tokens,
+            stop = ?completion.stop_reason,
+            text = %completion.text,
+            "job done"
+        );
         Ok(completion)
     }
 

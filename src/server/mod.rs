@@ -409,6 +409,14 @@ impl LanguageServer for Backend {
             }
             self.wants_ready_notification.store(wants_ready, Ordering::SeqCst);
             self.scheduler.set_config(config);
+            #[allow(deprecated)]
+            let root_uri = params
+                .workspace_folders
+                .as_ref()
+                .and_then(|folders| folders.first())
+                .map(|folder| folder.uri.as_str().to_string())
+                .or_else(|| params.root_uri.as_ref().map(|uri| uri.as_str().to_string()));
+            self.scheduler.set_workspace(root_uri);
 
             Ok(InitializeResult {
                 capabilities: ServerCapabilities {
@@ -450,6 +458,9 @@ impl LanguageServer for Backend {
     async fn did_open(&self, params: DidOpenTextDocumentParams) {
         let document = params.text_document;
         self.documents.open(document.uri.as_str(), &document.language_id, document.version, &document.text);
+        if let Some(opened) = self.documents.get(document.uri.as_str()) {
+            self.scheduler.file_opened(document.uri.as_str(), &opened.rope);
+        }
     }
 
     async fn did_change(&self, params: DidChangeTextDocumentParams) {
