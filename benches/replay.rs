@@ -10,7 +10,8 @@
 //!
 //! `cargo bench --bench replay -- [--cases N] [--seed S] [--cadence human|wait]
 //!  [--interval-ms MS] [--jitter-ms MS] [--model NAME|PATH] [--threads N] [--languages a,b]
-//!  [--no-peer] [--regression] [--variant JSON] [--max-keys N] [--settings JSON] [--out DIR]`
+//!  [--no-peer] [--regression] [--variant JSON]... [--siblings N] [--max-keys N] [--settings JSON]
+//!  [--out DIR]`
 //!
 //! Each case starts with an arrival: the editor asks at the blanked line (not counted as a
 //! keystroke; its time to a first suggestion is the cold-start figure), and the user reads until
@@ -18,7 +19,11 @@
 //! when it arrives before the next key; `wait` types the next key as soon as the current one has
 //! its answer (Ghostline then runs as a client without the ready notification). `--regression`
 //! adds a Ghostline run with typed-ahead reuse switched off, which must come out visibly worse;
-//! `--variant JSON` adds a Ghostline run with those settings on top (to compare prompt layouts).
+//! Each `--variant JSON` adds a Ghostline run with those settings on top (to compare prompt
+//! layouts and features). `--siblings N` opens the N files next to each case's file (same folder
+//! and extension, nearest by name) before it, as a user with related files open: Ghostline hears
+//! didOpen, the peer gets their first 32 lines as `input_extra` chunks (a ring of 16, as
+//! llama.vim keeps on entering a buffer).
 //! Under `cargo test` it runs a quick check on the tiny model: a few keystrokes, output well formed.
 
 #[allow(dead_code)]
@@ -57,8 +62,9 @@ struct Options {
     languages: Vec<String>,
     peer: bool,
     regression: bool,
-    /// Settings of an extra Ghostline run, compared in the same run.
-    variant: Option<Value>,
+    /// Settings of extra Ghostline runs, compared in the same run.
+    variants: Vec<Value>,
+    siblings: usize,
     max_keys: Option<usize>,
     /// Extra Ghostline settings (a JSON object), for trying a variant.
     settings: Value,
@@ -87,7 +93,12 @@ fn parse_options() -> Options {
         languages: value("--languages").map(|list| list.split(',').map(str::to_string).collect()).unwrap_or_default(),
         peer: !quick && !args.iter().any(|arg| arg == "--no-peer"),
         regression: args.iter().any(|arg| arg == "--regression"),
-        variant: value("--variant").map(|text| serde_json::from_str(&text).expect("--variant takes a JSON object")),
+        variants: args
+            .windows(2)
+            .filter(|pair| pair[0] == "--variant")
+            .map(|pair| serde_json::from_str(&pair[1]).expect("--variant takes a JSON object"))
+            .collect(),
+        siblings: number("--siblings", 0.0) as usize,
         max_keys: value("--max-keys").map(|text| text.parse().expect("--max-keys takes a number")).or(quick.then_some(6)),
         settings: value("--settings").map(|text| serde_json::from_str(&text).expect("--settings takes a JSON object")).unwrap_or_else(|| json!({})),
         out: value("--out").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/replay")),
@@ -211,6 +222,8 @@ struct Arrival {
 trait Driver {
     fn name(&self) -> String;
     fn run_case(&mut self, case: &Case, case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> (Arrival, Vec<Keystroke>);
+    /// The user opens these files (name, text) before the case's file.
+    fn open_siblings(&mut self, case_idx: usize, siblings: &[(String, String)]);
     /// Totals since the driver was ready.
     fn totals(&mut self) -> ServerTotals;
 }
@@ -246,13 +259,18 @@ impl GhostlineDriver {
         self.client.request_ok("ghostline/stats", json!(null))
     }
 
-    /// Waits until every job the server started has ended.
+    /// Waits until every job the server started has ended, idle-time work included (checked
+    /// twice, since that work starts just after a job ends).
     fn wait_idle(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
+        let mut idle_checks = 0;
+        while Instant::now() < deadline && idle_checks < 2 {
             let counters = self.stats()["counters"].clone();
-            if counters["jobsEnded"].as_u64() >= counters["jobsStarted"].as_u64() {
-                return;
+            let started = counters["jobsStarted"].as_u64().unwrap_or(0) + counters["prefetchJobs"].as_u64().unwrap_or(0);
+            if counters["jobsEnded"].as_u64().unwrap_or(0) >= started {
+                idle_checks += 1;
+            } else {
+                idle_checks = 0;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -267,6 +285,13 @@ impl GhostlineDriver {
 impl Driver for GhostlineDriver {
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    fn open_siblings(&mut self, case_idx: usize, siblings: &[(String, String)]) {
+        for (name, text) in siblings {
+            let language = if name.ends_with(".py") { "python" } else if name.ends_with(".rs") { "rust" } else { "javascript" };
+            self.client.open(&format!("file:///replay/{case_idx}/{name}"), language, text);
+        }
     }
 
     fn run_case(&mut self, case: &Case, case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> (Arrival, Vec<Keystroke>) {
@@ -345,6 +370,7 @@ impl Driver for GhostlineDriver {
             cpu_seconds: cpu - self.cpu_at_start,
             peak_rss_mib: rss,
             typed_ahead_hits: stats["counters"]["typedAheadHits"].as_u64().unwrap_or(0),
+            prefetch_hits: stats["counters"]["prefetchHits"].as_u64().unwrap_or(0),
         }
     }
 }
@@ -360,6 +386,8 @@ struct PeerDriver {
     typed_ahead_hits: u64,
     errors: u64,
     cpu_at_start: f64,
+    /// Extra context chunks (file name, text), oldest first.
+    ring: Vec<(String, String)>,
 }
 
 impl PeerDriver {
@@ -376,7 +404,7 @@ impl PeerDriver {
             }
         });
         let cpu_at_start = process_usage(server.pid()).0;
-        Ok(PeerDriver { server, requests, answers, prompt_tokens: 0, typed_ahead_hits: 0, errors: 0, cpu_at_start })
+        Ok(PeerDriver { server, requests, answers, prompt_tokens: 0, typed_ahead_hits: 0, errors: 0, cpu_at_start, ring: Vec::new() })
     }
 }
 
@@ -401,6 +429,17 @@ impl Driver for PeerDriver {
         "llama-server".to_string()
     }
 
+    fn open_siblings(&mut self, _case_idx: usize, siblings: &[(String, String)]) {
+        for (name, text) in siblings {
+            let chunk: Vec<&str> = text.lines().take(32).collect();
+            self.ring.retain(|(existing, _)| existing != name);
+            self.ring.push((name.clone(), format!("{}\n", chunk.join("\n"))));
+            if self.ring.len() > 16 {
+                self.ring.remove(0);
+            }
+        }
+    }
+
     fn run_case(&mut self, case: &Case, _case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> (Arrival, Vec<Keystroke>) {
         let next_nonblank = case.lines[case.line + 1..].iter().find(|line| !line.trim().is_empty()).map(String::as_str);
         let mut cache = peer::AnswerCache::default();
@@ -409,7 +448,7 @@ impl Driver for PeerDriver {
         // empty middle (the cache key is the middle).
         let arrival_start = Instant::now();
         let context = peer::infill_context(&case.lines, case.line, &case.indent, "");
-        self.requests.send((context.middle.clone(), peer::infill_body(&context))).expect("the peer's worker runs");
+        self.requests.send((context.middle.clone(), peer::infill_body(&context, &self.ring))).expect("the peer's worker runs");
         let (asked, answer) = self.answers.recv().expect("the peer's worker answers");
         let content = self.content_of(answer);
         let mut shown = peer::rendered(&content, &case.indent, next_nonblank);
@@ -440,7 +479,7 @@ impl Driver for PeerDriver {
             let mut answered = try_cache(&cache, &mut shown);
             if !answered && !in_flight {
                 let context = peer::infill_context(&case.lines, case.line, &head, "");
-                self.requests.send((head.clone(), peer::infill_body(&context))).expect("the peer's worker runs");
+                self.requests.send((head.clone(), peer::infill_body(&context, &self.ring))).expect("the peer's worker runs");
                 in_flight = true;
             }
             let deadline = interval.map(|interval| keystroke + interval);
@@ -463,7 +502,7 @@ impl Driver for PeerDriver {
                         }
                         if !answered && !cache.contains(&head) {
                             let context = peer::infill_context(&case.lines, case.line, &head, "");
-                            self.requests.send((head.clone(), peer::infill_body(&context))).expect("the peer's worker runs");
+                            self.requests.send((head.clone(), peer::infill_body(&context, &self.ring))).expect("the peer's worker runs");
                             in_flight = true;
                         }
                     }
@@ -497,7 +536,13 @@ impl Driver for PeerDriver {
         if self.errors > 0 {
             eprintln!("the peer answered {} requests with errors", self.errors);
         }
-        ServerTotals { prompt_tokens: self.prompt_tokens, cpu_seconds: cpu - self.cpu_at_start, peak_rss_mib: rss, typed_ahead_hits: self.typed_ahead_hits }
+        ServerTotals {
+            prompt_tokens: self.prompt_tokens,
+            cpu_seconds: cpu - self.cpu_at_start,
+            peak_rss_mib: rss,
+            typed_ahead_hits: self.typed_ahead_hits,
+            prefetch_hits: 0,
+        }
     }
 }
 
@@ -548,12 +593,13 @@ fn main() {
             None => eprintln!("no peer in this run: llama-server not found (run benches/build-peer.sh or set GHOSTLINE_PEER_BIN)"),
         }
     }
-    if let Some(variant) = &options.variant {
+    for variant in &options.variants {
         let mut settings = options.settings.clone();
         for (key, value) in variant.as_object().into_iter().flatten() {
             settings[key] = value.clone();
         }
-        drivers.push(Box::new(GhostlineDriver::start(&format!("ghostline {variant}"), &model, options.threads, options.cadence, true, &settings)));
+        let label: Vec<String> = variant.as_object().into_iter().flatten().map(|(key, value)| format!("{key}={value}")).collect();
+        drivers.push(Box::new(GhostlineDriver::start(&format!("ghostline {}", label.join(",")), &model, options.threads, options.cadence, true, &settings)));
     }
     if options.regression {
         drivers.push(Box::new(GhostlineDriver::start("ghostline typedAhead=off", &model, options.threads, options.cadence, false, &options.settings)));
@@ -565,10 +611,12 @@ fn main() {
     for (case_idx, case) in cases.iter().enumerate() {
         let file = case.path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
         println!("case {case_idx:>2} {:<10} {file}:{} `{}`", case.language, case.line + 1, case.content);
+        let siblings = corpus::siblings(case, options.siblings);
         // Take turns, starting with a different server each case.
         for turn in 0..drivers.len() {
             let idx = (case_idx + turn) % drivers.len();
             let mut next_interval = intervals(options.cadence, options.seed, case_idx);
+            drivers[idx].open_siblings(case_idx, &siblings);
             let (arrival, keys) = drivers[idx].run_case(case, case_idx, &mut next_interval);
             arrivals[idx].push(arrival);
             keystrokes[idx].extend(keys);

@@ -219,3 +219,38 @@ pub fn pick_cases(sources: &[(&'static str, Vec<PathBuf>)], count: usize, seed: 
     }
     cases
 }
+
+/// Up to `count` files next to the case's file (same folder and extension), nearest to it by
+/// name, as (file name, text).
+pub fn siblings(case: &Case, count: usize) -> Vec<(String, String)> {
+    if count == 0 {
+        return Vec::new();
+    }
+    let (Some(folder), Some(extension)) = (case.path.parent(), case.path.extension()) else { return Vec::new() };
+    let mut names: Vec<PathBuf> = std::fs::read_dir(folder)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.is_file() && path.extension() == Some(extension) && *path != case.path)
+        .collect();
+    names.sort();
+    let at = names.partition_point(|path| *path < case.path);
+    // Nearest by name: alternate after and before the case's file.
+    let mut order = Vec::new();
+    for step in 0..names.len() {
+        let idx = if step % 2 == 0 { at + step / 2 } else { at.wrapping_sub(step / 2 + 1) };
+        if let Some(path) = names.get(idx) {
+            order.push(path.clone());
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|path| {
+            let bytes = std::fs::read(&path).ok().filter(|bytes| bytes.len() <= 256 * 1024)?;
+            let text = String::from_utf8(bytes).ok()?;
+            Some((path.file_name()?.to_string_lossy().into_owned(), text))
+        })
+        .take(count)
+        .collect()
+}

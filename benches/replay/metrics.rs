@@ -28,6 +28,8 @@ pub struct ServerTotals {
     pub peak_rss_mib: f64,
     /// Typed-ahead hits counted by the server itself (Ghostline) or the client (peer).
     pub typed_ahead_hits: u64,
+    /// Keystrokes answered from a prefetched job (Ghostline).
+    pub prefetch_hits: u64,
 }
 
 /// Nearest-rank percentile of values where None is "never" (worse than any number).
@@ -84,6 +86,7 @@ pub fn summarize(keystrokes: &[&Keystroke], arrivals: &[Option<f64>], chars_in_l
         figures["serverCpuSeconds"] = json!(totals.cpu_seconds);
         figures["serverPeakRssMiB"] = json!(totals.peak_rss_mib);
         figures["typedAheadHits"] = json!(totals.typed_ahead_hits);
+        figures["prefetchHits"] = json!(totals.prefetch_hits);
     }
     figures
 }
@@ -109,6 +112,7 @@ pub const ROWS: &[(&str, &str, bool)] = &[
     ("cold start p50 ms", "/coldStartMs/p50", true),
     ("cold start p90 ms", "/coldStartMs/p90", true),
     ("prompt tokens / keystroke", "/promptTokensPerKeystroke", true),
+    ("prefetch hits", "/prefetchHits", false),
     ("server CPU s", "/serverCpuSeconds", true),
     ("server peak RSS MiB", "/serverPeakRssMiB", true),
 ];
@@ -142,7 +146,7 @@ pub fn ratio(ours: Option<&Value>, theirs: Option<&Value>) -> Option<f64> {
 pub fn table(names: &[String], figures: &[&Value]) -> String {
     let mut out = format!("{:<28}", "");
     for name in names {
-        out.push_str(&format!("{name:>22}"));
+        out.push_str(&format!(" {name:>27}"));
     }
     if names.len() >= 2 {
         out.push_str(&format!("{:>10}", "ratio"));
@@ -158,7 +162,7 @@ pub fn table(names: &[String], figures: &[&Value]) -> String {
                 Some(Value::Null) if pointer.ends_with("meanWhenShown") => "-".to_string(),
                 value => cell(value),
             };
-            out.push_str(&format!("{text:>22}"));
+            out.push_str(&format!("{text:>28}"));
         }
         if figures.len() >= 2 {
             let ratio = ratio(figures[0].pointer(pointer), figures[1].pointer(pointer));

@@ -136,12 +136,13 @@ pub fn infill_context(lines: &[String], line: usize, head: &str, tail: &str) -> 
     }
 }
 
-/// The `/infill` request body llama.vim sends (no extra context chunks).
-pub fn infill_body(context: &InfillContext) -> String {
+/// The `/infill` request body llama.vim sends, with its extra context chunks (file name, text).
+pub fn infill_body(context: &InfillContext, extra: &[(String, String)]) -> String {
+    let extra: Vec<Value> = extra.iter().map(|(name, text)| json!({"filename": name, "text": text})).collect();
     json!({
         "input_prefix": context.prefix,
         "input_suffix": context.suffix,
-        "input_extra": [],
+        "input_extra": extra,
         "prompt": context.middle,
         "n_predict": 32,
         "n_indent": context.indent,
