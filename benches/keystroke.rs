@@ -114,6 +114,15 @@ fn main() {
         })
     });
 
+    // The parser's worst keystroke: a quote that turns the rest of the file into a string.
+    criterion.bench_function("insert and delete a quote, parsing after each (10k lines)", |bench| {
+        bench.iter(|| {
+            version += 2;
+            store.apply_changes(URI, version, &[insert(line, column, "\"")], PositionEncoding::Utf16).unwrap();
+            black_box(store.apply_changes(URI, version + 1, &[delete(line, column)], PositionEncoding::Utf16).unwrap());
+        })
+    });
+
     let cursor_char_idx = rope.line_to_char(line) + column;
     criterion.bench_function("read the syntax tree at the cursor (10k lines)", |bench| bench.iter(|| black_box(syntax.at(&rope, cursor_char_idx))));
 

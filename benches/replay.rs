@@ -265,9 +265,10 @@ impl GhostlineDriver {
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut idle_checks = 0;
         while Instant::now() < deadline && idle_checks < 2 {
-            let counters = self.stats()["counters"].clone();
+            let stats = self.stats();
+            let counters = &stats["counters"];
             let started = counters["jobsStarted"].as_u64().unwrap_or(0) + counters["prefetchJobs"].as_u64().unwrap_or(0);
-            if counters["jobsEnded"].as_u64().unwrap_or(0) >= started {
+            if counters["jobsEnded"].as_u64().unwrap_or(0) >= started && stats["idleWork"] == 0 {
                 idle_checks += 1;
             } else {
                 idle_checks = 0;

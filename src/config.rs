@@ -62,7 +62,7 @@ impl Default for Config {
             expansions: Vec::new(),
             syntax: true,
             prefetch: true,
-            cross_file_chunks: 3,
+            cross_file_chunks: 0,
             cross_file_lines: 24,
         }
     }

@@ -9,7 +9,8 @@
 //! The prompt does not follow every change of the ring: it would move the start of the prompt
 //! and cost a full prompt decode on the next keystroke. The scheduler takes a snapshot of the
 //! ring in idle time (after a job and its prefetching) and warms the KV cache with it then; the
-//! snapshot stays at the start of every prompt, in the KV cache, until the next one.
+//! snapshot stays at the start of every prompt, in the KV cache, until the next one. The scheduler
+//! renews it only after the user has paused (no change for a second).
 //!
 //! Pure data: no model, no LSP types.
 
@@ -66,6 +67,11 @@ impl Ring {
         }
         self.changed = false;
         Some(self.chunks.iter().cloned().collect())
+    }
+
+    /// Whether the ring changed since its last snapshot.
+    pub fn is_changed(&self) -> bool {
+        self.changed
     }
 
     pub fn len(&self) -> usize {

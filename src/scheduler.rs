@@ -143,6 +143,9 @@ struct ActiveJob {
 /// The other likely starts a job asks for, to prefetch.
 const ALTERNATIVES: usize = 2;
 
+/// How long the user must have paused before the cross-file snapshot is renewed.
+const RING_PAUSE: Duration = Duration::from_millis(1000);
+
 /// The most characters of one cross-file chunk.
 const MAX_CHUNK_CHARS: usize = 2000;
 
@@ -217,6 +220,8 @@ pub struct Scheduler {
     ms_per_token: Arc<Mutex<f64>>,
     /// Prefetched jobs for states the user may reach next.
     standby: Mutex<Vec<Arc<ActiveJob>>>,
+    /// Rounds of idle-time work pending or running (for `ghostline/stats`: idle means none).
+    idle_work: Arc<std::sync::atomic::AtomicUsize>,
     cross_file: Mutex<CrossFileState>,
     me: Weak<Scheduler>,
 }
@@ -232,6 +237,7 @@ impl Scheduler {
             change_counter: std::sync::atomic::AtomicU64::new(0),
             ms_per_token: Arc::new(Mutex::new(0.0)),
             standby: Mutex::new(Vec::new()),
+            idle_work: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             cross_file: Mutex::new(CrossFileState::default()),
             me: me.clone(),
         })
@@ -259,7 +265,9 @@ impl Scheduler {
     }
 
     pub fn stats_json(&self) -> serde_json::Value {
-        self.stats_mut().to_json()
+        let mut json = self.stats_mut().to_json();
+        json["idleWork"] = serde_json::json!(self.idle_work.load(std::sync::atomic::Ordering::SeqCst));
+        json
     }
 
     pub fn record_accepted(&self) {
@@ -385,6 +393,7 @@ impl Scheduler {
         drop((active, standby));
         self.stats_mut().counters.prefetch_hits += 1;
         if promoted.job.snapshot().done.is_some() {
+            self.idle_work.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.spawn_prefetch(promoted.clone());
         }
         Some(promoted)
@@ -419,9 +428,16 @@ impl Scheduler {
         Some(active)
     }
 
+    /// Runs the idle-time work after `origin`; the caller has counted it in `idle_work`.
     fn spawn_prefetch(&self, origin: Arc<ActiveJob>) {
-        let (Some(scheduler), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else { return };
-        runtime.spawn(async move { scheduler.prefetch(origin).await });
+        let (Some(scheduler), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            self.idle_work.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            return;
+        };
+        runtime.spawn(async move {
+            scheduler.prefetch(origin).await;
+            scheduler.idle_work.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
     }
 
     /// Idle-time work after a finished job, one job after the other while it is still the
@@ -436,16 +452,10 @@ impl Scheduler {
         }
         let config = self.config();
         let cross_file = self.cross_file_for(&origin.state.uri, &config);
-        let mut plans: Vec<(Anchor, CursorState, Prompt, GenerateParams)> = progress
-            .alternatives
-            .iter()
-            .filter(|_| config.prefetch)
-            .filter(|alternative| !completion.text.starts_with(alternative.as_str()))
-            .map(|alternative| {
-                let params = GenerateParams { forced_prefix: alternative.clone(), alternatives: 0, ..origin.params.clone() };
-                (origin.anchor.clone(), origin.state.clone(), origin.prompt.clone(), params)
-            })
-            .collect();
+        // The accepted state first: its prompt differs from the origin's below the cursor, so
+        // the alternatives after it (the origin's prompt) leave the KV cache where the next
+        // keystroke wants it.
+        let mut plans: Vec<(Anchor, CursorState, Prompt, GenerateParams)> = Vec::new();
         if let Some(accepted) = accepted_state(&origin.state, &completion.text).filter(|_| config.prefetch) {
             if let Some(split) = split_line(&accepted.rope, accepted.cursor_char_idx) {
                 if let Some((prompt, params)) = job_for(&accepted, &split, &config, &engine, cross_file.as_ref()) {
@@ -454,31 +464,66 @@ impl Scheduler {
                 }
             }
         }
+        plans.extend(
+            progress
+                .alternatives
+                .iter()
+                .filter(|_| config.prefetch)
+                .filter(|alternative| !completion.text.starts_with(alternative.as_str()))
+                .map(|alternative| {
+                    let params = GenerateParams { forced_prefix: alternative.clone(), alternatives: 0, ..origin.params.clone() };
+                    (origin.anchor.clone(), origin.state.clone(), origin.prompt.clone(), params)
+                }),
+        );
         for (anchor, state, prompt, params) in plans {
-            if !self.run_on_standby(&engine, &origin, anchor, state, prompt, params).await {
+            if !self.run_on_standby(&engine, &origin, anchor, state, Some(prompt), params).await {
                 return;
             }
         }
-        if config.cross_file_chunks == 0 {
-            return;
-        }
-        let Some(chunks) = self.lock_cross_file().ring.take_if_changed() else { return };
-        self.lock_cross_file().snapshot = Arc::new(chunks);
-        let Some(split) = split_line(&origin.state.rope, origin.state.cursor_char_idx) else { return };
-        let cross_file = self.cross_file_for(&origin.state.uri, &config);
-        if let Some((prompt, params)) = job_for(&origin.state, &split, &config, &engine, cross_file.as_ref()) {
-            self.run_on_standby(&engine, &origin, origin.anchor.clone(), origin.state.clone(), prompt, params).await;
+        if config.cross_file_chunks > 0 && self.lock_cross_file().ring.is_changed() {
+            // A new snapshot moves the start of every prompt: it is taken only in a pause of the
+            // user's (a keystroke during the warm-up would pay for the whole prompt), and under
+            // the active job's lock together with the warm-up job.
+            let since_change = self.since_last_change();
+            if since_change < RING_PAUSE {
+                tokio::time::sleep(RING_PAUSE - since_change).await;
+            }
+            if self.since_last_change() >= RING_PAUSE {
+                let params = origin.params.clone();
+                self.run_on_standby(&engine, &origin, origin.anchor.clone(), origin.state.clone(), None, params).await;
+            }
         }
     }
 
-    /// Runs a job on standby, if `origin` is still the active job; false if it is not.
-    async fn run_on_standby(&self, engine: &Engine, origin: &Arc<ActiveJob>, anchor: Anchor, state: CursorState, prompt: Prompt, params: GenerateParams) -> bool {
+    fn since_last_change(&self) -> Duration {
+        match &*self.last_change.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            Some((_, _, at)) => at.elapsed(),
+            None => Duration::MAX,
+        }
+    }
+
+    /// Runs a job on standby, if `origin` is still the active job; false if it is not. Without
+    /// a prompt, it is the cross-file warm-up: a new snapshot of the ring, if the ring changed,
+    /// and a job at the origin's state with it.
+    async fn run_on_standby(&self, engine: &Engine, origin: &Arc<ActiveJob>, anchor: Anchor, state: CursorState, prompt: Option<Prompt>, params: GenerateParams) -> bool {
         {
             let standby = {
                 let active = self.lock_active();
                 if !active.as_ref().is_some_and(|active| Arc::ptr_eq(active, origin)) {
                     return false;
                 }
+                let prompt = match prompt {
+                    Some(prompt) => prompt,
+                    None => {
+                        let Some(chunks) = self.lock_cross_file().ring.take_if_changed() else { return true };
+                        self.lock_cross_file().snapshot = Arc::new(chunks);
+                        let config = self.config();
+                        let cross_file = self.cross_file_for(&state.uri, &config);
+                        let Some(split) = split_line(&state.rope, state.cursor_char_idx) else { return true };
+                        let Some((prompt, _)) = job_for(&state, &split, &config, engine, cross_file.as_ref()) else { return true };
+                        prompt
+                    }
+                };
                 let job = engine.submit(prompt.clone(), params.clone());
                 let standby = Arc::new(ActiveJob { anchor, job, state, prompt, params });
                 self.lock_standby().push(standby.clone());
@@ -496,16 +541,16 @@ impl Scheduler {
 /// Whether a job can serve this state (now or when it finishes).
 fn covers(active: &ActiveJob, state: &CursorState, split: &LineSplit, config: &Config) -> bool {
     let Some(typed) = typed_ahead(&active.anchor, &state.uri, split) else { return false };
-    if typed.is_empty() {
-        return true;
-    }
-    if !config.typed_ahead {
-        return false;
-    }
     let progress = active.job.snapshot();
     let finished_with_error = matches!(progress.done, Some(Err(_)));
     let superseded = matches!(&progress.done, Some(Ok(completion)) if matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled));
     if finished_with_error || superseded {
+        return false;
+    }
+    if typed.is_empty() {
+        return true;
+    }
+    if !config.typed_ahead {
         return false;
     }
     // With no text yet there is nothing to compare the typed characters with: a new job is
@@ -530,10 +575,14 @@ impl Scheduler {
         let ms_per_token = self.ms_per_token.clone();
         let origin = then_prefetch.then(|| active.clone());
         let me = self.me.clone();
+        let idle_work = self.idle_work.clone();
         runtime.spawn(async move {
             let Ok(progress) = progress.wait_for(|progress| progress.done.is_some()).await else { return };
             let progress = progress.clone();
             if let (Some(origin), Some(scheduler)) = (origin, me.upgrade()) {
+                // Counted before the job counts as ended, so no one sees the server idle
+                // between the two.
+                idle_work.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 scheduler.spawn_prefetch(origin);
             }
             stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).counters.jobs_ended += 1;
@@ -553,9 +602,13 @@ impl Scheduler {
 
     /// Cancels the active job if it belongs to this document (closed or no longer focused).
     pub fn cancel_for(&self, uri: &str) {
-        if let Some(active) = self.lock_active().as_ref() {
-            if active.anchor.uri == uri {
+        let mut active = self.lock_active();
+        if active.as_ref().is_some_and(|active| active.anchor.uri == uri) {
+            if let Some(active) = active.take() {
                 active.job.cancel();
+            }
+            for job in self.lock_standby().drain(..) {
+                job.job.cancel();
             }
         }
     }
@@ -703,7 +756,15 @@ impl Scheduler {
         let config = self.config();
         let built = context::build_prompt(&with_new_line, cursor, &config.windows, engine.info().special).map_err(|err| err.to_string())?;
         let params = GenerateParams { max_tokens: 256, stop: StopRules::multi_line(config.max_lines.max(24)), ..GenerateParams::default() };
-        let completion = engine.submit(built.prompt, params).wait().await.map_err(|err| err.to_string())?;
+        // The expansion replaces the active job and whatever runs on standby (under the lock, so
+        // idle-time work cannot supersede it).
+        let mut job = {
+            let mut active = self.lock_active();
+            active.take();
+            self.lock_standby().clear();
+            engine.submit(built.prompt, params)
+        };
+        let completion = job.wait().await.map_err(|err| err.to_string())?;
         if matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled) {
             return Err("a newer edit interrupted the expansion; ask again".to_string());
         }
@@ -906,5 +967,35 @@ mod tests {
         assert_eq!(partial("radius * rad", "x"), None, "typed characters disagree");
         let done = Progress { done: Some(Err(EngineError::Stopped)), ..progress("radius * 2") };
         assert!(partial_suggestion(&done, "", &split("", "")).is_none(), "a finished job has a whole answer instead");
+    }
+
+    fn python_state(text: &str, cursor_char_idx: usize) -> CursorState {
+        let rope = Rope::from_str(text);
+        let syntax = crate::syntax::language_for("python", "").map(|language| SyntaxTree::new(language, &rope));
+        CursorState { uri: "file:///a.py".into(), version: 1, rope, cursor_char_idx, language_id: "python".into(), syntax }
+    }
+
+    #[test]
+    fn the_accepted_state_is_the_next_line_indented_as_an_editor_does() {
+        let text = "def area(r):\n    return 3.14 * \n";
+        let state = python_state(text, text.find(" \n").unwrap() + 1);
+        let accepted = accepted_state(&state, "r * r").unwrap();
+        assert_eq!(accepted.rope.to_string(), "def area(r):\n    return 3.14 * r * r\n    \n");
+        assert_eq!(accepted.cursor_char_idx, accepted.rope.to_string().rfind("    \n").unwrap() + 4);
+        assert!(accepted.syntax.unwrap().is_parsed());
+
+        // After a block opener, one level deeper.
+        let text = "def f(values):\n    for v in values\n";
+        let state = python_state(text, text.find("values\n").unwrap() + 6);
+        let accepted = accepted_state(&state, ":").unwrap();
+        assert!(accepted.rope.to_string().ends_with("    for v in values:\n        \n"), "{}", accepted.rope);
+
+        // Accepted in the middle of a line: the cursor stays on it, after the suggestion.
+        let text = "print(area())\n";
+        let state = python_state(text, 11);
+        let accepted = accepted_state(&state, "2");
+        assert_eq!(accepted.map(|accepted| (accepted.rope.to_string(), accepted.cursor_char_idx)), Some(("print(area(2))\n".to_string(), 12)));
+        // Nothing to accept.
+        assert!(accepted_state(&state, "   ").is_none());
     }
 }

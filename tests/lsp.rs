@@ -88,7 +88,8 @@ fn wait_idle(client: &mut LspClient) -> Value {
         let stats = client.request_ok("ghostline/stats", json!({}));
         let counters = &stats["counters"];
         let started = counters["jobsStarted"].as_u64().unwrap() + counters["prefetchJobs"].as_u64().unwrap();
-        if counters["jobsEnded"].as_u64().unwrap() >= started || Instant::now() > deadline {
+        let idle = counters["jobsEnded"].as_u64().unwrap() >= started && stats["idleWork"] == 0;
+        if idle || Instant::now() > deadline {
             return stats;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -146,6 +147,49 @@ fn other_open_files_are_in_the_prompt() {
     assert!(with_ring.starts_with("adler_fold_digest"), "got {with_ring:?}: {stats}");
     let (without, _) = suggestion_with_util_open(0);
     assert!(!without.starts_with("adler_fold_digest"), "the name cannot be guessed: got {without:?}");
+}
+
+const TOTAL_URI: &str = "file:///project/total.py";
+const TOTAL: &str = "def total(values):\n    result = 0\n    \n\n\ndef other():\n    pass\n";
+
+#[test]
+fn the_syntax_tree_shapes_and_ends_suggestions() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({}));
+    client.open(TOTAL_URI, "python", TOTAL);
+    // An empty line in a block: several lines, none of them outside the block.
+    let body = client.inline_text(TOTAL_URI, 2, 4).expect("a suggestion in the function body");
+    assert!(!body.contains("def other"), "the suggestion runs past its block: {body:?}");
+    for line in body.split('\n').skip(1).filter(|line| !line.trim().is_empty()) {
+        assert!(line.starts_with("    "), "a line below the block's indentation: {body:?}");
+    }
+    // A line that opens a block gets its body on the next lines.
+    let character = client.type_text(TOTAL_URI, 2, 4, "for value in values:");
+    let block = client.inline_text(TOTAL_URI, 2, character).expect("a suggestion after a block opener");
+    assert!(block.starts_with("\n        "), "the body, one level deeper: {block:?}");
+    client.shutdown();
+}
+
+#[test]
+fn prose_and_comments_get_one_sentence() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({}));
+    let cases = [
+        ("file:///project/NOTES.md", "markdown", "# Release notes\n\nThis release makes completions faster. The new cache \n"),
+        ("file:///project/.git/COMMIT_EDITMSG", "git-commit", "Speed up the \n"),
+        ("file:///project/stats.py", "python", "def mean(values):\n    # Divide the sum of the values by \n    pass\n"),
+    ];
+    for (uri, language, text) in cases {
+        client.open(uri, language, text);
+        let line = text.lines().position(|line| line.ends_with(' ') && !line.trim().is_empty()).unwrap() as u32;
+        let character = text.lines().nth(line as usize).unwrap().encode_utf16().count() as u32;
+        let suggestion = client.inline_text(uri, line, character).unwrap_or_default();
+        assert!(!suggestion.trim().is_empty(), "{language}: a suggestion");
+        assert!(!suggestion.contains('\n'), "{language}: one line: {suggestion:?}");
+        let sentence_ends = suggestion.match_indices(['.', '!', '?']).filter(|(idx, _)| suggestion[idx + 1..].starts_with(' ')).count();
+        assert_eq!(sentence_ends, 0, "{language}: more than one sentence: {suggestion:?}");
+    }
+    client.shutdown();
 }
 
 #[test]

@@ -32,6 +32,8 @@ pub struct Lexical {
     /// Characters that open and close a string literal.
     pub quotes: Vec<char>,
     pub line_comments: Vec<String>,
+    /// `'x'` and `'\x'` are character literals (where `'` is not a quote).
+    pub char_literals: bool,
 }
 
 impl Lexical {
@@ -62,6 +64,8 @@ struct Scan<'lex> {
     quote: Option<char>,
     escaped: bool,
     comment: bool,
+    /// Characters still to skip (the rest of a character literal).
+    skip: usize,
 }
 
 /// What one character did to the bracket depth.
@@ -75,7 +79,7 @@ enum Step {
 
 impl<'lex> Scan<'lex> {
     fn new(lexical: &'lex Lexical, stack: Vec<char>) -> Scan<'lex> {
-        Scan { lexical, stack, quote: None, escaped: false, comment: false }
+        Scan { lexical, stack, quote: None, escaped: false, comment: false, skip: 0 }
     }
 
     fn step(&mut self, text: &str, idx: usize, ch: char) -> Step {
@@ -88,6 +92,19 @@ impl<'lex> Scan<'lex> {
             return Step::Other;
         }
         if self.comment {
+            return Step::Other;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return Step::Other;
+        }
+        if ch == '\'' && self.lexical.char_literals {
+            let mut rest = text[idx + 1..].chars();
+            self.skip = match (rest.next(), rest.next(), rest.next()) {
+                (Some('\\'), Some(_), Some('\'')) => 3,
+                (Some(first), Some('\''), _) if first != '\\' => 2,
+                _ => 0,
+            };
             return Step::Other;
         }
         if let Some(quote) = self.quote {
@@ -186,6 +203,23 @@ impl ScopeRules {
     }
 }
 
+/// Where the first sentence of `text` ends: after a `.`, `!` or `?` followed by white space, and
+/// after a word of two letters or more (not `1.` of a list, nor `e.g.`).
+fn sentence_end(text: &str) -> Option<usize> {
+    let mut chars = text.char_indices().peekable();
+    while let Some((idx, ch)) = chars.next() {
+        if !matches!(ch, '.' | '!' | '?') || !chars.peek().is_some_and(|(_, next)| next.is_whitespace()) {
+            continue;
+        }
+        let word: Vec<char> = text[..idx].chars().rev().take_while(|ch| ch.is_alphanumeric()).collect();
+        let letters = word.iter().filter(|ch| ch.is_alphabetic()).count();
+        if ch != '.' || letters >= 2 || (letters == 0 && word.is_empty() && idx > 0) {
+            return Some(idx + ch.len_utf8());
+        }
+    }
+    None
+}
+
 impl StopRules {
     pub fn multi_line(max_lines: usize) -> StopRules {
         StopRules { single_line: false, max_lines, ..StopRules::default() }
@@ -205,12 +239,8 @@ impl StopRules {
             }
         }
         if self.sentence {
-            let mut chars = text.char_indices().peekable();
-            while let Some((idx, ch)) = chars.next() {
-                if matches!(ch, '.' | '!' | '?') && chars.peek().is_some_and(|(_, next)| next.is_whitespace()) {
-                    keep_smallest(idx + 1);
-                    break;
-                }
+            if let Some(end) = sentence_end(text) {
+                keep_smallest(end);
             }
         }
         if let Some(scope) = &self.scope {
@@ -258,7 +288,7 @@ mod tests {
     }
 
     fn c_like() -> Lexical {
-        Lexical { brackets: vec![('(', ')'), ('[', ']'), ('{', '}')], quotes: vec!['"'], line_comments: vec!["//".into()] }
+        Lexical { brackets: vec![('(', ')'), ('[', ']'), ('{', '}')], quotes: vec!['"'], line_comments: vec!["//".into()], char_literals: true }
     }
 
     fn scope(open: &str, missing_closers: usize, body_indent: Option<usize>) -> StopRules {
@@ -274,6 +304,8 @@ mod tests {
         assert_eq!(rules.check("the sum. Then"), Some(8));
         assert_eq!(rules.check("version 1.5 of it"), None);
         assert_eq!(rules.check("what? yes"), Some(5));
+        assert_eq!(rules.check("see step 1. then build"), None, "a number");
+        assert_eq!(rules.check("tools, e.g. cargo. Then"), Some(18));
     }
 
     #[test]
@@ -288,6 +320,9 @@ mod tests {
         assert_eq!(scope("", 0, None).check("x = \"}\"; // )"), None);
         // Mismatched closer.
         assert_eq!(scope("    foo(", 0, None).check("a]"), Some(1));
+        // Character literals hold brackets; lifetimes are not literals.
+        assert_eq!(scope("    if ch == ", 0, None).check("'}' || ch == '\\'' { x(); }"), None);
+        assert_eq!(scope("fn f<'a>(x: &'a str", 0, None).check(") -> &'a str { x }"), None);
     }
 
     #[test]

@@ -42,9 +42,10 @@ pub struct Facts {
     /// Words or characters that open a block when a line's code ends with them.
     #[serde(default)]
     pub block_openers: Vec<String>,
-    /// Blocks are made by indentation (Python), not closed by a bracket.
+    /// `'` opens a character literal only (`'x'`, `'\n'`), not a string: it is also a
+    /// lifetime or label (Rust).
     #[serde(default)]
-    pub indented_blocks: bool,
+    pub char_literals: bool,
     /// The language is prose: sentence completions.
     #[serde(default)]
     pub prose: bool,
@@ -63,6 +64,7 @@ impl Facts {
                 .collect(),
             quotes: self.quotes.clone(),
             line_comments: self.line_comments.clone(),
+            char_literals: self.char_literals,
         }
     }
 
@@ -216,7 +218,7 @@ pub fn stop_rules(language: &Language, cursor: &CursorSyntax, line_head: &str, l
     let scope = ScopeRules {
         open,
         lexical,
-        missing_closers: if facts.indented_blocks { 0 } else { cursor.missing_closers },
+        missing_closers: cursor.missing_closers,
         body_indent,
         tab_width: shape.tab_width,
     };

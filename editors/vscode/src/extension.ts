@@ -30,6 +30,10 @@ const SERVER_SETTINGS = [
   'languages',
   'prefixLines',
   'suffixLines',
+  'syntax',
+  'prefetch',
+  'crossFileChunks',
+  'crossFileLines',
 ] as const;
 
 /** Settings that need a new server process when they change. */
