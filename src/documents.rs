@@ -5,8 +5,10 @@
 //! to a clone of the rope (O(1)), and the document is replaced only if all of them were valid,
 //! so an impossible range never corrupts a document. Lines are split at `\n`, `\r\n` and `\r`,
 //! as the LSP specification says (ropey is built without Unicode line breaks for this).
-//! Each document of a language with a grammar keeps its syntax tree, edited with every change
-//! and parsed again incrementally (tree-sitter reuses the unchanged parts).
+//! Each document of a language with a grammar keeps its syntax tree. A change only edits the
+//! tree (its positions follow, in microseconds); parsing again, incrementally, is left to
+//! `refresh_syntax`, which the server runs off the keystroke path, and to whoever needs the
+//! tree fresh before that (`SyntaxTree::fresh`).
 //! This module knows no LSP types; the server converts to and from them.
 
 use dashmap::DashMap;
@@ -97,6 +99,23 @@ impl DocumentStore {
         self.documents.iter().map(|entry| entry.key().clone()).collect()
     }
 
+    /// Parses a document's tree again if it is dirty, outside the map's lock, and keeps the
+    /// result if the document is still at `version`.
+    pub fn refresh_syntax(&self, uri: &str, version: i32) {
+        let Some((rope, syntax)) = self.documents.get(uri).and_then(|document| Some((document.rope.clone(), document.syntax.clone()?))) else {
+            return;
+        };
+        if !syntax.is_dirty() {
+            return;
+        }
+        let fresh = syntax.fresh(&rope);
+        if let Some(mut document) = self.documents.get_mut(uri) {
+            if document.version == version {
+                document.syntax = Some(fresh);
+            }
+        }
+    }
+
     /// Applies all changes of one notification, or none of them.
     pub fn apply_changes(
         &self,
@@ -111,14 +130,15 @@ impl DocumentStore {
         }
         let mut rope = entry.rope.clone();
         let mut syntax = entry.syntax.clone();
-        let mut replaced = false;
         let mut cursor_char_idx = 0;
         for change in changes {
             match change.range {
                 None => {
                     rope = Rope::from_str(&change.text);
                     cursor_char_idx = rope.len_chars();
-                    replaced = true;
+                    if let Some(syntax) = &mut syntax {
+                        syntax.replaced();
+                    }
                 }
                 Some(range) => {
                     let start = char_idx(&rope, range.start, encoding)?;
@@ -140,9 +160,6 @@ impl DocumentStore {
                     }
                 }
             }
-        }
-        if let Some(syntax) = &mut syntax {
-            syntax.reparse(&rope, replaced);
         }
         entry.rope = rope;
         entry.syntax = syntax;

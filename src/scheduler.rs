@@ -912,7 +912,7 @@ fn accepted_state(state: &CursorState, raw: &str) -> Option<CursorState> {
     rope.insert(state.cursor_char_idx, &inserted);
     if let Some(tree) = &mut syntax {
         tree.edited(&rope, pending, inserted.len());
-        tree.reparse(&rope, false);
+        tree.reparse(&rope);
     }
     Some(CursorState { rope, syntax, cursor_char_idx: state.cursor_char_idx + inserted.chars().count(), ..state.clone() })
 }
@@ -923,6 +923,7 @@ fn stop_rules(state: &CursorState, split: &LineSplit, config: &Config) -> StopRu
     let multi_line = config.multi_line && split.head.trim().is_empty() && split.tail.trim().is_empty();
     let plain = if multi_line { StopRules::multi_line(config.max_lines) } else { StopRules::default() };
     let Some(tree) = state.syntax.as_ref().filter(|_| config.syntax) else { return plain };
+    let tree = tree.fresh(&state.rope);
     let cursor = tree.at(&state.rope, state.cursor_char_idx);
     let tab_width = match split.surroundings().indent {
         Some(crate::postprocess::Indent::Spaces(width)) => width,

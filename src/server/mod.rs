@@ -60,7 +60,7 @@ pub async fn serve(config: Config) {
 
 pub struct Backend {
     client: Client,
-    documents: DocumentStore,
+    documents: Arc<DocumentStore>,
     scheduler: Arc<Scheduler>,
     encoding: Mutex<PositionEncoding>,
     wants_ready_notification: AtomicBool,
@@ -107,7 +107,7 @@ impl Backend {
     fn new(client: Client, config: Config) -> Backend {
         Backend {
             client,
-            documents: DocumentStore::default(),
+            documents: Arc::new(DocumentStore::default()),
             scheduler: Scheduler::new(config),
             encoding: Mutex::new(PositionEncoding::Utf16),
             wants_ready_notification: AtomicBool::new(false),
@@ -468,14 +468,21 @@ impl LanguageServer for Backend {
         let uri = params.text_document.uri.as_str().to_string();
         let changes: Vec<documents::Change> = params.content_changes.into_iter().map(proto::change).collect();
         match self.documents.apply_changes(&uri, params.text_document.version, &changes, self.encoding()) {
-            Ok(outcome) => self.scheduler.on_change(CursorState {
-                uri,
-                version: outcome.document.version,
-                rope: outcome.document.rope,
-                cursor_char_idx: outcome.cursor_char_idx,
-                language_id: outcome.document.language_id,
-                syntax: outcome.document.syntax,
-            }),
+            Ok(outcome) => {
+                let version = outcome.document.version;
+                self.scheduler.on_change(CursorState {
+                    uri: uri.clone(),
+                    version,
+                    rope: outcome.document.rope,
+                    cursor_char_idx: outcome.cursor_char_idx,
+                    language_id: outcome.document.language_id,
+                    syntax: outcome.document.syntax,
+                });
+                // The tree is parsed again off the keystroke path (a quote that turns the rest
+                // of a large file into a string costs milliseconds).
+                let documents = self.documents.clone();
+                tokio::task::spawn_blocking(move || documents.refresh_syntax(&uri, version));
+            }
             Err(err) => tracing::warn!(%uri, %err, "rejected a change; the document is unchanged"),
         }
     }

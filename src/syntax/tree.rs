@@ -64,6 +64,10 @@ pub struct SyntaxTree {
     tree: Option<Tree>,
     /// A parse was given up: do not try again on every keystroke.
     gave_up: bool,
+    /// Edited since the last parse (the tree's positions follow the edits, its nodes do not).
+    dirty: bool,
+    /// The whole document was replaced: the next parse starts from scratch.
+    replaced: bool,
 }
 
 impl std::fmt::Debug for SyntaxTree {
@@ -129,7 +133,7 @@ impl SyntaxTree {
     pub fn new(language: &'static Language, rope: &Rope) -> SyntaxTree {
         let tree = parse(language, rope, None);
         let gave_up = language.grammar.is_some() && tree.is_none();
-        SyntaxTree { language, tree, gave_up }
+        SyntaxTree { language, tree, gave_up, dirty: false, replaced: false }
     }
 
     /// Whether the document has a tree.
@@ -147,6 +151,7 @@ impl SyntaxTree {
     /// Tells the tree about an edit, once `rope` holds its result (`inserted_bytes` of text at
     /// the start of the span). The tree is parsed again by `reparse`.
     pub fn edited(&mut self, rope: &Rope, pending: PendingEdit, inserted_bytes: usize) {
+        self.dirty = true;
         let Some(tree) = &mut self.tree else { return };
         let new_end_byte = pending.start_byte + inserted_bytes;
         tree.edit(&InputEdit {
@@ -159,19 +164,41 @@ impl SyntaxTree {
         });
     }
 
+    /// The whole document was replaced: the next parse starts from scratch.
+    pub fn replaced(&mut self) {
+        self.replaced = true;
+        self.dirty = true;
+    }
+
+    /// Whether edits came since the last parse.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
     /// Parses the document again after edits, reusing the unchanged parts of the old tree; a
-    /// replaced document (no old tree) is parsed from scratch, unless a parse was given up.
-    pub fn reparse(&mut self, rope: &Rope, whole_document_replaced: bool) {
-        // A parse given up is tried again only on a new document.
-        if self.gave_up && !whole_document_replaced {
+    /// replaced document is parsed from scratch, even after a parse was given up.
+    pub fn reparse(&mut self, rope: &Rope) {
+        let from_scratch = std::mem::take(&mut self.replaced);
+        self.dirty = false;
+        if self.gave_up && !from_scratch {
             return;
         }
-        let old = if whole_document_replaced { None } else { self.tree.as_ref() };
+        let old = if from_scratch { None } else { self.tree.as_ref() };
         self.tree = parse(self.language, rope, old);
         self.gave_up = self.language.grammar.is_some() && self.tree.is_none();
     }
 
-    /// What the tree says about the cursor at `char_idx`.
+    /// This tree, parsed again if edits came since the last parse.
+    pub fn fresh(&self, rope: &Rope) -> SyntaxTree {
+        let mut tree = self.clone();
+        if tree.dirty {
+            tree.reparse(rope);
+        }
+        tree
+    }
+
+    /// What the tree says about the cursor at `char_idx` (parse it first if it is dirty:
+    /// see `fresh`).
     pub fn at(&self, rope: &Rope, char_idx: usize) -> CursorSyntax {
         let prose = self.language.facts.prose;
         let default = CursorSyntax { region: if prose { Region::Prose } else { Region::Code }, in_brackets: false, missing_closers: usize::MAX };
@@ -419,7 +446,7 @@ mod tests {
             let pending = SyntaxTree::before_edit(&rope, at_char + offset, at_char + offset);
             rope.insert_char(at_char + offset, ch);
             tree.edited(&rope, pending, ch.len_utf8());
-            tree.reparse(&rope, false);
+            tree.reparse(&rope);
         }
         assert_eq!(rope.line(2).to_string(), "    let s = \"hi1;\n");
         assert_eq!(nodes(&tree), nodes(&SyntaxTree::new(language, &rope)));
@@ -429,7 +456,7 @@ mod tests {
         rope.remove(start..start + 4);
         rope.insert(start, "/*é*/");
         tree.edited(&rope, pending, "/*é*/".len());
-        tree.reparse(&rope, false);
+        tree.reparse(&rope);
         assert_eq!(nodes(&tree), nodes(&SyntaxTree::new(language, &rope)));
         // Line comments with multibyte text are comments to their end.
         let cursor = rope.line_to_char(0) + crate::context::line_len_chars(&rope, 0);
