@@ -37,7 +37,7 @@ pub struct Config {
     /// Shape suggestions and stop them by the syntax tree (switch off only to measure).
     pub syntax: bool,
     /// In idle time, compute the suggestion's other likely starts and the state after
-    /// accepting it (switch off only to measure, or to save power).
+    /// accepting it (off by default: on two cores it cost more than it served, see README).
     pub prefetch: bool,
     /// Chunks of other files in front of the prompt (0: none), and lines per chunk.
     pub cross_file_chunks: usize,
@@ -61,7 +61,7 @@ impl Default for Config {
             typed_ahead: true,
             expansions: Vec::new(),
             syntax: true,
-            prefetch: true,
+            prefetch: false,
             cross_file_chunks: 0,
             cross_file_lines: 24,
         }

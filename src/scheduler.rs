@@ -10,8 +10,8 @@
 //! anchor's head plus typed characters that agree with the suggestion is served from that job,
 //! without touching the model.
 //!
-//! When a job finishes, the time until the next keystroke is used to prefetch (when the
-//! `prefetch` setting is on): jobs for the suggestion's other likely starts (a key that leaves
+//! When a job finishes, the time until the next keystroke can be used to prefetch (the
+//! `prefetch` setting, off by default): jobs for the suggestion's other likely starts (a key that leaves
 //! the suggestion may still agree with one of them), then for the state after accepting it (the
 //! next line, indented as an editor does). They wait on standby, anchored to their states, and
 //! become the active job when the user reaches one; any other new job drops them.

@@ -99,7 +99,7 @@ fn wait_idle(client: &mut LspClient) -> Value {
 #[test]
 fn the_state_after_accepting_is_prefetched_in_idle_time() {
     let _serial = serial();
-    let mut client = start(DEFAULT_MODEL, json!({}));
+    let mut client = start(DEFAULT_MODEL, json!({"prefetch": true}));
     client.open(CIRCLE_URI, "python", CIRCLE);
     let character = client.type_text(CIRCLE_URI, 5, 4, "return 3.14159 * ");
     let suggestion = client.inline_text(CIRCLE_URI, 5, character).expect("a suggestion");
