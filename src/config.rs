@@ -89,6 +89,8 @@ pub struct RawSettings {
     pub languages: Option<serde_json::Value>,
     pub prefix_lines: Option<serde_json::Value>,
     pub suffix_lines: Option<serde_json::Value>,
+    pub anchor_lines: Option<serde_json::Value>,
+    pub suffix_in_front: Option<serde_json::Value>,
     pub typed_ahead: Option<serde_json::Value>,
     pub expansions: Option<serde_json::Value>,
     /// Whether the client handles `ghostline/suggestionReady` (also a client capability).
@@ -190,6 +192,16 @@ impl Config {
         if let Some(value) = &raw.prefix_lines {
             if let Some(lines) = integer("prefixLines", value, 0, 2000, errors) {
                 self.windows.prefix_lines = lines as usize;
+            }
+        }
+        if let Some(value) = &raw.anchor_lines {
+            if let Some(lines) = integer("anchorLines", value, 1, 256, errors) {
+                self.windows.anchor_lines = lines as usize;
+            }
+        }
+        if let Some(value) = &raw.suffix_in_front {
+            if let Some(in_front) = boolean("suffixInFront", value, errors) {
+                self.windows.suffix_in_front = in_front;
             }
         }
         if let Some(value) = &raw.suffix_lines {

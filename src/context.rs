@@ -48,6 +48,10 @@ pub struct WindowConfig {
     pub anchor_lines: usize,
     /// Lines after the cursor line that go into the suffix.
     pub suffix_lines: usize,
+    /// Put the lines after the cursor line in a chunk of their own in front of the prompt
+    /// (repository-level format) instead of in the fill-in-the-middle suffix, which then holds
+    /// only the rest of the cursor line. Measured worse; kept to measure.
+    pub suffix_in_front: bool,
     /// Character caps, so one huge line cannot blow up the prompt.
     pub max_prefix_chars: usize,
     pub max_suffix_chars: usize,
@@ -60,6 +64,7 @@ impl Default for WindowConfig {
             prefix_lines: 64,
             anchor_lines: 16,
             suffix_lines: 4,
+            suffix_in_front: false,
             max_prefix_chars: 6000,
             max_suffix_chars: 1500,
             max_line_head_chars: 1000,
@@ -185,9 +190,16 @@ pub fn build_prompt_with(
         prompt.push_special(Special::FileSeparator);
         prompt.push_text(format!("{}\n", cross_file.file_label));
     }
+    let suffix_in_front = windows.suffix_in_front && special.fim && special.file_separator;
+    if suffix_in_front {
+        prompt.push_special(Special::FileSeparator);
+        prompt.push_text(format!("(the lines below the cursor)\n{}", first_chars(&next_lines, windows.max_suffix_chars)));
+        prompt.push_special(Special::FileSeparator);
+    }
     if special.fim {
         let line_break = rope.slice(line_end_idx..next_lines_start).to_string();
-        let suffix = first_chars(&format!("{line_tail}{line_break}{next_lines}"), windows.max_suffix_chars);
+        let below = if suffix_in_front { "" } else { next_lines.as_str() };
+        let suffix = first_chars(&format!("{line_tail}{line_break}{below}"), windows.max_suffix_chars);
         prompt.push_special(Special::FimPrefix);
         prompt.push_text(window);
         prompt.push_special(Special::FimSuffix);
@@ -327,6 +339,17 @@ mod tests {
         assert_eq!(build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&empty)).unwrap(), plain);
         let no_separator = SpecialSupport { file_separator: false, ..FIM };
         assert_eq!(build_prompt_with(&doc, cursor, &WindowConfig::default(), no_separator, Some(&cross_file)).unwrap(), build_prompt(&doc, cursor, &WindowConfig::default(), no_separator).unwrap());
+    }
+
+    #[test]
+    fn the_lines_below_can_go_in_front() {
+        let doc = rope("a = 1\nb = \nc = 3\n");
+        let windows = WindowConfig { suffix_in_front: true, ..WindowConfig::default() };
+        let built = build_prompt(&doc, CursorPosition { line: 1, column: 4 }, &windows, FIM).unwrap();
+        assert_eq!(
+            built.prompt.to_debug_string(),
+            "<FileSeparator>(the lines below the cursor)\nc = 3\n<FileSeparator><FimPrefix>a = 1\n<FimSuffix>\n<FimMiddle>b = "
+        );
     }
 
     #[test]
