@@ -14,7 +14,7 @@ use ropey::Rope;
 
 use ghostline::config::Config;
 use ghostline::context::{self, CursorPosition};
-use ghostline::engine::{Engine, EngineConfig, GenerateParams, StopRules};
+use ghostline::engine::{Engine, EngineConfig, GenerateParams};
 use ghostline::models;
 
 #[derive(Parser)]
@@ -217,17 +217,15 @@ fn complete(args: CompleteArgs) -> Result<(), CliError> {
         }
         let built = context::build_prompt(&rope, cursor, &config.windows, engine.info().special)
             .map_err(|err| CliError::Internal(err.to_string()))?;
-        let multi_line = !args.single_line && config.multi_line && built.line_head.trim().is_empty() && built.line_tail.trim().is_empty();
-        let plain = if multi_line { StopRules::multi_line(config.max_lines) } else { StopRules::default() };
         // The same shape and stop rules as the server's, from the file's syntax tree.
+        let shape = ghostline::syntax::Shape { multi_line: !args.single_line && config.multi_line, max_lines: config.max_lines, tab_width: 4 };
         let stop = match ghostline::syntax::language_for("", &path.to_string_lossy()) {
             Some(language) => {
                 let tree = ghostline::syntax::SyntaxTree::new(language, &rope);
                 let char_idx = context::cursor_char_idx(&rope, cursor).map_err(|err| CliError::Internal(err.to_string()))?;
-                let shape = ghostline::syntax::Shape { multi_line: !args.single_line && config.multi_line, max_lines: config.max_lines, tab_width: 4 };
                 ghostline::syntax::stop_rules(language, &tree.at(&rope, char_idx), &built.line_head, &built.line_tail, shape)
             }
-            None => plain,
+            None => ghostline::syntax::plain_stop_rules(&built.line_head, &built.line_tail, shape),
         };
         let params = GenerateParams { max_tokens: args.max_tokens.unwrap_or(config.max_tokens), stop, ..GenerateParams::default() };
         let mut completion = engine.complete_blocking(built.prompt, params)?;

@@ -73,14 +73,6 @@ impl Ring {
     pub fn is_changed(&self) -> bool {
         self.changed
     }
-
-    pub fn len(&self) -> usize {
-        self.chunks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
 }
 
 /// The lines `first_line..first_line + n_lines` of a document (clipped to it), capped at

@@ -294,6 +294,9 @@ impl Scheduler {
     /// A document opened: its top goes into the cross-file ring.
     pub fn file_opened(&self, uri: &str, rope: &Rope) {
         let config = self.config();
+        if config.cross_file_chunks == 0 {
+            return;
+        }
         let mut cross_file = self.lock_cross_file();
         let label = ring::label_for(uri, cross_file.root_uri.as_deref());
         let chunk = ring::chunk_of(uri, &label, rope, 0, config.cross_file_lines, MAX_CHUNK_CHARS);
@@ -303,6 +306,9 @@ impl Scheduler {
     /// Notes an edit; when it is in another document than the last one, the lines around that
     /// document's last edit go into the cross-file ring.
     fn note_edit(&self, state: &CursorState, config: &Config) {
+        if config.cross_file_chunks == 0 {
+            return;
+        }
         let line = state.rope.char_to_line(state.cursor_char_idx.min(state.rope.len_chars()));
         let mut cross_file = self.lock_cross_file();
         let previous = cross_file.last_edit.replace((state.uri.clone(), state.rope.clone(), line));
@@ -393,7 +399,6 @@ impl Scheduler {
         drop((active, standby));
         self.stats_mut().counters.prefetch_hits += 1;
         if promoted.job.snapshot().done.is_some() {
-            self.idle_work.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.spawn_prefetch(promoted.clone());
         }
         Some(promoted)
@@ -428,12 +433,10 @@ impl Scheduler {
         Some(active)
     }
 
-    /// Runs the idle-time work after `origin`; the caller has counted it in `idle_work`.
+    /// Runs the idle-time work after `origin`, counted in `idle_work` from this call on.
     fn spawn_prefetch(&self, origin: Arc<ActiveJob>) {
-        let (Some(scheduler), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
-            self.idle_work.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            return;
-        };
+        let (Some(scheduler), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else { return };
+        self.idle_work.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         runtime.spawn(async move {
             scheduler.prefetch(origin).await;
             scheduler.idle_work.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -575,14 +578,12 @@ impl Scheduler {
         let ms_per_token = self.ms_per_token.clone();
         let origin = then_prefetch.then(|| active.clone());
         let me = self.me.clone();
-        let idle_work = self.idle_work.clone();
         runtime.spawn(async move {
             let Ok(progress) = progress.wait_for(|progress| progress.done.is_some()).await else { return };
             let progress = progress.clone();
+            // Idle work is counted before the job counts as ended, so no one sees the server
+            // idle between the two.
             if let (Some(origin), Some(scheduler)) = (origin, me.upgrade()) {
-                // Counted before the job counts as ended, so no one sees the server idle
-                // between the two.
-                idle_work.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 scheduler.spawn_prefetch(origin);
             }
             stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).counters.jobs_ended += 1;
@@ -920,17 +921,17 @@ fn accepted_state(state: &CursorState, raw: &str) -> Option<CursorState> {
 /// How the suggestion is shaped and where it stops: by the syntax tree when the language has
 /// one, else several lines on an empty line and one line elsewhere.
 fn stop_rules(state: &CursorState, split: &LineSplit, config: &Config) -> StopRules {
-    let multi_line = config.multi_line && split.head.trim().is_empty() && split.tail.trim().is_empty();
-    let plain = if multi_line { StopRules::multi_line(config.max_lines) } else { StopRules::default() };
-    let Some(tree) = state.syntax.as_ref().filter(|_| config.syntax) else { return plain };
+    let shape = |tab_width| syntax::Shape { multi_line: config.multi_line, max_lines: config.max_lines, tab_width };
+    let Some(tree) = state.syntax.as_ref().filter(|_| config.syntax) else {
+        return syntax::plain_stop_rules(&split.head, &split.tail, shape(4));
+    };
     let tree = tree.fresh(&state.rope);
     let cursor = tree.at(&state.rope, state.cursor_char_idx);
     let tab_width = match split.surroundings().indent {
         Some(crate::postprocess::Indent::Spaces(width)) => width,
         _ => 4,
     };
-    let shape = syntax::Shape { multi_line: config.multi_line, max_lines: config.max_lines, tab_width };
-    syntax::stop_rules(tree.language, &cursor, &split.head, &split.tail, shape)
+    syntax::stop_rules(tree.language, &cursor, &split.head, &split.tail, shape(tab_width))
 }
 
 fn ms_since(start: Instant) -> f64 {

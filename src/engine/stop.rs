@@ -140,6 +140,11 @@ impl<'lex> Scan<'lex> {
     }
 }
 
+/// The width in columns of a line's indentation.
+pub fn indent_columns(line: &str, tab_width: usize) -> usize {
+    line.chars().take_while(|ch| *ch == ' ' || *ch == '\t').map(|ch| if ch == '\t' { tab_width } else { 1 }).sum()
+}
+
 /// Stop rules from the structure of the code around the cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScopeRules {
@@ -179,7 +184,7 @@ impl ScopeRules {
             if !first_line && !line_judged && !ch.is_whitespace() && scan.quote.is_none() {
                 line_judged = true;
                 if let Some(body_indent) = self.body_indent {
-                    let indent: usize = text[line_start..idx].chars().map(|ch| if ch == '\t' { self.tab_width } else { 1 }).sum();
+                    let indent = indent_columns(&text[line_start..idx], self.tab_width);
                     if indent < body_indent {
                         let closes_allowed = scan.stack.last() == Some(&ch) || (scan.stack.is_empty() && missing > 0 && self.lexical.is_closer(ch));
                         if !closes_allowed {

@@ -378,7 +378,7 @@ impl JobRunner<'_, '_> {
                 alternatives_due = false;
                 let agrees = |idx: usize| {
                     let piece = self.token_pieces.get(idx).map(Vec::as_slice).unwrap_or_default();
-                    piece.len() > hidden && (required.is_empty() || piece.starts_with(&required) || required.starts_with(piece))
+                    piece.len() > hidden && (required.is_empty() || agrees_with(piece, &required))
                 };
                 let alternatives: Vec<String> = likely_others(logits, token, self.job.params.alternatives, agrees)
                     .into_iter()
@@ -478,13 +478,18 @@ fn likely_others(logits: &[f32], chosen: LlamaToken, count: usize, allowed: impl
     best.into_iter().filter(|&(logit, _)| (logit - max).exp() / total >= 0.05).map(|(_, idx)| LlamaToken(idx as i32)).collect()
 }
 
-/// The most likely token whose bytes agree with `required`: they start with it, or are a
-/// non-empty start of it.
+/// Whether a token's bytes agree with `required`: they start with it, or are a non-empty
+/// start of it.
+fn agrees_with(piece: &[u8], required: &[u8]) -> bool {
+    !piece.is_empty() && (piece.starts_with(required) || required.starts_with(piece))
+}
+
+/// The most likely token whose bytes agree with `required`.
 fn constrained_argmax(logits: &[f32], token_pieces: &[Vec<u8>], required: &[u8]) -> LlamaToken {
     let mut best_idx = None;
     let mut best = f32::NEG_INFINITY;
     for (idx, (&logit, piece)) in logits.iter().zip(token_pieces).enumerate() {
-        if logit > best && !piece.is_empty() && (piece.starts_with(required) || required.starts_with(piece)) {
+        if logit > best && agrees_with(piece, required) {
             best = logit;
             best_idx = Some(idx);
         }

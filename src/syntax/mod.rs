@@ -17,37 +17,28 @@ use std::sync::LazyLock;
 
 use serde::Deserialize;
 
-use crate::engine::stop::{Lexical, ScopeRules};
+use crate::engine::stop::{indent_columns, Lexical, ScopeRules};
 use crate::engine::StopRules;
 
 pub use tree::{CursorSyntax, Region, SyntaxTree};
 
 /// What a language's `facts.toml` says.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Facts {
-    #[serde(default)]
     pub language_ids: Vec<String>,
-    #[serde(default)]
     pub extensions: Vec<String>,
-    #[serde(default)]
     pub file_names: Vec<String>,
-    #[serde(default)]
     pub line_comments: Vec<String>,
-    #[serde(default)]
     pub quotes: Vec<char>,
     /// Bracket pairs, each written as its two characters (`"()"`).
-    #[serde(default)]
     pub brackets: Vec<String>,
     /// Words or characters that open a block when a line's code ends with them.
-    #[serde(default)]
     pub block_openers: Vec<String>,
     /// `'` opens a character literal only (`'x'`, `'\n'`), not a string: it is also a
     /// lifetime or label (Rust).
-    #[serde(default)]
     pub char_literals: bool,
     /// The language is prose: sentence completions.
-    #[serde(default)]
     pub prose: bool,
 }
 
@@ -176,11 +167,6 @@ pub fn language_for(language_id: &str, uri: &str) -> Option<&'static Language> {
     languages().iter().find(|language| language.facts.extensions.contains(&extension))
 }
 
-/// The width in columns of a line's indentation.
-fn indent_columns(line: &str, tab_width: usize) -> usize {
-    line.chars().take_while(|ch| *ch == ' ' || *ch == '\t').map(|ch| if ch == '\t' { tab_width } else { 1 }).sum()
-}
-
 /// How the suggestion at a cursor is shaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
@@ -188,6 +174,15 @@ pub struct Shape {
     pub multi_line: bool,
     pub max_lines: usize,
     pub tab_width: usize,
+}
+
+/// The stop rules without a syntax tree: several lines on an empty line, else one.
+pub fn plain_stop_rules(line_head: &str, line_tail: &str, shape: Shape) -> StopRules {
+    if shape.multi_line && line_head.trim().is_empty() && line_tail.trim().is_empty() {
+        StopRules::multi_line(shape.max_lines)
+    } else {
+        StopRules::default()
+    }
 }
 
 /// The stop rules for a suggestion at a cursor whose line reads `line_head|line_tail`:

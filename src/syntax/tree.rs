@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ropey::Rope;
@@ -68,6 +69,9 @@ pub struct SyntaxTree {
     dirty: bool,
     /// The whole document was replaced: the next parse starts from scratch.
     replaced: bool,
+    /// The parse of this version, shared by every copy of it: whoever needs the fresh tree
+    /// first (a job starting, or the parse after a change) parses, once.
+    parsed: Arc<OnceLock<SyntaxTree>>,
 }
 
 impl std::fmt::Debug for SyntaxTree {
@@ -133,7 +137,7 @@ impl SyntaxTree {
     pub fn new(language: &'static Language, rope: &Rope) -> SyntaxTree {
         let tree = parse(language, rope, None);
         let gave_up = language.grammar.is_some() && tree.is_none();
-        SyntaxTree { language, tree, gave_up, dirty: false, replaced: false }
+        SyntaxTree { language, tree, gave_up, dirty: false, replaced: false, parsed: Arc::default() }
     }
 
     /// Whether the document has a tree.
@@ -152,6 +156,7 @@ impl SyntaxTree {
     /// the start of the span). The tree is parsed again by `reparse`.
     pub fn edited(&mut self, rope: &Rope, pending: PendingEdit, inserted_bytes: usize) {
         self.dirty = true;
+        self.parsed = Arc::default();
         let Some(tree) = &mut self.tree else { return };
         let new_end_byte = pending.start_byte + inserted_bytes;
         tree.edit(&InputEdit {
@@ -168,6 +173,7 @@ impl SyntaxTree {
     pub fn replaced(&mut self) {
         self.replaced = true;
         self.dirty = true;
+        self.parsed = Arc::default();
     }
 
     /// Whether edits came since the last parse.
@@ -188,13 +194,19 @@ impl SyntaxTree {
         self.gave_up = self.language.grammar.is_some() && self.tree.is_none();
     }
 
-    /// This tree, parsed again if edits came since the last parse.
+    /// This tree, parsed again if edits came since the last parse (once per version, however
+    /// many copies ask).
     pub fn fresh(&self, rope: &Rope) -> SyntaxTree {
-        let mut tree = self.clone();
-        if tree.dirty {
-            tree.reparse(rope);
+        if !self.dirty {
+            return self.clone();
         }
-        tree
+        self.parsed
+            .get_or_init(|| {
+                let mut tree = SyntaxTree { parsed: Arc::default(), ..self.clone() };
+                tree.reparse(rope);
+                tree
+            })
+            .clone()
     }
 
     /// What the tree says about the cursor at `char_idx` (parse it first if it is dirty:
@@ -458,6 +470,18 @@ mod tests {
         tree.edited(&rope, pending, "/*é*/".len());
         tree.reparse(&rope);
         assert_eq!(nodes(&tree), nodes(&SyntaxTree::new(language, &rope)));
+        // A version is parsed once, whichever copy asks first.
+        let end = rope.len_chars();
+        let pending = SyntaxTree::before_edit(&rope, end, end);
+        rope.insert(end, "\n");
+        tree.edited(&rope, pending, 1);
+        let copy = tree.clone();
+        assert!(tree.parsed.get().is_none());
+        let fresh = copy.fresh(&rope);
+        assert!(tree.parsed.get().is_some(), "the copy's parse is the original's");
+        assert!(!fresh.is_dirty());
+        assert_eq!(nodes(&tree.fresh(&rope)), nodes(&fresh));
+        tree = tree.fresh(&rope);
         // Line comments with multibyte text are comments to their end.
         let cursor = rope.line_to_char(0) + crate::context::line_len_chars(&rope, 0);
         assert_eq!(tree.at(&rope, cursor).region, Region::Comment);
