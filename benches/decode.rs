@@ -9,30 +9,12 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ghostline::engine::{Engine, EngineConfig, GenerateParams, Prompt, StopRules};
+use ghostline::engine::{Engine, EngineConfig};
 
 const N_GENERATE: usize = 64;
 
 fn engine_ms_per_token(engine: &Engine, depth_tokens: usize, round: usize) -> Option<f64> {
-    let mut res = None;
-    {
-        // A prompt of about `depth_tokens` tokens that invites a long continuation; a different
-        // first line per round so no KV reuse flatters the figure.
-        let mut text = format!("# round {round}: the integers, one per line\nvalues = [\n");
-        let mut value = 0;
-        while engine.tokenize(&text).map(|tokens| tokens.len()).unwrap_or(0) < depth_tokens {
-            text.push_str(&format!("    {value},\n"));
-            value += 1;
-        }
-        let mut prompt = Prompt::default();
-        prompt.push_text(text);
-        let params = GenerateParams { max_tokens: N_GENERATE, stop: StopRules::multi_line(0), token_healing: false, ..GenerateParams::default() };
-        let completion = engine.complete_blocking(prompt, params).expect("generation works");
-        if completion.generated_tokens >= 8 {
-            res = Some(completion.generation_ms / completion.generated_tokens as f64);
-        }
-    }
-    res
+    ghostline::probe::decode_ms_per_token(engine, depth_tokens, round, N_GENERATE).expect("generation works")
 }
 
 fn llama_bench_ms_per_token(bin_dir: &str, model: &str, depth_tokens: usize, threads: usize) -> Option<f64> {

@@ -17,6 +17,8 @@ pub struct Config {
     /// Decode threads; `None` means the number of physical cores.
     pub threads: Option<usize>,
     pub context_tokens: u32,
+    /// Model layers offloaded to a GPU; `None` means all when llama.cpp sees a GPU, else 0.
+    pub gpu_layers: Option<u32>,
     /// How long a completion request waits for a suggestion, for clients that take the
     /// `ghostline/suggestionReady` notification.
     pub budget_ms: u64,
@@ -50,6 +52,7 @@ impl Default for Config {
             model: DEFAULT_MODEL.to_string(),
             threads: None,
             context_tokens: 4096,
+            gpu_layers: None,
             budget_ms: 8,
             max_wait_ms: 2000,
             debounce_ms: 0,
@@ -76,6 +79,7 @@ pub struct RawSettings {
     pub model: Option<String>,
     pub threads: Option<serde_json::Value>,
     pub context_tokens: Option<serde_json::Value>,
+    pub gpu_layers: Option<serde_json::Value>,
     pub budget_ms: Option<serde_json::Value>,
     pub max_wait_ms: Option<serde_json::Value>,
     pub debounce_ms: Option<serde_json::Value>,
@@ -139,7 +143,7 @@ impl Config {
     pub fn apply(&mut self, raw: &RawSettings) -> Applied {
         let mut applied = Applied::default();
         let errors = &mut applied.errors;
-        let before_engine = (self.model.clone(), self.threads, self.context_tokens);
+        let before_engine = (self.model.clone(), self.threads, self.context_tokens, self.gpu_layers);
         if let Some(model) = &raw.model {
             if model.trim().is_empty() {
                 errors.push("setting model must not be empty; keeping the previous value".to_string());
@@ -157,6 +161,13 @@ impl Config {
         if let Some(value) = &raw.context_tokens {
             if let Some(tokens) = integer("contextTokens", value, 512, 131_072, errors) {
                 self.context_tokens = tokens as u32;
+            }
+        }
+        if let Some(value) = &raw.gpu_layers {
+            if value.is_null() || value.as_str() == Some("auto") {
+                self.gpu_layers = None;
+            } else if let Some(layers) = integer("gpuLayers", value, 0, 10_000, errors) {
+                self.gpu_layers = Some(layers as u32);
             }
         }
         if let Some(value) = &raw.budget_ms {
@@ -246,7 +257,7 @@ impl Config {
                 _ => errors.push(format!("setting languages must be a list of language ids, got {value}; keeping the previous value")),
             }
         }
-        applied.engine_changed = before_engine != (self.model.clone(), self.threads, self.context_tokens);
+        applied.engine_changed = before_engine != (self.model.clone(), self.threads, self.context_tokens, self.gpu_layers);
         applied
     }
 
@@ -281,6 +292,21 @@ mod tests {
         let applied = config.apply(&RawSettings::from_json(&json!({"model": "smollm2-135m"})).unwrap());
         assert!(applied.engine_changed);
         assert_eq!(config.model, "smollm2-135m");
+    }
+
+    #[test]
+    fn gpu_layers_take_a_count_or_auto_and_restart_the_engine() {
+        let mut config = Config::default();
+        assert_eq!(config.gpu_layers, None);
+        let applied = config.apply(&RawSettings::from_json(&json!({"gpuLayers": 0})).unwrap());
+        assert!(applied.engine_changed && applied.errors.is_empty());
+        assert_eq!(config.gpu_layers, Some(0));
+        let applied = config.apply(&RawSettings::from_json(&json!({"gpuLayers": "all"})).unwrap());
+        assert_eq!(config.gpu_layers, Some(0));
+        assert!(applied.errors[0].contains("gpuLayers"), "{:?}", applied.errors);
+        assert!(!applied.engine_changed);
+        config.apply(&RawSettings::from_json(&json!({"gpuLayers": "auto"})).unwrap());
+        assert_eq!(config.gpu_layers, None);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - `postprocess`: cleaning a raw suggestion (overlap with the text after the cursor, whitespace).
 //! - `expansions`: user-defined triggers served as completion items without the model.
 //! - `config`: raw client settings and the validated `Config`.
+//! - `probe`: the engine check in a child process, so a crashing llama.cpp build becomes a message.
 //! - `stats`: counters and latency histograms.
 //!
 //! Invariants: only the engine calls llama.cpp; stdout belongs to the protocol (or to the CLI's
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod expansions;
 pub mod models;
 pub mod postprocess;
+pub mod probe;
 pub mod ring;
 pub mod scheduler;
 pub mod server;

@@ -41,8 +41,39 @@ enum CliCommand {
         #[command(subcommand)]
         command: ModelsCommand,
     },
-    /// Print what the engine uses on this machine: CPU features, threads, cache, models.
-    Doctor,
+    /// Check that the engine runs here: CPU features, devices, threads, cache, models, and a
+    /// few tokens decoded with the model in a child process.
+    Doctor {
+        /// Registry name or path of the model to check (it is not fetched).
+        #[arg(long, default_value = models::DEFAULT_MODEL)]
+        model: String,
+        /// Layers to offload to a GPU (default: all when a GPU is present).
+        #[arg(long)]
+        gpu_layers: Option<u32>,
+    },
+    /// Generation speed of this binary's engine: ms per token after prompts of the given depths,
+    /// one JSON line per round (for comparing builds, as benches/portable.sh does).
+    #[command(hide = true)]
+    DecodeSpeed {
+        #[arg(long, default_value = models::DEFAULT_MODEL)]
+        model: String,
+        #[arg(long, value_delimiter = ',', default_value = "128,512")]
+        depths: Vec<usize>,
+        #[arg(long, default_value_t = 64)]
+        tokens: usize,
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// The child process of the engine check: load the model, decode a few tokens, print JSON.
+    #[command(hide = true)]
+    ProbeEngine {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        gpu_layers: Option<u32>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -59,6 +90,9 @@ struct CompleteArgs {
     max_tokens: Option<usize>,
     #[arg(long)]
     threads: Option<usize>,
+    /// Layers to offload to a GPU (default: all when llama.cpp sees one; 0 for the CPU alone).
+    #[arg(long)]
+    gpu_layers: Option<u32>,
     /// Only complete the current line.
     #[arg(long)]
     single_line: bool,
@@ -88,6 +122,8 @@ enum CliError {
     Model(#[from] models::ModelError),
     #[error(transparent)]
     Engine(#[from] ghostline::engine::EngineError),
+    #[error(transparent)]
+    Probe(#[from] ghostline::probe::ProbeError),
     #[error("{0}")]
     Internal(String),
 }
@@ -99,7 +135,7 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::File(_) => 3,
             CliError::Model(_) => 4,
-            CliError::Engine(_) => 5,
+            CliError::Engine(_) | CliError::Probe(_) => 5,
         }
     }
 }
@@ -116,7 +152,9 @@ fn main() -> ExitCode {
         CliCommand::Serve => serve(),
         CliCommand::Complete(args) => complete(args),
         CliCommand::Models { command } => models_command(command),
-        CliCommand::Doctor => doctor(),
+        CliCommand::Doctor { model, gpu_layers } => doctor(&model, gpu_layers),
+        CliCommand::ProbeEngine { model, gpu_layers } => probe_engine(&model, gpu_layers),
+        CliCommand::DecodeSpeed { model, depths, tokens, rounds, threads } => decode_speed(&model, &depths, tokens, rounds, threads),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -192,6 +230,7 @@ fn complete(args: CompleteArgs) -> Result<(), CliError> {
 
     let model_path = models::resolve(&args.model)?;
     let mut engine_config = EngineConfig::new(model_path);
+    engine_config.gpu_layers = args.gpu_layers;
     if let Some(threads) = args.threads {
         engine_config.threads = threads.max(1);
     }
@@ -306,17 +345,61 @@ fn models_command(command: ModelsCommand) -> Result<(), CliError> {
     Ok(())
 }
 
-fn doctor() -> Result<(), CliError> {
+fn doctor(model: &str, gpu_layers: Option<u32>) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
     let write_err = |err: std::io::Error| CliError::Internal(err.to_string());
     writeln!(stdout, "ghostline {}", env!("CARGO_PKG_VERSION")).map_err(write_err)?;
+    let exe = std::env::current_exe().map_err(|err| CliError::Internal(format!("cannot find this program's path: {err}")))?;
+    writeln!(stdout, "binary: {}", exe.display()).map_err(write_err)?;
     writeln!(stdout, "llama.cpp system info: {}", ghostline::engine::system_info().trim()).map_err(write_err)?;
+    for device in ghostline::engine::devices()? {
+        let memory = if device.memory_total_bytes > 0 {
+            format!(", {} MiB free of {} MiB", device.memory_free_bytes >> 20, device.memory_total_bytes >> 20)
+        } else {
+            String::new()
+        };
+        writeln!(stdout, "device {} ({}, {}): {}{memory}", device.name, device.backend, device.kind, device.description).map_err(write_err)?;
+    }
     writeln!(stdout, "default threads (physical cores): {}", ghostline::engine::physical_cores()).map_err(write_err)?;
     writeln!(stdout, "model cache: {}", models::cache_dir()?.display()).map_err(write_err)?;
     for spec in models::REGISTRY {
         let state = if models::is_cached(spec) { "cached" } else { "not fetched (ghostline models fetch NAME)" };
         writeln!(stdout, "model {}: {state}", spec.name).map_err(write_err)?;
     }
+    let path = models::resolve_cached(model)?;
+    writeln!(stdout, "engine check: loading {} and decoding a few tokens in a child process", path.display()).map_err(write_err)?;
+    stdout.flush().map_err(write_err)?;
+    let report = ghostline::probe::check(&exe, &path, gpu_layers)?;
+    writeln!(
+        stdout,
+        "engine check: ok, {} prompt tokens and {} generated in {:.0} ms ({:?}), load {:.0} ms, {} layers on a GPU",
+        report.prompt_tokens, report.generated_tokens, report.decode_ms, report.text, report.load_ms, report.gpu_layers
+    )
+    .map_err(write_err)?;
+    Ok(())
+}
+
+fn decode_speed(model: &str, depths: &[usize], tokens: usize, rounds: usize, threads: Option<usize>) -> Result<(), CliError> {
+    let mut config = EngineConfig::new(models::resolve_cached(model)?);
+    if let Some(threads) = threads {
+        config.threads = threads;
+    }
+    let engine = Engine::start(config)?;
+    let mut stdout = std::io::stdout().lock();
+    for round in 0..rounds {
+        for &depth in depths {
+            let ms = ghostline::probe::decode_ms_per_token(&engine, depth, round, tokens)?;
+            let line = serde_json::json!({"depth": depth, "round": round, "ms_per_token": ms, "threads": engine.info().threads});
+            writeln!(stdout, "{line}").map_err(|err| CliError::Internal(err.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+fn probe_engine(model: &std::path::Path, gpu_layers: Option<u32>) -> Result<(), CliError> {
+    let report = ghostline::probe::run_in_child(model, gpu_layers)?;
+    let line = serde_json::to_string(&report).map_err(|err| CliError::Internal(err.to_string()))?;
+    writeln!(std::io::stdout().lock(), "{line}").map_err(|err| CliError::Internal(err.to_string()))?;
     Ok(())
 }
 

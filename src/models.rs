@@ -72,6 +72,8 @@ pub const REGISTRY: &[ModelSpec] = &[
 pub enum ModelError {
     #[error("unknown model `{0}`: use a registry name (see `ghostline models list`), a path to a .gguf file, or hf:OWNER/REPO/FILE")]
     Unknown(String),
+    #[error("model `{0}` is not fetched yet: run `ghostline models fetch {0}`")]
+    NotFetched(String),
     #[error("model file {0} does not exist")]
     NotFound(PathBuf),
     #[error("{0} is not a GGUF model file (its first bytes are not `GGUF`)")]
@@ -147,6 +149,15 @@ pub fn resolve(reference: &str) -> Result<PathBuf, ModelError> {
     check_gguf(&path)?;
     check_fits_in_memory(&path)?;
     Ok(path)
+}
+
+/// Like `resolve`, but a registry model that is not in the cache is an error instead of a
+/// download (for checks that must not fetch half a gigabyte).
+pub fn resolve_cached(reference: &str) -> Result<PathBuf, ModelError> {
+    match spec(reference) {
+        Some(spec) if !is_cached(spec) => Err(ModelError::NotFetched(spec.name.to_string())),
+        _ => resolve(reference),
+    }
 }
 
 fn looks_like_path(reference: &str) -> bool {

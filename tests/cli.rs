@@ -146,12 +146,41 @@ fn models_path_prints_the_cached_verified_file() {
 }
 
 #[test]
-fn doctor_reports_cpu_features() {
-    let output = ghostline(&["doctor"]);
+fn doctor_reports_cpu_features_devices_and_a_running_engine() {
+    let model = model_path(TINY_MODEL);
+    let output = ghostline(&["doctor", "--model", model.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("CPU"), "{stdout}");
+    assert!(stdout.contains("device CPU"), "{stdout}");
     assert!(stdout.contains("default threads"), "{stdout}");
+    assert!(stdout.contains("engine check: ok"), "{stdout}");
+}
+
+/// The engine check runs in a child; a child that dies of SIGILL (what llama.cpp's AMX kernels
+/// did on an Intel Xeon) becomes a message with the signal, the build's CPU features and advice.
+#[test]
+fn doctor_reports_an_engine_that_crashes() {
+    let model = model_path(TINY_MODEL);
+    let output = Command::new(env!("CARGO_BIN_EXE_ghostline"))
+        .args(["doctor", "--model", model.to_str().unwrap()])
+        .env("GHOSTLINE_TEST_ILLEGAL_INSTRUCTION", "1")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("SIGILL (illegal instruction)"), "{message}");
+    assert!(message.contains("while decoding the first tokens"), "{message}");
+    assert!(message.contains("llama.cpp was built with") && message.contains("CPU"), "{message}");
+    assert!(message.contains("portable build"), "{message}");
+}
+
+#[test]
+fn doctor_with_a_model_that_is_not_gguf_is_exit_code_4() {
+    let path = scratch_file("doctor-not-a-model.gguf", b"not a model at all");
+    let output = ghostline(&["doctor", "--model", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(stderr(&output).contains("not a GGUF"), "{}", stderr(&output));
 }
 
 /// Clients that start servers with `--stdio` (vscode-languageclient does) get the server.

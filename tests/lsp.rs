@@ -430,6 +430,32 @@ fn configuration_changes_apply_and_invalid_values_are_reported() {
     client.shutdown();
 }
 
+/// An engine that dies on this CPU (here: the engine check's child executes an illegal
+/// instruction, as llama.cpp's AMX kernels did on an Intel Xeon) is a message, not a dead server.
+#[test]
+fn an_engine_that_crashes_is_reported_and_the_server_stays_up() {
+    let _serial = serial();
+    let model = model_path(TINY_MODEL);
+    let (mut client, _) = LspClient::start_with_env(
+        "info",
+        &[("GHOSTLINE_TEST_ILLEGAL_INSTRUCTION", "1")],
+        json!({"model": model.to_str().unwrap()}),
+        json!({}),
+    );
+    let message = client
+        .wait_notification("window/showMessage", Duration::from_secs(60), |params| params["type"] == 1)
+        .expect("an error message");
+    let text = message["params"]["message"].as_str().unwrap();
+    assert!(text.contains("cannot run model") && text.contains("SIGILL") && text.contains("llama.cpp was built with"), "{text}");
+    let stats = client.wait_engine();
+    assert_eq!(stats["engine"]["state"], "failed", "{stats}");
+    assert!(stats["engine"]["error"].as_str().unwrap().contains("SIGILL"), "{stats}");
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return ");
+    assert_eq!(client.inline_text(CIRCLE_URI, 5, character), None, "answered empty, not an error");
+    client.shutdown();
+}
+
 #[test]
 fn a_missing_model_is_reported_and_the_server_stays_up() {
     let _serial = serial();

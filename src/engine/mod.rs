@@ -33,11 +33,14 @@ pub struct EngineConfig {
     pub context_tokens: u32,
     /// Prompt tokens decoded per step; smaller steps let cancellation land sooner.
     pub prompt_chunk_tokens: usize,
+    /// Layers to offload to a GPU; `None` means all of them when llama.cpp sees a GPU device
+    /// (a GPU backend compiled in and a device present), else none.
+    pub gpu_layers: Option<u32>,
 }
 
 impl EngineConfig {
     pub fn new(model_path: PathBuf) -> EngineConfig {
-        EngineConfig { model_path, threads: physical_cores(), context_tokens: 4096, prompt_chunk_tokens: 32 }
+        EngineConfig { model_path, threads: physical_cores(), context_tokens: 4096, prompt_chunk_tokens: 32, gpu_layers: None }
     }
 }
 
@@ -50,6 +53,8 @@ pub struct ModelInfo {
     pub n_params: u64,
     pub context_tokens: u32,
     pub threads: usize,
+    /// Layers offloaded to a GPU (0 on the CPU alone).
+    pub gpu_layers: u32,
     pub special: SpecialSupport,
     pub load_ms: f64,
 }
@@ -268,4 +273,30 @@ pub fn physical_cores() -> usize {
 /// The CPU features llama.cpp was built with and uses, as llama.cpp reports them.
 pub fn system_info() -> String {
     worker::system_info()
+}
+
+/// One device llama.cpp can run on (the CPU, a GPU, an accelerator).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Device {
+    /// llama.cpp's name for it, such as `CPU`, `Vulkan0` or `CUDA0`.
+    pub name: String,
+    pub description: String,
+    /// The backend that drives it: `CPU`, `Vulkan`, `CUDA`, `Metal`, ...
+    pub backend: String,
+    /// `cpu`, `gpu`, `igpu`, `accelerator` or `unknown`.
+    pub kind: String,
+    pub memory_total_bytes: u64,
+    pub memory_free_bytes: u64,
+}
+
+impl Device {
+    /// Whether model layers can be offloaded to it.
+    pub fn is_gpu(&self) -> bool {
+        self.kind == "gpu" || self.kind == "igpu"
+    }
+}
+
+/// The devices llama.cpp sees in this process (backends loaded, devices enumerated).
+pub fn devices() -> Result<Vec<Device>, EngineError> {
+    worker::devices()
 }

@@ -21,7 +21,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::watch;
 
 use super::{
-    Completion, EngineConfig, EngineError, GenerateParams, ModelInfo, Piece, Progress, Prompt,
+    Completion, Device, EngineConfig, EngineError, GenerateParams, ModelInfo, Piece, Progress, Prompt,
     Special, SpecialSupport, StopReason,
 };
 
@@ -44,10 +44,72 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
     BACKEND
         .get_or_init(|| {
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            #[cfg(feature = "portable")]
+            load_backend_libraries();
             LlamaBackend::init().map_err(|err| err.to_string())
         })
         .as_ref()
         .map_err(|err| EngineError::Backend(err.clone()))
+}
+
+/// A portable build carries llama.cpp's CPU kernels as one library per instruction-set level
+/// (and any GPU backend) and loads the best one this CPU runs. They live in `lib/` beside the
+/// binary's `bin/` (the archive's and the VS Code extension's layout), else beside the binary,
+/// else where the build put them; `GHOSTLINE_BACKENDS_DIR` overrides all three.
+#[cfg(feature = "portable")]
+fn load_backend_libraries() {
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("GHOSTLINE_BACKENDS_DIR") {
+        candidates.push(std::path::PathBuf::from(dir));
+    }
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(std::path::Path::to_path_buf)) {
+        if let Some(prefix) = exe_dir.parent() {
+            candidates.push(prefix.join("lib"));
+        }
+        candidates.push(exe_dir);
+    }
+    if let Some(dir) = llama_cpp_sys_2::BACKENDS_DIR {
+        candidates.push(std::path::PathBuf::from(dir));
+    }
+    let has_cpu_backend = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().any(|entry| entry.file_name().to_string_lossy().contains("ggml-cpu")))
+            .unwrap_or(false)
+    };
+    match candidates.iter().find(|dir| has_cpu_backend(dir)) {
+        Some(dir) => {
+            tracing::debug!(dir = %dir.display(), "loading llama.cpp backends");
+            llama_cpp_2::llama_backend::load_backends_from_path(dir);
+        }
+        None => tracing::error!(?candidates, "no llama.cpp CPU backend library found; set GHOSTLINE_BACKENDS_DIR"),
+    }
+}
+
+pub(super) fn devices() -> Result<Vec<Device>, EngineError> {
+    backend()?;
+    Ok(llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .map(|device| Device {
+            name: device.name,
+            description: device.description,
+            backend: device.backend,
+            kind: match device.device_type {
+                llama_cpp_2::LlamaBackendDeviceType::Cpu => "cpu",
+                llama_cpp_2::LlamaBackendDeviceType::Gpu => "gpu",
+                llama_cpp_2::LlamaBackendDeviceType::IntegratedGpu => "igpu",
+                llama_cpp_2::LlamaBackendDeviceType::Accelerator => "accelerator",
+                llama_cpp_2::LlamaBackendDeviceType::Unknown => "unknown",
+            }
+            .to_string(),
+            memory_total_bytes: device.memory_total as u64,
+            memory_free_bytes: device.memory_free as u64,
+        })
+        .collect())
+}
+
+/// `None` (the default) offloads every layer when llama.cpp sees a GPU, else none.
+fn gpu_layers(setting: Option<u32>) -> u32 {
+    setting.unwrap_or_else(|| if devices().map(|devices| devices.iter().any(Device::is_gpu)).unwrap_or(false) { 999 } else { 0 })
 }
 
 pub(super) fn system_info() -> String {
@@ -81,7 +143,9 @@ pub(super) fn run(
             return;
         }
     };
-    let model = match LlamaModel::load_from_file(backend, &config.model_path, &LlamaModelParams::default()) {
+    let gpu_layers = gpu_layers(config.gpu_layers);
+    let model_params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
+    let model = match LlamaModel::load_from_file(backend, &config.model_path, &model_params) {
         Ok(model) => model,
         Err(err) => {
             let _ = ready.send(Err(EngineError::Load { path: config.model_path.clone(), reason: err.to_string() }));
@@ -112,6 +176,7 @@ pub(super) fn run(
         n_params: model.n_params(),
         context_tokens: context.n_ctx(),
         threads: config.threads.max(1),
+        gpu_layers: gpu_layers.min(model.n_layer()),
         special,
         load_ms: load_start.elapsed().as_secs_f64() * 1000.0,
     };

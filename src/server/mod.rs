@@ -29,6 +29,7 @@ use crate::documents::{self, DocumentStore, PositionEncoding};
 use crate::engine::{Engine, EngineConfig};
 use crate::expansions;
 use crate::models;
+use crate::probe;
 use crate::scheduler::{Answer, CursorState, EngineState, Scheduler, Waiting};
 
 /// How many requests may be in flight at once. Completion requests wait for the model, so this
@@ -144,17 +145,9 @@ impl Backend {
                 None
             };
             let model = config.model.clone();
-            let loaded = tokio::task::spawn_blocking(move || -> std::result::Result<Engine, String> {
-                let path = models::resolve(&config.model).map_err(|err| err.to_string())?;
-                let mut engine_config = EngineConfig::new(path);
-                engine_config.context_tokens = config.context_tokens;
-                if let Some(threads) = config.threads {
-                    engine_config.threads = threads;
-                }
-                Engine::start(engine_config).map_err(|err| err.to_string())
-            })
-            .await
-            .unwrap_or_else(|err| Err(format!("the model loader crashed: {err}")));
+            let loaded = tokio::task::spawn_blocking(move || load_checked_engine(&config))
+                .await
+                .unwrap_or_else(|err| Err(LoadFailure::Model(format!("the model loader crashed: {err}"))));
             if engine_generation.load(Ordering::SeqCst) != generation {
                 return;
             }
@@ -167,18 +160,17 @@ impl Backend {
                         progress.finish_with_message(message).await;
                     }
                 }
-                Err(err) => {
-                    tracing::error!(%err, "model failed to load");
-                    scheduler.set_engine_state(EngineState::Failed(err.clone()));
+                Err(failure) => {
+                    tracing::error!(%failure, "model failed to load");
+                    scheduler.set_engine_state(EngineState::Failed(failure.to_string()));
                     if let Some(progress) = progress {
                         progress.finish_with_message("model failed to load").await;
                     }
-                    client
-                        .show_message(
-                            MessageType::ERROR,
-                            format!("Ghostline could not load model `{model}`: {err}. Set `model` in the Ghostline settings to a registry name (`ghostline models list`) or a .gguf path; completions are off until then."),
-                        )
-                        .await;
+                    let message = match &failure {
+                        LoadFailure::Model(err) => format!("Ghostline could not load model `{model}`: {err}. Set `model` in the Ghostline settings to a registry name (`ghostline models list`) or a .gguf path; completions are off until then."),
+                        LoadFailure::EngineCheck(err) => format!("Ghostline's engine cannot run model `{model}` on this machine: {err}. Completions are off; `ghostline doctor` repeats this check."),
+                    };
+                    client.show_message(MessageType::ERROR, message).await;
                 }
             }
         });
@@ -625,5 +617,41 @@ mod tests {
     fn long_labels_are_capped() {
         assert_eq!(cap_chars("abcdef", 3), "abc…");
         assert_eq!(cap_chars("abc", 3), "abc");
+    }
+}
+
+/// Why the engine is not usable.
+#[derive(Debug, thiserror::Error)]
+enum LoadFailure {
+    /// The model could not be found, fetched or loaded.
+    #[error("{0}")]
+    Model(String),
+    /// The model loads, but decoding with it kills the process (the check in a child saw it).
+    #[error("{0}")]
+    EngineCheck(String),
+}
+
+/// Loads the engine in this process while a child process loads the same model and decodes a
+/// few tokens (`probe`); the engine is handed out only when the child succeeded, so a llama.cpp
+/// build that dies on this CPU never takes the server down. Both loads overlap.
+fn load_checked_engine(config: &crate::config::Config) -> std::result::Result<Engine, LoadFailure> {
+    let path = models::resolve(&config.model).map_err(|err| LoadFailure::Model(err.to_string()))?;
+    let exe = std::env::current_exe().map_err(|err| LoadFailure::EngineCheck(format!("cannot find this program's path for the engine check: {err}")))?;
+    let check = probe::start(&exe, &path, config.gpu_layers, probe::DEFAULT_DEADLINE).map_err(|err| LoadFailure::EngineCheck(err.to_string()))?;
+    let mut engine_config = EngineConfig::new(path);
+    engine_config.context_tokens = config.context_tokens;
+    engine_config.gpu_layers = config.gpu_layers;
+    if let Some(threads) = config.threads {
+        engine_config.threads = threads;
+    }
+    let engine = Engine::start(engine_config);
+    let verdict = check.wait();
+    match (engine, verdict) {
+        (Ok(engine), Ok(report)) => {
+            tracing::info!(decode_ms = report.decode_ms, generated = report.generated_tokens, "engine check passed");
+            Ok(engine)
+        }
+        (Err(err), Err(probe::ProbeError::Failed { .. })) | (Err(err), Ok(_)) => Err(LoadFailure::Model(err.to_string())),
+        (_, Err(err)) => Err(LoadFailure::EngineCheck(err.to_string())),
     }
 }

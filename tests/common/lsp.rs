@@ -48,9 +48,15 @@ impl LspClient {
     /// Starts the server with the given `GHOSTLINE_LOG` filter and completes
     /// `initialize`/`initialized`.
     pub fn start_logging(log_filter: &str, initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
+        Self::start_with_env(log_filter, &[], initialization_options, capabilities)
+    }
+
+    /// Starts the server with extra environment variables and completes `initialize`/`initialized`.
+    pub fn start_with_env(log_filter: &str, env: &[(&str, &str)], initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline"))
             .arg("serve")
             .env("GHOSTLINE_LOG", log_filter)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(if std::env::var_os("GHOSTLINE_TEST_STDERR").is_some() { Stdio::inherit() } else { Stdio::null() })
