@@ -70,6 +70,13 @@ if [[ -z "$sys_out" ]]; then
 fi
 find "$sys_out" \( -name 'lib*.so' -o -name 'lib*.so.*' -o -name 'lib*.dylib' \) -not -path '*/CMakeFiles/*' \
     -exec cp -P {} "$stage/lib/" \;
+# The OpenMP runtime llama.cpp's CPU kernels use is not on every machine (it comes with gcc):
+# it goes along, and the binary's rpath finds it first.
+if command -v ldd >/dev/null; then
+    ldd "$stage/bin/ghostline" | awk '/libgomp/ { print $3 }' | while read -r lib; do
+        if [[ -f $lib ]]; then cp -L "$lib" "$stage/lib/"; fi
+    done
+fi
 cp README.md ARCHITECTURE.md "$stage/"
 mkdir -p "$stage/editors"
 git ls-files editors | grep -v '^editors/vscode/screenshot' | while read -r file; do
