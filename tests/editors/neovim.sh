@@ -5,9 +5,14 @@
 # and checks the ghost text against the server's answer, Tab, <M-Right>, InsertLeave,
 # :checkhealth ghostline and :GhostlineStats.
 #
-# Environment: GHOSTLINE_BIN (default target/release/ghostline), GHOSTLINE_TEST_MODEL (default
-# qwen2.5-coder-0.5b), GHOSTLINE_TEST_THREADS, GHOSTLINE_EDITORS_DIR (default
-# ~/.cache/ghostline/editors), GHOSTLINE_KEEP_LOGS=1 keeps the temporary directory.
+# The plugin gets no `cmd` and `ghostline` is not on PATH: it must find this checkout's
+# target/release/ghostline itself, as after lazy.nvim's `build = 'cargo build --release'`, and
+# the server that runs must be that file. Before that, :checkhealth ghostline in a copy of the
+# plugin with no binary anywhere must name every place it looked and say how to install.
+#
+# Environment: GHOSTLINE_TEST_MODEL (default qwen2.5-coder-0.5b), GHOSTLINE_TEST_THREADS,
+# GHOSTLINE_EDITORS_DIR (default ~/.cache/ghostline/editors), GHOSTLINE_KEEP_LOGS=1 keeps the
+# temporary directory. The binary is always target/release/ghostline (what the plugin finds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -15,11 +20,15 @@ root=$(pwd)
 nvim_version=0.11.4
 editors_dir=${GHOSTLINE_EDITORS_DIR:-$HOME/.cache/ghostline/editors}
 venv="$editors_dir/neovim-$nvim_version"
-bin=${GHOSTLINE_BIN:-$root/target/release/ghostline}
+bin=$root/target/release/ghostline
 model=${GHOSTLINE_TEST_MODEL:-qwen2.5-coder-0.5b}
 
 if [[ ! -x "$bin" ]]; then
   echo "neovim.sh: $bin is missing; build it first with cargo build --release" >&2
+  exit 2
+fi
+if [[ -n "${GHOSTLINE_BIN:-}" && "$(realpath "$GHOSTLINE_BIN")" != "$(realpath "$bin")" ]]; then
+  echo "neovim.sh: GHOSTLINE_BIN is not used here: the plugin finds $bin by itself" >&2
   exit 2
 fi
 "$bin" models fetch "$model" >/dev/null
@@ -85,7 +94,45 @@ EOF
 mkdir -p "$work/xdg/config" "$work/xdg/data" "$work/xdg/state"
 export XDG_CONFIG_HOME="$work/xdg/config" XDG_DATA_HOME="$work/xdg/data" \
   XDG_STATE_HOME="$work/xdg/state"
-export GHOSTLINE_ROOT="$root" GHOSTLINE_BIN="$bin" GHOSTLINE_TEST_MODEL="$model" \
+
+# No `ghostline` on PATH: only the plugin's own search can find the binary.
+clean_path=""
+IFS=: read -r -a path_dirs <<<"$PATH"
+for dir in "${path_dirs[@]}"; do
+  [[ -n "$dir" && ! -x "$dir/ghostline" ]] && clean_path="${clean_path:+$clean_path:}$dir"
+done
+export PATH="$clean_path"
+if command -v ghostline >/dev/null; then
+  echo "neovim.sh: ghostline is still on PATH: $(command -v ghostline)" >&2
+  exit 1
+fi
+
+# :checkhealth ghostline where there is no binary: a copy of the plugin outside any checkout,
+# a HOME without ~/.cargo/bin. It must report an ERROR, every place it looked in and how to
+# install.
+mkdir -p "$work/bare/editors" "$work/bare-home"
+cp -R "$root/editors/neovim" "$work/bare/editors/"
+HOME="$work/bare-home" CARGO_HOME="" "$nvim" --headless -n -i NONE -u NONE \
+  --cmd "set runtimepath^=$work/bare/editors/neovim" \
+  -c "lua require('ghostline').setup({})" -c "checkhealth ghostline" \
+  -c "lua vim.fn.writefile(vim.api.nvim_buf_get_lines(0, 0, -1, false), '$work/health-none.txt')" -c "qall!" </dev/null >"$work/health-none.out" 2>&1
+for expected in "ERROR no ghostline binary found" "cargo build --release" "cargo install --path ." \
+  "$work/bare/target/release/ghostline (missing)" "$work/bare/bin/ghostline (missing)" \
+  "PATH: \`ghostline\` is not on PATH (missing)" "$work/bare-home/.cargo/bin/ghostline (missing)"; do
+  if ! grep -qF -- "$expected" "$work/health-none.txt"; then
+    echo "neovim.sh: :checkhealth ghostline without a binary does not say: $expected" >&2
+    cat "$work/health-none.txt" >&2
+    exit 1
+  fi
+done
+grep -qF "no ghostline binary found" "$work/health-none.out" || {
+  echo "neovim.sh: setup() without a binary did not report it:" >&2
+  cat "$work/health-none.out" >&2
+  exit 1
+}
+echo "neovim.sh: :checkhealth ghostline without a binary lists every place and how to install"
+
+export GHOSTLINE_ROOT="$root" GHOSTLINE_EXPECTED_SERVER="$(realpath "$bin")" GHOSTLINE_TEST_MODEL="$model" \
   GHOSTLINE_SERVER_LOG="$work/server.log" GHOSTLINE_GHOST_TEXT=auto \
   GHOSTLINE_CHILD_PIDS_FILE="$work/child.pids"
 export GHOSTLINE_LOG=${GHOSTLINE_LOG:-info}

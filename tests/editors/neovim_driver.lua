@@ -221,6 +221,28 @@ if pids_file then
 end
 check(remote("return require('ghostline').renderer") == 'plugin', 'Neovim 0.11 must use the plugin renderer')
 
+-- The plugin was given no `cmd` and PATH has no ghostline: it must have found this checkout's
+-- target/release/ghostline, and the server running must be that file.
+local expected_server = assert(os.getenv('GHOSTLINE_EXPECTED_SERVER'), 'GHOSTLINE_EXPECTED_SERVER is not set')
+local found = remote([[
+  local ghostline = require('ghostline')
+  return { cmd = ghostline.cmd, path = ghostline.binary_search and ghostline.binary_search.path,
+           label = ghostline.binary_search and ghostline.binary_search.label }
+]])
+check(found.path and vim.uv.fs_realpath(found.path) == expected_server,
+  'the plugin did not find ' .. expected_server .. ' by itself: ' .. vim.inspect(found))
+check(found.label:find('checkout', 1, true), 'the binary was not found as the checkout\'s build: ' .. vim.inspect(found))
+local server_exes = {}
+for _, pid in ipairs(children) do
+  local exe = vim.uv.fs_readlink('/proc/' .. pid .. '/exe')
+  if exe and exe:match('ghostline') then
+    server_exes[#server_exes + 1] = exe
+  end
+end
+check(#server_exes == 1 and server_exes[1] == expected_server,
+  'the server running is not ' .. expected_server .. ': ' .. vim.inspect(server_exes))
+log('server found by the plugin: ' .. found.path .. ' (' .. found.label .. ')')
+
 -- 2. Type a function body and wait for the ghost text.
 input('G')
 input('o')
@@ -292,7 +314,8 @@ check(stats.counters.answeredWithSuggestion >= 2, 'too few suggestions: ' .. vim
 log(('server counters: %d requests, %d with a suggestion, %d ready notifications, %d accepted'):format(
   stats.counters.requests, stats.counters.answeredWithSuggestion, stats.counters.readyNotifications, stats.counters.accepted))
 
--- 7. :checkhealth ghostline reports the running client and the loaded model.
+-- 7. :checkhealth ghostline reports the binary found, its version, the running client and the
+-- loaded model, and no error.
 local health = remote([[
   vim.cmd('checkhealth ghostline')
   local text = table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), '\n')
@@ -300,6 +323,13 @@ local health = remote([[
   return text
 ]])
 check(health:find('model ready', 1, true), ':checkhealth ghostline does not report the model: ' .. health)
+check(health:find('server: ' .. found.path .. ' (found in ' .. found.label .. ')', 1, true),
+  ':checkhealth ghostline does not name the binary it found: ' .. health)
+check(health:find('looked in ' .. found.label .. ': ' .. found.path .. ' (used)', 1, true),
+  ':checkhealth ghostline does not list the places it looked in: ' .. health)
+local version = vim.system({ expected_server, '--version' }, { text = true }):wait()
+check(version.code == 0 and health:find(vim.trim(version.stdout), 1, true),
+  ':checkhealth ghostline does not show `ghostline --version` (' .. vim.trim(version.stdout or '') .. '): ' .. health)
 check(not health:find('ERROR', 1, true), ':checkhealth ghostline reports an error: ' .. health)
 log(':checkhealth ghostline: OK')
 

@@ -1,5 +1,5 @@
 -- Neovim configuration for tests/editors/neovim.sh: the plugin from editors/neovim with the
--- built server and the test model, and the plugin's own ghost text renderer (Neovim 0.11).
+-- server it finds by itself and the test model, and the plugin's own ghost text renderer (Neovim 0.11).
 local root = assert(vim.env.GHOSTLINE_ROOT, 'GHOSTLINE_ROOT is not set')
 vim.opt.runtimepath:prepend(root .. '/editors/neovim')
 vim.cmd('filetype plugin indent on')
@@ -11,8 +11,10 @@ if vim.env.GHOSTLINE_TEST_THREADS and vim.env.GHOSTLINE_TEST_THREADS ~= '' then
   settings.threads = tonumber(vim.env.GHOSTLINE_TEST_THREADS)
 end
 
+-- No `cmd`: the plugin finds the binary itself (the test's PATH has none, so it must be this
+-- checkout's target/release/ghostline).
 require('ghostline').setup({
-  cmd = { vim.env.GHOSTLINE_BIN, '--log-file', vim.env.GHOSTLINE_SERVER_LOG },
+  args = { '--log-file', vim.env.GHOSTLINE_SERVER_LOG },
   settings = settings,
   ghost_text = vim.env.GHOSTLINE_GHOST_TEXT or 'auto',
 })

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Real-editor test of editors/vscode: builds the extension and packages it with @vscode/vsce,
-# installs it into VS Code 1.139 as code-server 4.139.1 (npm; it needs Node 24 from the npm
-# package node@24), and drives code-server in Debian's headless Chromium with playwright-core
-# (tests/editors/vscode_driver.cjs): types into a Python file, waits for the ghost text and
-# then for it to become the server's complete suggestion for that state (the suggestion grows
-# after the first words; the extension must refresh it on ghostline/suggestionReady), saves a
-# screenshot to editors/vscode/screenshot.png, accepts with Tab and checks the file, the
-# server's answer and its acceptance count.
+# Real-editor test of editors/vscode: packages the extension for linux-x64 with the server
+# bundled (editors/vscode/package.sh, from a staging directory holding bin/ghostline copied
+# from GHOSTLINE_BIN), installs only that .vsix into VS Code 1.139 as code-server 4.139.1 (npm;
+# it needs Node 24 from the npm package node@24), and drives code-server in Debian's headless
+# Chromium with playwright-core (tests/editors/vscode_driver.cjs): types into a Python file,
+# waits for the ghost text and then for it to become the server's complete suggestion for that
+# state (the suggestion grows after the first words; the extension must refresh it on
+# ghostline/suggestionReady), saves a screenshot to editors/vscode/screenshot.png, accepts with
+# Tab and checks the file, the server's answer and its acceptance count. code-server runs with
+# no `ghostline` on PATH and no ghostline.path setting: the server that answers must be the
+# bundled copy inside the installed extension (the driver reads /proc/PID/exe of the running
+# ghostline processes).
 #
-# Installs once into ~/.cache/ghostline/editors/vscode: Node 24, code-server, playwright-core,
-# the extension's npm packages; and through apt-get (root) Debian's chromium and libkrb5-dev
-# (code-server's native modules need the Kerberos headers).
+# Installs once into ~/.cache/ghostline/editors/vscode: Node 24, code-server, playwright-core
+# (package.sh runs npm ci for the extension each time, from npm's cache); and through apt-get
+# (root) Debian's chromium and libkrb5-dev (code-server's native modules need the Kerberos
+# headers).
 # Environment: GHOSTLINE_BIN (default target/release/ghostline), GHOSTLINE_TEST_MODEL (default
 # qwen2.5-coder-0.5b), GHOSTLINE_EDITORS_DIR (default ~/.cache/ghostline/editors),
 # GHOSTLINE_KEEP_LOGS=1 keeps the temporary directory.
@@ -74,23 +79,22 @@ if [[ ! -d "$driver_dir/node_modules/playwright-core" ]]; then
   npm install --loglevel=error --no-audit --no-fund --prefix "$driver_dir" "playwright-core@$playwright_version" >/dev/null
 fi
 
-# The extension is built outside the repository (node_modules, out/ and the .vsix stay out of it).
+# The .vsix of a release: the server copied into a staging directory as bin/ghostline, then
+# packaged by editors/vscode/package.sh (which builds the extension outside the repository).
 build_dir="$vscode_dir/extension-build"
-mkdir -p "$build_dir"
-rm -rf "$build_dir/src" "$build_dir/out"
-cp -r "$root/editors/vscode/src" "$root/editors/vscode/package.json" "$root/editors/vscode/package-lock.json" \
-  "$root/editors/vscode/tsconfig.json" "$root/editors/vscode/.vscodeignore" "$root/editors/vscode/README.md" "$build_dir/"
-(
-  cd "$build_dir"
-  if ! cmp -s package-lock.json node_modules/.package-lock-source 2>/dev/null; then
-    npm ci --loglevel=error --no-audit --no-fund >/dev/null
-    cp package-lock.json node_modules/.package-lock-source
-  fi
-  # The package has no repository to resolve README.md's relative image against.
-  sed -i '/screenshot.png/d' README.md
-  node_modules/.bin/tsc -p .
-  node_modules/.bin/vsce package --allow-missing-repository --skip-license -o ghostline.vsix >/dev/null
-)
+rm -rf "$build_dir"
+mkdir -p "$build_dir/server/bin"
+cp "$bin" "$build_dir/server/bin/ghostline"
+chmod 755 "$build_dir/server/bin/ghostline"
+# A portable build's binary sits in bin/ next to lib/ (its rpath is $ORIGIN/../lib).
+if [[ "$(basename "$(dirname "$bin")")" == bin && -d "$(dirname "$bin")/../lib" ]]; then
+  cp -RL "$(dirname "$bin")/../lib" "$build_dir/server/lib"
+fi
+bash "$root/editors/vscode/package.sh" "$build_dir/server" linux-x64 "$build_dir/ghostline-linux-x64.vsix" >/dev/null
+if [[ -e "$root/editors/vscode/server" ]]; then
+  echo "vscode.sh: package.sh left editors/vscode/server in the source tree" >&2
+  exit 1
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ghostline-vscode.XXXXXX")
 code_server_pid=""
@@ -140,7 +144,6 @@ cat >"$work/data/User/settings.json" <<EOF
   "editor.minimap.enabled": false,
   "workbench.secondarySideBar.defaultVisibility": "hidden",
   "chat.disableAIFeatures": true,
-  "ghostline.path": "$bin",
   "ghostline.model": "$model",
   "ghostline.logSuggestions": true
 }
@@ -160,9 +163,69 @@ def circle_area(radius):
     """Return the area of a circle with the given radius."""
 EOF
 
+if grep -q '"ghostline.path"' "$work/data/User/settings.json"; then
+  echo "vscode.sh: the user settings must not set ghostline.path" >&2
+  exit 1
+fi
+
+# No `ghostline` on PATH: only the bundled server can answer.
+clean_path=""
+IFS=: read -r -a path_dirs <<<"$PATH"
+for dir in "${path_dirs[@]}"; do
+  [[ -n "$dir" && ! -x "$dir/ghostline" ]] && clean_path="${clean_path:+$clean_path:}$dir"
+done
+export PATH="$clean_path"
+if command -v ghostline >/dev/null; then
+  echo "vscode.sh: ghostline is still on PATH: $(command -v ghostline)" >&2
+  exit 1
+fi
+
 export XDG_CONFIG_HOME="$work/config"
 "$code_server" --user-data-dir "$work/data" --extensions-dir "$work/extensions" \
-  --install-extension "$build_dir/ghostline.vsix" >"$work/install-extension.log" 2>&1
+  --install-extension "$build_dir/ghostline-linux-x64.vsix" >"$work/install-extension.log" 2>&1
+# VS Code unpacks each file with the unix mode of its zip entry: the bundled server must be
+# executable as installed, before the extension ever runs.
+mapfile -t bundled < <(find "$work/extensions" -path '*/server/bin/ghostline' -type f)
+if [[ ${#bundled[@]} -ne 1 ]]; then
+  echo "vscode.sh: expected one installed server/bin/ghostline under $work/extensions, found ${#bundled[@]}" >&2
+  find "$work/extensions" -maxdepth 2 >&2
+  exit 1
+fi
+if [[ ! -x "${bundled[0]}" ]]; then
+  echo "vscode.sh: the installed ${bundled[0]} is not executable ($(stat -c %A "${bundled[0]}"))" >&2
+  exit 1
+fi
+cmp -s "$bin" "${bundled[0]}" || { echo "vscode.sh: the installed ${bundled[0]} is not $bin" >&2; exit 1; }
+echo "vscode.sh: installed the bundled server ${bundled[0]} ($(stat -c %A "${bundled[0]}"))"
+
+# The extension's search (out/server.js needs no VS Code): the installed extension finds its
+# bundled server; an extension without one, with nothing on PATH or in ~/.cargo/bin, fails with
+# a message that names every place it looked in and how to install; a wrong ghostline.path is
+# an error, never replaced by the bundled server.
+extension_dir=$(dirname "$(dirname "$(dirname "${bundled[0]}")")")
+HOME="$work" CARGO_HOME="" node - "$extension_dir" "$work/no-extension" <<'NODE_EOF'
+const assert = require('assert');
+const [extensionDir, missingDir] = process.argv.slice(2);
+const { resolveServer } = require(`${extensionDir}/out/server.js`);
+(async () => {
+  const found = await resolveServer('', extensionDir);
+  assert.strictEqual(found.source, 'bundled', JSON.stringify(found));
+  assert.match(found.version, /^ghostline /);
+  const err = await resolveServer('', missingDir).then(() => undefined, (e) => e);
+  assert.ok(err, 'found a server where there is none');
+  for (const expected of ['ghostline.path (not set)', `${missingDir}/server/bin/ghostline`, '`ghostline` on PATH',
+    `${process.env.HOME}/.cargo/bin/ghostline`, '.vsix built for this platform', 'cargo install --path .', 'set ghostline.path']) {
+    assert.ok(err.message.includes(expected), `the error does not say ${JSON.stringify(expected)}: ${err.message}`);
+  }
+  const wrong = await resolveServer(`${missingDir}/ghostline`, extensionDir).then(() => undefined, (e) => e);
+  assert.ok(wrong && wrong.message.includes(`ghostline.path = ${missingDir}/ghostline (no such file)`),
+    `a wrong ghostline.path is not reported (or replaced by the bundled server): ${wrong ? wrong.message : 'no error'}`);
+  console.log(`vscode.sh: the extension finds ${found.command} (${found.version}); without a server it says: ${err.message}`);
+})().catch((e) => {
+  console.error(`vscode.sh: ${e.message}`);
+  process.exit(1);
+});
+NODE_EOF
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 started=$(date +%s)
@@ -176,7 +239,8 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 
-NODE_PATH="$driver_dir/node_modules" node "$root/tests/editors/vscode_driver.cjs" \
+GHOSTLINE_TEST_CODE_SERVER_PID="$code_server_pid" GHOSTLINE_TEST_EXPECTED_SERVER="$(realpath "${bundled[0]}")" \
+  NODE_PATH="$driver_dir/node_modules" node "$root/tests/editors/vscode_driver.cjs" \
   "http://127.0.0.1:$port/?folder=$work/workspace" shapes.py "$work/workspace/shapes.py" "$work/data/logs" \
   "$root/editors/vscode/screenshot.png"
 echo "vscode.sh: passed in $(($(date +%s) - started)) s"

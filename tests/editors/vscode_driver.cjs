@@ -3,9 +3,13 @@
 // file, types, waits for the ghost text, saves a screenshot, accepts with Tab, saves the file
 // and checks that it holds exactly the ghost text after what was typed, checks that the ghost
 // text was the server's answer (as the extension logged it, ghostline.logSuggestions) and that
-// the server counted the acceptance (Ghostline: Show Stats).
+// the server counted the acceptance (Ghostline: Show Stats). Before typing, it checks that the
+// server the extension started is the bundled copy inside the installed extension: its output
+// log says so, and /proc/PID/exe of every ghostline process under code-server is that file.
 //
 // Usage: node vscode_driver.cjs URL FILE_NAME FILE_PATH LOGS_DIR SCREENSHOT
+// Environment: GHOSTLINE_TEST_CODE_SERVER_PID, GHOSTLINE_TEST_EXPECTED_SERVER (the real path of
+// the installed extension's server/bin/ghostline).
 // Nothing here knows what the model will write: every expectation comes from the screen, the
 // log of the server's answers or the file on disk.
 
@@ -25,6 +29,8 @@ const COMPLETE_TIMEOUT_MS = Number(process.env.GHOSTLINE_TEST_COMPLETE_TIMEOUT_M
 // the command without taking the focus from the editor (the command palette would hide the
 // ghost text).
 const LOG_STATE_KEY = 'Control+Alt+Shift+F10';
+const CODE_SERVER_PID = Number(process.env.GHOSTLINE_TEST_CODE_SERVER_PID);
+const EXPECTED_SERVER = process.env.GHOSTLINE_TEST_EXPECTED_SERVER;
 const started = Date.now();
 
 function log(message) {
@@ -74,6 +80,43 @@ function loggedLines(kind) {
   return res;
 }
 
+/** The executables of every process under `rootPid` whose executable is named ghostline
+ * (read from /proc: the file the kernel runs, whatever the command line says). */
+function ghostlineProcesses(rootPid) {
+  const parents = new Map();
+  for (const name of fs.readdirSync('/proc').filter((entry) => /^\d+$/.test(entry))) {
+    try {
+      // The fields after the command name, which may hold spaces and parentheses.
+      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      parents.set(Number(name), Number(fields[1]));
+    } catch {
+      // The process ended meanwhile.
+    }
+  }
+  const isUnder = (pid) => {
+    for (let current = pid, depth = 0; current > 1 && depth < 64; current = parents.get(current), depth++) {
+      if (current === rootPid) {
+        return true;
+      }
+    }
+    return false;
+  };
+  const res = [];
+  for (const pid of parents.keys()) {
+    let exe;
+    try {
+      exe = fs.readlinkSync(`/proc/${pid}/exe`);
+    } catch {
+      continue;
+    }
+    if (path.basename(exe).startsWith('ghostline') && isUnder(pid)) {
+      res.push({ pid, exe });
+    }
+  }
+  return res;
+}
+
 /** The suggestions the extension received from the server, from its output log
  * (ghostline.logSuggestions writes one `suggestion {json}` line per answer with an item). */
 function loggedSuggestions() {
@@ -104,6 +147,20 @@ async function main() {
       return texts.length > 0 && !/starting|loading|off/.test(text);
     }, 500);
     log(`status bar: ${(await statusItem.allInnerTexts()).join(' ')}`);
+
+    // The server is the copy bundled in the .vsix (no ghostline.path, none on PATH).
+    if (!CODE_SERVER_PID || !EXPECTED_SERVER) {
+      fail('GHOSTLINE_TEST_CODE_SERVER_PID and GHOSTLINE_TEST_EXPECTED_SERVER must be set');
+    }
+    const chosen = loggedLines('server');
+    if (chosen.length !== 1 || chosen[0].source !== 'bundled' || fs.realpathSync(chosen[0].command) !== EXPECTED_SERVER) {
+      fail(`the extension did not start the bundled server ${EXPECTED_SERVER}: its log says ${JSON.stringify(chosen)}`);
+    }
+    const running = ghostlineProcesses(CODE_SERVER_PID);
+    if (running.length === 0 || running.some((proc) => proc.exe !== EXPECTED_SERVER)) {
+      fail(`the ghostline processes under code-server are not all ${EXPECTED_SERVER}: ${JSON.stringify(running)}`);
+    }
+    log(`server: ${chosen[0].command} (${chosen[0].version}), running as ${running.map((proc) => `pid ${proc.pid}`).join(', ')}`);
 
     // Open the file with Quick Open.
     await page.locator('.monaco-workbench').click({ position: { x: 600, y: 300 } }).catch(() => {});

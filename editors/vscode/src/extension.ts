@@ -1,5 +1,6 @@
-// Ghostline for VS Code: starts the `ghostline` language server over stdio through
-// vscode-languageclient, so inline completion flows through the standard
+// Ghostline for VS Code: starts the `ghostline` language server (found by server.ts: the
+// ghostline.path setting, the server bundled in the .vsix, PATH or ~/.cargo/bin) over stdio
+// through vscode-languageclient, so inline completion flows through the standard
 // textDocument/inlineCompletion method, maps the `ghostline.*` settings to the server's
 // configuration, refreshes the ghost text on ghostline/suggestionReady (the suggestion for a
 // state grows while the model writes it: first words, then the whole line), and shows a status
@@ -16,6 +17,8 @@ import {
   ServerOptions,
   State,
 } from 'vscode-languageclient/node';
+
+import { ResolvedServer, ServerSource, resolveServer } from './server';
 
 /** Server settings (camelCase, as the server reads them) with their `ghostline.*` names. */
 const SERVER_SETTINGS = [
@@ -35,6 +38,14 @@ const SERVER_SETTINGS = [
   'crossFileChunks',
   'crossFileLines',
 ] as const;
+
+/** How the Ghostline output and error messages name where the server came from. */
+const SOURCE_NAMES: Record<ServerSource, string> = {
+  setting: 'ghostline.path',
+  bundled: 'bundled with the extension',
+  path: 'found on PATH',
+  cargo: 'installed by cargo install',
+};
 
 /** Settings that need a new server process when they change. */
 const RESTART_SETTINGS = ['ghostline.path', 'ghostline.trace.server'];
@@ -112,6 +123,8 @@ class Ghostline implements vscode.Disposable {
   private refreshSeq = 0;
   /** When the ghost text was last refreshed (performance.now()). */
   private lastRefreshAt = -Infinity;
+  /** Counts start() and stop() calls: a start that finds the binary after a later call gives up. */
+  private startSeq = 0;
 
   constructor(private readonly context: vscode.ExtensionContext) {
     this.status.command = 'ghostline.showStats';
@@ -129,7 +142,26 @@ class Ghostline implements vscode.Disposable {
       this.render();
       return;
     }
-    const command = config.get<string>('path')?.trim() || 'ghostline';
+    const seq = ++this.startSeq;
+    let server: ResolvedServer;
+    try {
+      server = await resolveServer(config.get<string>('path') ?? '', this.context.extensionPath);
+      if (seq !== this.startSeq) {
+        return; // stopped, or started again, while looking for the binary
+      }
+    } catch (err) {
+      if (seq !== this.startSeq) {
+        return;
+      }
+      this.state = 'error';
+      this.errorMessage = err instanceof Error ? err.message : String(err);
+      this.output.error(this.errorMessage);
+      this.render();
+      void vscode.window.showErrorMessage(`Ghostline: ${this.errorMessage}`);
+      return;
+    }
+    const command = server.command;
+    this.output.info(`server ${JSON.stringify(server)}`);
     // No `transport`: TransportKind.stdio would append `--stdio`, which `ghostline serve` rejects.
     const serverOptions: ServerOptions = {
       run: { command, args: ['serve'] },
@@ -186,7 +218,7 @@ class Ghostline implements vscode.Disposable {
       await client.start();
     } catch (err) {
       this.state = 'error';
-      this.errorMessage = `could not start \`${command}\`: ${String(err)}. Set ghostline.path to the ghostline binary.`;
+      this.errorMessage = `could not start \`${command}\` (${SOURCE_NAMES[server.source]}): ${String(err)}`;
       this.render();
       void vscode.window.showErrorMessage(`Ghostline: ${this.errorMessage}`);
       this.client = undefined;
@@ -200,6 +232,7 @@ class Ghostline implements vscode.Disposable {
   }
 
   async stop(): Promise<void> {
+    this.startSeq++;
     if (this.statsTimer) {
       clearInterval(this.statsTimer);
       this.statsTimer = undefined;

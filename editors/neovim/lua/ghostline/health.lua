@@ -1,5 +1,6 @@
--- :checkhealth ghostline: Neovim version, the server binary, `ghostline doctor`, the renderer
--- in use and, when a client runs, the model's state from ghostline/stats.
+-- :checkhealth ghostline: Neovim version, the server binary (every place looked in and the one
+-- used, or how to install one), its version, `ghostline doctor`, the renderer in use and, when
+-- a client runs, the model's state from ghostline/stats.
 -- Only reads; it never starts a server or changes settings.
 
 local M = {}
@@ -17,6 +18,8 @@ local function check_neovim()
     health.ok('ghost text: built-in vim.lsp.inline_completion')
   elseif ghostline.renderer == 'plugin' then
     health.ok('ghost text: drawn by the plugin (extmarks)')
+  elseif ghostline.binary_search and not ghostline.cmd then
+    health.info('setup() found no binary, so the server is off (see "Ghostline server")')
   elseif vim.lsp.config.ghostline == nil then
     health.warn('require("ghostline").setup{} has not run')
   else
@@ -24,20 +27,44 @@ local function check_neovim()
   end
 end
 
+--- The binary to check: the one setup() uses, or (before setup) the one it would find.
+--- @return string? exe, string? how
+local function check_binary_place()
+  local ghostline = require('ghostline')
+  local binary = require('ghostline.binary')
+  if ghostline.options.cmd then
+    local exe = ghostline.options.cmd[1]
+    if not exe or vim.fn.executable(exe) == 0 then
+      health.error(('server command `%s` (setup `cmd`) is not executable'):format(tostring(exe)), binary.install_advice())
+      return nil
+    end
+    return exe, 'from setup `cmd`'
+  end
+  local search = ghostline.binary_search or binary.find()
+  -- setup() has no `cmd`: every place looked in, in order.
+  for _, line in ipairs(binary.describe(search)) do
+    health.info('looked in ' .. line)
+  end
+  if not search.path then
+    health.error('no ghostline binary found', binary.install_advice())
+    return nil
+  end
+  return search.path, 'found in ' .. search.label
+end
+
 local function check_binary()
-  local cmd = require('ghostline').options.cmd
-  local exe = cmd and cmd[1]
-  if not exe or vim.fn.executable(exe) == 0 then
-    health.error(('server command `%s` is not executable'):format(tostring(exe)), {
-      'build it with `cargo build --release` and put target/release on PATH',
-      'or pass its path: require("ghostline").setup{ cmd = { "/path/to/ghostline" } }',
-    })
+  local exe, how = check_binary_place()
+  if not exe then
     return
   end
-  health.ok('server: ' .. vim.fn.exepath(exe))
+  health.ok(('server: %s (%s)'):format(vim.fn.exepath(exe), how))
   local version = vim.system({ exe, '--version' }, { text = true }):wait(5000)
   if version.code == 0 then
     health.ok(vim.trim(version.stdout))
+  else
+    health.error(('`%s --version` failed: %s'):format(exe, vim.trim((version.stderr or '') .. (version.stdout or ''))),
+      { 'a binary for another platform, or one whose lib/ directory is missing; rebuild it or use another one' })
+    return
   end
   local doctor = vim.system({ exe, 'doctor' }, { text = true }):wait(10000)
   if doctor.code ~= 0 then

@@ -1,7 +1,8 @@
 -- Ghostline for Neovim: registers the `ghostline` language server with vim.lsp.config and
 -- vim.lsp.enable (Neovim 0.11+), turns on ghost text (Neovim 0.12's built-in
 -- vim.lsp.inline_completion, or this plugin's own extmark renderer in ghostline/ghost.lua),
--- maps the accept keys and offers :GhostlineStats.
+-- maps the accept keys and offers :GhostlineStats. Without `cmd`, the server binary is found
+-- by ghostline/binary.lua (this plugin's own build or archive, PATH, ~/.cargo/bin).
 --
 -- This file only wires things together; it never draws or edits text itself.
 
@@ -14,7 +15,8 @@ local M = {}
 --- @field dismiss string|false       hide the suggestion until the next change
 
 --- @class ghostline.Options
---- @field cmd string[]                 the server command
+--- @field cmd string[]|nil             the server command; nil: the binary found by ghostline.binary
+--- @field args string[]                arguments after the binary (of `cmd` or the one found)
 --- @field filetypes string[]|nil       file types to attach to; nil attaches to every file buffer
 --- @field settings table               server settings sent as initializationOptions (camelCase)
 --- @field ghost_text 'auto'|'builtin'|'plugin'|false  'auto': built-in on 0.12, plugin on 0.11
@@ -24,7 +26,8 @@ local M = {}
 
 --- @type ghostline.Options
 M.defaults = {
-  cmd = { 'ghostline' },
+  cmd = nil,
+  args = {},
   filetypes = nil,
   settings = {},
   ghost_text = 'auto',
@@ -40,6 +43,14 @@ M.defaults = {
 
 --- @type ghostline.Options
 M.options = vim.deepcopy(M.defaults)
+
+--- The server command in use after setup, nil when no binary was found.
+--- @type string[]?
+M.cmd = nil
+
+--- Where setup() looked for the binary (nil when `cmd` was given): see ghostline.binary.
+--- @type ghostline.BinarySearch?
+M.binary_search = nil
 
 --- The renderer in use after setup: 'builtin', 'plugin' or nil (no ghost text).
 --- @type 'builtin'|'plugin'|nil
@@ -182,6 +193,22 @@ function M.pretty_json(json)
   return table.concat(out)
 end
 
+--- The server command from the options: `cmd`, or the binary found (ghostline.binary), with
+--- `args` after it; nil when `cmd` is not given and no binary is found.
+--- @return string[]?
+function M.server_command()
+  local cmd = M.options.cmd
+  M.binary_search = nil
+  if not cmd then
+    M.binary_search = require('ghostline.binary').find()
+    if not M.binary_search.path then
+      return nil
+    end
+    cmd = { M.binary_search.path }
+  end
+  return vim.list_extend(vim.deepcopy(cmd), M.options.args or {})
+end
+
 --- @param opts? ghostline.Options
 function M.setup(opts)
   if vim.fn.has('nvim-0.11') == 0 then
@@ -189,6 +216,15 @@ function M.setup(opts)
     return
   end
   M.options = vim.tbl_deep_extend('force', vim.deepcopy(M.defaults), opts or {})
+  M.cmd = M.server_command()
+  if not M.cmd then
+    -- Enabling the server without a binary would fail once per buffer; say it once, with the
+    -- places looked in and how to install.
+    local binary = require('ghostline.binary')
+    vim.notify(('ghostline: no ghostline binary found. Looked in:\n  %s\nTo install:\n  %s\n(:checkhealth ghostline)'):format(
+      table.concat(binary.describe(M.binary_search), '\n  '), table.concat(binary.install_advice(), '\n  ')), vim.log.levels.ERROR)
+    return
+  end
   M.renderer = choose_renderer(M.options.ghost_text)
   vim.api.nvim_set_hl(0, M.options.hl_group, { link = 'Comment', default = true })
 
@@ -200,7 +236,7 @@ function M.setup(opts)
   end
 
   vim.lsp.config('ghostline', {
-    cmd = M.options.cmd,
+    cmd = M.cmd,
     filetypes = M.options.filetypes,
     init_options = init_options,
     handlers = {
