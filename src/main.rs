@@ -185,10 +185,15 @@ fn serve() -> Result<(), CliError> {
         .thread_name("ghostline-lsp")
         .build()
         .map_err(|err| CliError::Internal(format!("cannot start the async runtime: {err}")))?;
-    runtime.block_on(ghostline::server::serve(Config::default()));
+    let shut_down = runtime.block_on(ghostline::server::serve(Config::default()));
     // The engine thread may be mid-decode; the process exits without waiting for it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    Ok(())
+    if shut_down {
+        Ok(())
+    } else {
+        // The protocol: exit code 1 when the client exits (or goes away) without `shutdown`.
+        Err(CliError::Internal(String::from("the client ended the session without a shutdown request")))
+    }
 }
 
 /// Splits `FILE:LINE:COL` from the right, so paths may contain colons.

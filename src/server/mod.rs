@@ -10,6 +10,7 @@
 //! - Concurrency is raised well above the number of completion requests that can wait at once,
 //!   so cancellations and changes never queue behind them.
 
+mod framing;
 mod proto;
 
 use std::future::Future;
@@ -48,15 +49,95 @@ pub const ACCEPT_COMMAND: &str = "ghostline.accept";
 /// every server command as an editor command, and two of one name fail the extension.
 pub const EXPAND_COMMAND: &str = "ghostline.expandIntoCode";
 
-/// Runs the server on stdin/stdout until the client exits.
-pub async fn serve(config: Config) {
-    let stdin = tokio::io::stdin();
-    let stdout = tokio::io::stdout();
-    let (service, socket) = LspService::build(|client| Backend::new(client, config))
+/// Runs the server on stdin/stdout until the client exits. Returns whether the client asked
+/// for `shutdown` first (the process then exits with 0, else 1, as the protocol says).
+///
+/// The protocol layer (tower-lsp-server) reads and writes through in-memory pipes: a reader in
+/// front of it (`framing`) hands on only messages it can take and answers the others with an
+/// error, and a writer behind it merges those errors into the output at message boundaries.
+pub async fn serve(config: Config) -> bool {
+    let shutdown_requested = Arc::new(AtomicBool::new(false));
+    let backend_shutdown = shutdown_requested.clone();
+    let (service, socket) = LspService::build(move |client| Backend::new(client, config, backend_shutdown))
         .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
         .custom_method("ghostline/stats", Backend::stats)
         .finish();
-    Server::new(stdin, stdout, socket).concurrency_level(MAX_CONCURRENCY).serve(service).await;
+    let (mut to_protocol, protocol_stdin) = tokio::io::duplex(1 << 16);
+    let (protocol_stdout, from_protocol) = tokio::io::duplex(1 << 16);
+    let (error_sender, errors) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stdin = tokio::io::stdin();
+        let mut deframer = framing::Deframer::default();
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            let read = match stdin.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => read,
+            };
+            deframer.push(&chunk[..read]);
+            while let Some(frame) = deframer.next_frame() {
+                match frame {
+                    framing::Frame::Message(body) => {
+                        if to_protocol.write_all(&framing::encode(&body)).await.is_err() {
+                            return;
+                        }
+                    }
+                    framing::Frame::Invalid { response, reason } => {
+                        tracing::warn!(%reason, "answered a message that cannot be used with an error");
+                        let _ = error_sender.send(response);
+                    }
+                }
+            }
+        }
+        // End of input: the protocol layer sees it and stops.
+    });
+    let writer = tokio::spawn(write_output(from_protocol, errors));
+    Server::new(protocol_stdin, protocol_stdout, socket).concurrency_level(MAX_CONCURRENCY).serve(service).await;
+    // The protocol layer's pipe is closed now; the writer ends once it has written the rest.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    shutdown_requested.load(Ordering::SeqCst)
+}
+
+/// Copies the protocol layer's messages to stdout, whole, and the transport's error answers
+/// between them.
+async fn write_output(mut from_protocol: tokio::io::DuplexStream, mut errors: tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stdout = tokio::io::stdout();
+    let mut pending = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut errors_open = true;
+    loop {
+        tokio::select! {
+            read = from_protocol.read(&mut chunk) => {
+                let read = match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => read,
+                };
+                pending.extend_from_slice(&chunk[..read]);
+                let whole = framing::complete_frames_len(&pending);
+                if whole > 0 {
+                    if stdout.write_all(&pending[..whole]).await.is_err() || stdout.flush().await.is_err() {
+                        return;
+                    }
+                    pending.drain(..whole);
+                }
+            }
+            error = errors.recv(), if errors_open => {
+                match error {
+                    Some(response) => {
+                        let body = response.to_string();
+                        if stdout.write_all(&framing::encode(body.as_bytes())).await.is_err() || stdout.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                    None => errors_open = false,
+                }
+            }
+        }
+    }
+    let _ = stdout.write_all(&pending).await;
+    let _ = stdout.flush().await;
 }
 
 pub struct Backend {
@@ -70,6 +151,8 @@ pub struct Backend {
     pending_messages: Mutex<Vec<String>>,
     /// Incremented on every engine (re)load, so a slow load cannot overwrite a newer one.
     engine_generation: Arc<AtomicU64>,
+    /// Set by `shutdown`: the exit code says whether the client shut the server down first.
+    shutdown_requested: Arc<AtomicBool>,
 }
 
 /// `ghostline/suggestionReady`: the suggestion for a cursor state is ready; ask again.
@@ -105,7 +188,7 @@ async fn guarded<T>(method: &str, body: impl Future<Output = Result<T>>) -> Resu
 }
 
 impl Backend {
-    fn new(client: Client, config: Config) -> Backend {
+    fn new(client: Client, config: Config, shutdown_requested: Arc<AtomicBool>) -> Backend {
         Backend {
             client,
             documents: Arc::new(DocumentStore::default()),
@@ -115,6 +198,7 @@ impl Backend {
             client_has_work_done_progress: AtomicBool::new(false),
             pending_messages: Mutex::new(Vec::new()),
             engine_generation: Arc::new(AtomicU64::new(0)),
+            shutdown_requested,
         }
     }
 
@@ -444,6 +528,7 @@ impl LanguageServer for Backend {
     }
 
     async fn shutdown(&self) -> Result<()> {
+        self.shutdown_requested.store(true, Ordering::SeqCst);
         Ok(())
     }
 

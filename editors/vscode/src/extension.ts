@@ -25,6 +25,7 @@ const SERVER_SETTINGS = [
   'model',
   'threads',
   'contextTokens',
+  'gpuLayers',
   'budgetMs',
   'maxTokens',
   'multiLine',
