@@ -76,6 +76,8 @@ pub enum ModelError {
     NotFetched(String),
     #[error("model file {0} does not exist")]
     NotFound(PathBuf),
+    #[error("{path} is not a regular file ({kind}): a model must be a .gguf file")]
+    NotRegularFile { path: PathBuf, kind: &'static str },
     #[error("{0} is not a GGUF model file (its first bytes are not `GGUF`)")]
     NotGguf(PathBuf),
     #[error("model {path} needs {needed_mib} MiB but only {available_mib} MiB of memory is available: choose a smaller model or free memory")]
@@ -164,20 +166,43 @@ fn looks_like_path(reference: &str) -> bool {
     reference.ends_with(".gguf") || reference.contains('/') || Path::new(reference).exists()
 }
 
-/// Checks that `path` exists and starts with the GGUF magic bytes.
+/// Checks that `path` is a regular file (never a pipe, a device or a directory, which could
+/// block or read the editor's own stream) and starts with the GGUF magic bytes.
 pub fn check_gguf(path: &Path) -> Result<(), ModelError> {
-    let mut file = File::open(path).map_err(|err| match err.kind() {
+    let meta = fs::metadata(path).map_err(|err| match err.kind() {
         io::ErrorKind::NotFound => ModelError::NotFound(path.to_path_buf()),
-        _ => ModelError::Io { context: format!("cannot open {}", path.display()), source: err },
+        _ => ModelError::Io { context: format!("cannot read {}", path.display()), source: err },
     })?;
-    if file.metadata().map(|meta| meta.is_dir()).unwrap_or(false) {
-        return Err(ModelError::NotGguf(path.to_path_buf()));
+    if !meta.is_file() {
+        return Err(ModelError::NotRegularFile { path: path.to_path_buf(), kind: file_kind(&meta) });
     }
+    let mut file = File::open(path).map_err(|err| ModelError::Io { context: format!("cannot open {}", path.display()), source: err })?;
     let mut magic = [0u8; 4];
     match file.read_exact(&mut magic) {
         Ok(()) if &magic == b"GGUF" => Ok(()),
         _ => Err(ModelError::NotGguf(path.to_path_buf())),
     }
+}
+
+fn file_kind(meta: &fs::Metadata) -> &'static str {
+    if meta.is_dir() {
+        return "a directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let file_type = meta.file_type();
+        if file_type.is_fifo() {
+            return "a named pipe";
+        }
+        if file_type.is_char_device() || file_type.is_block_device() {
+            return "a device";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+    }
+    "not a plain file"
 }
 
 /// Refuses a model whose weights cannot fit in the memory that is available now. The weights are

@@ -472,3 +472,59 @@ fn a_missing_model_is_reported_and_the_server_stays_up() {
     assert_eq!(client.inline_text(CIRCLE_URI, 5, character), None, "answered empty, not an error");
     client.shutdown();
 }
+
+/// Model paths that are not regular files are refused at once: `/dev/stdin` is the server's
+/// own protocol stream (reading it would eat the next message), and a named pipe would block
+/// the loader forever.
+#[test]
+fn a_model_path_that_is_not_a_regular_file_is_refused_at_once() {
+    let _serial = serial();
+    let fifo = std::env::temp_dir().join(format!("ghostline-model-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success());
+    for (model, kind) in [("/dev/stdin", "not a regular file"), (fifo.to_str().unwrap(), "a named pipe"), ("/tmp", "a directory")] {
+        let (mut client, _) = LspClient::start(json!({"model": model}), json!({}));
+        let message = client
+            .wait_notification("window/showMessage", Duration::from_secs(30), |params| params["type"] == 1)
+            .unwrap_or_else(|| panic!("no error message for {model}"));
+        let text = message["params"]["message"].as_str().unwrap();
+        assert!(text.contains(kind), "{model}: {text}");
+        let stats = client.wait_engine();
+        assert_eq!(stats["engine"]["state"], "failed", "{model}: {stats}");
+        client.open(CIRCLE_URI, "python", CIRCLE);
+        assert_eq!(client.inline_text(CIRCLE_URI, 5, 4), None, "{model}: answered empty");
+        client.shutdown();
+    }
+    let _ = std::fs::remove_file(&fifo);
+}
+
+/// A new model that fails keeps the one that works (the promise for every invalid setting),
+/// and a second `initialized` does not load the model again.
+#[test]
+fn a_bad_model_setting_keeps_the_working_model() {
+    let _serial = serial();
+    let mut client = start(TINY_MODEL, json!({}));
+    let tiny = model_path(TINY_MODEL).to_str().unwrap().to_string();
+    client.notify("initialized", json!({}));
+    for bad in ["/etc/passwd", "/tmp", "/nonexistent/model.gguf"] {
+        client.notify("workspace/didChangeConfiguration", json!({"settings": {"ghostline": {"model": bad}}}));
+        let message = client
+            .wait_notification("window/showMessage", Duration::from_secs(30), |params| params["type"] == 1)
+            .unwrap_or_else(|| panic!("no error message for {bad}"));
+        let text = message["params"]["message"].as_str().unwrap();
+        assert!(text.contains(bad) && text.contains(&format!("keeping model `{tiny}`")), "{text}");
+        let stats = client.request_ok("ghostline/stats", json!(null));
+        assert_eq!(stats["engine"]["state"], "ready", "{stats}");
+        assert_eq!(stats["config"]["model"], tiny.as_str(), "the setting went back: {stats}");
+    }
+    let stats = client.request_ok("ghostline/stats", json!(null));
+    assert_eq!(stats["engineLoads"], 4, "one load at start, one per bad model, none for the second `initialized`: {stats}");
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return ");
+    let response = client.inline_completion(CIRCLE_URI, 5, character);
+    assert!(response.get("error").is_none(), "{response}");
+    let stats = client.request_ok("ghostline/stats", json!(null));
+    assert_eq!(stats["engine"]["model"]["path"], tiny.as_str(), "{stats}");
+    client.shutdown();
+}

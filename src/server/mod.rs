@@ -153,6 +153,12 @@ pub struct Backend {
     engine_generation: Arc<AtomicU64>,
     /// Set by `shutdown`: the exit code says whether the client shut the server down first.
     shutdown_requested: Arc<AtomicBool>,
+    /// Set by the first `initialized`; a second one is ignored.
+    initialized: AtomicBool,
+    /// The settings the running engine was loaded with, to go back to when a new model fails.
+    loaded_config: Arc<Mutex<Option<Config>>>,
+    /// Engine loads started (for `ghostline/stats`).
+    engine_loads: AtomicU64,
 }
 
 /// `ghostline/suggestionReady`: the suggestion for a cursor state is ready; ask again.
@@ -199,6 +205,9 @@ impl Backend {
             pending_messages: Mutex::new(Vec::new()),
             engine_generation: Arc::new(AtomicU64::new(0)),
             shutdown_requested,
+            initialized: AtomicBool::new(false),
+            loaded_config: Arc::new(Mutex::new(None)),
+            engine_loads: AtomicU64::new(0),
         }
     }
 
@@ -210,12 +219,19 @@ impl Backend {
     /// to the scheduler. Until then completion requests are answered empty at once.
     fn load_engine(&self) {
         let generation = self.engine_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.engine_loads.fetch_add(1, Ordering::SeqCst);
         let engine_generation = self.engine_generation.clone();
         let scheduler = self.scheduler.clone();
         let client = self.client.clone();
         let config = scheduler.config();
+        let loaded_config = self.loaded_config.clone();
         let with_progress = self.client_has_work_done_progress.load(Ordering::SeqCst);
-        scheduler.set_engine_state(EngineState::Loading);
+        // A running engine keeps serving until its replacement is ready, and stays if the
+        // replacement fails.
+        let previous_ready = matches!(scheduler.engine_state(), EngineState::Ready(_));
+        if !previous_ready {
+            scheduler.set_engine_state(EngineState::Loading);
+        }
         tokio::spawn(async move {
             let token = NumberOrString::String(format!("ghostline-load-{generation}"));
             let progress = if with_progress
@@ -229,7 +245,8 @@ impl Backend {
                 None
             };
             let model = config.model.clone();
-            let loaded = tokio::task::spawn_blocking(move || load_checked_engine(&config))
+            let load_config = config.clone();
+            let loaded = tokio::task::spawn_blocking(move || load_checked_engine(&load_config))
                 .await
                 .unwrap_or_else(|err| Err(LoadFailure::Model(format!("the model loader crashed: {err}"))));
             if engine_generation.load(Ordering::SeqCst) != generation {
@@ -240,19 +257,40 @@ impl Backend {
                     let message = format!("model {} ready ({:.0} ms)", engine.info().name, engine.info().load_ms);
                     tracing::info!("{message}");
                     scheduler.set_engine_state(EngineState::Ready(engine));
+                    *loaded_config.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(config);
                     if let Some(progress) = progress {
                         progress.finish_with_message(message).await;
                     }
                 }
                 Err(failure) => {
                     tracing::error!(%failure, "model failed to load");
-                    scheduler.set_engine_state(EngineState::Failed(failure.to_string()));
                     if let Some(progress) = progress {
                         progress.finish_with_message("model failed to load").await;
                     }
+                    let previous = loaded_config.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+                    let kept = match (&previous, scheduler.engine_state()) {
+                        (Some(previous), EngineState::Ready(_)) if previous_ready => {
+                            // Back to the settings of the engine that keeps running.
+                            let mut current = scheduler.config();
+                            current.model = previous.model.clone();
+                            current.threads = previous.threads;
+                            current.context_tokens = previous.context_tokens;
+                            current.gpu_layers = previous.gpu_layers;
+                            scheduler.set_config(current);
+                            Some(previous.model.clone())
+                        }
+                        _ => {
+                            scheduler.set_engine_state(EngineState::Failed(failure.to_string()));
+                            None
+                        }
+                    };
+                    let consequence = match &kept {
+                        Some(previous) => format!("keeping model `{previous}`"),
+                        None => String::from("completions are off until then"),
+                    };
                     let message = match &failure {
-                        LoadFailure::Model(err) => format!("Ghostline could not load model `{model}`: {err}. Set `model` in the Ghostline settings to a registry name (`ghostline models list`) or a .gguf path; completions are off until then."),
-                        LoadFailure::EngineCheck(err) => format!("Ghostline's engine cannot run model `{model}` on this machine: {err}. Completions are off; `ghostline doctor` repeats this check."),
+                        LoadFailure::Model(err) => format!("Ghostline could not load model `{model}`: {err}. Set `model` in the Ghostline settings to a registry name (`ghostline models list`) or a .gguf path; {consequence}."),
+                        LoadFailure::EngineCheck(err) => format!("Ghostline's engine cannot run model `{model}` on this machine: {err}. `ghostline doctor` repeats this check; {consequence}."),
                     };
                     client.show_message(MessageType::ERROR, message).await;
                 }
@@ -348,6 +386,7 @@ impl Backend {
             };
             stats["engine"] = engine;
             stats["config"] = json!({"model": self.scheduler.config().model});
+            stats["engineLoads"] = json!(self.engine_loads.load(Ordering::SeqCst));
             Ok(stats)
         })
         .await
@@ -523,6 +562,10 @@ impl LanguageServer for Backend {
     }
 
     async fn initialized(&self, _: InitializedParams) {
+        if self.initialized.swap(true, Ordering::SeqCst) {
+            tracing::warn!("a second `initialized` notification was ignored");
+            return;
+        }
         self.load_engine();
         self.show_pending_messages().await;
     }
