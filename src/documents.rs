@@ -50,6 +50,9 @@ pub struct Document {
     pub language_id: String,
     /// The syntax tree, for a language Ghostline knows (cloning it is cheap).
     pub syntax: Option<SyntaxTree>,
+    /// Set when a change was rejected: the text may differ from the editor's, and nothing is
+    /// built from it until a change that replaces the whole text (or a new `didOpen`) repairs it.
+    pub diverged: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +75,8 @@ pub enum DocumentError {
 pub struct EditOutcome {
     pub document: Document,
     pub cursor_char_idx: usize,
+    /// The change replaced the text of a diverged document: it agrees with the editor again.
+    pub repaired: bool,
 }
 
 #[derive(Default)]
@@ -83,7 +88,7 @@ impl DocumentStore {
     pub fn open(&self, uri: &str, language_id: &str, version: i32, text: &str) {
         let rope = Rope::from_str(text);
         let syntax = crate::syntax::language_for(language_id, uri).map(|language| SyntaxTree::new(language, &rope));
-        self.documents.insert(uri.to_string(), Document { rope, version, language_id: language_id.to_string(), syntax });
+        self.documents.insert(uri.to_string(), Document { rope, version, language_id: language_id.to_string(), syntax, diverged: None });
     }
 
     pub fn close(&self, uri: &str) {
@@ -116,7 +121,9 @@ impl DocumentStore {
         }
     }
 
-    /// Applies all changes of one notification, or none of them.
+    /// Applies all changes of one notification, or none of them. A rejected change of an open
+    /// document marks it diverged (see `Document::diverged`); a change that replaces the whole
+    /// text repairs it.
     pub fn apply_changes(
         &self,
         uri: &str,
@@ -125,47 +132,78 @@ impl DocumentStore {
         encoding: PositionEncoding,
     ) -> Result<EditOutcome, DocumentError> {
         let mut entry = self.documents.get_mut(uri).ok_or_else(|| DocumentError::NotOpen(uri.to_string()))?;
-        if version < entry.version {
-            return Err(DocumentError::StaleVersion { new: version, current: entry.version });
-        }
-        let mut rope = entry.rope.clone();
-        let mut syntax = entry.syntax.clone();
-        let mut cursor_char_idx = 0;
-        for change in changes {
-            match change.range {
-                None => {
-                    rope = Rope::from_str(&change.text);
-                    cursor_char_idx = rope.len_chars();
-                    if let Some(syntax) = &mut syntax {
-                        syntax.replaced();
-                    }
+        let applied = if version < entry.version {
+            Err(DocumentError::StaleVersion { new: version, current: entry.version })
+        } else {
+            apply(&entry, changes, encoding)
+        };
+        let (rope, syntax, cursor_char_idx) = match applied {
+            Ok(applied) => applied,
+            Err(err) => {
+                if entry.diverged.is_none() {
+                    entry.diverged = Some(format!("a change for version {version} was rejected at version {}: {err}", entry.version));
                 }
-                Some(range) => {
-                    let start = char_idx(&rope, range.start, encoding)?;
-                    let end = char_idx(&rope, range.end, encoding)?;
-                    if end < start {
-                        return Err(DocumentError::ReversedRange {
-                            start_line: range.start.line,
-                            start_character: range.start.character,
-                            end_line: range.end.line,
-                            end_character: range.end.character,
-                        });
-                    }
-                    let pending = SyntaxTree::before_edit(&rope, start, end);
-                    rope.remove(start..end);
-                    rope.insert(start, &change.text);
-                    cursor_char_idx = start + change.text.chars().count();
-                    if let Some(syntax) = &mut syntax {
-                        syntax.edited(&rope, pending, change.text.len());
-                    }
-                }
+                return Err(err);
             }
+        };
+        let repaired = entry.diverged.is_some() && changes.iter().any(|change| change.range.is_none());
+        if repaired {
+            entry.diverged = None;
         }
         entry.rope = rope;
         entry.syntax = syntax;
         entry.version = version;
-        Ok(EditOutcome { document: entry.clone(), cursor_char_idx })
+        Ok(EditOutcome { document: entry.clone(), cursor_char_idx, repaired })
     }
+
+    /// Why the document's text may differ from the editor's, if it may.
+    pub fn diverged(&self, uri: &str) -> Option<String> {
+        self.documents.get(uri).and_then(|document| document.diverged.clone())
+    }
+
+    /// How many open documents may differ from the editor's text.
+    pub fn diverged_count(&self) -> usize {
+        self.documents.iter().filter(|document| document.diverged.is_some()).count()
+    }
+}
+
+/// The changes applied to a copy of the document: its new rope, tree and the cursor after the
+/// last change.
+fn apply(document: &Document, changes: &[Change], encoding: PositionEncoding) -> Result<(Rope, Option<SyntaxTree>, usize), DocumentError> {
+    let mut rope = document.rope.clone();
+    let mut syntax = document.syntax.clone();
+    let mut cursor_char_idx = 0;
+    for change in changes {
+        match change.range {
+            None => {
+                rope = Rope::from_str(&change.text);
+                cursor_char_idx = rope.len_chars();
+                if let Some(syntax) = &mut syntax {
+                    syntax.replaced();
+                }
+            }
+            Some(range) => {
+                let start = char_idx(&rope, range.start, encoding)?;
+                let end = char_idx(&rope, range.end, encoding)?;
+                if end < start {
+                    return Err(DocumentError::ReversedRange {
+                        start_line: range.start.line,
+                        start_character: range.start.character,
+                        end_line: range.end.line,
+                        end_character: range.end.character,
+                    });
+                }
+                let pending = SyntaxTree::before_edit(&rope, start, end);
+                rope.remove(start..end);
+                rope.insert(start, &change.text);
+                cursor_char_idx = start + change.text.chars().count();
+                if let Some(syntax) = &mut syntax {
+                    syntax.edited(&rope, pending, change.text.len());
+                }
+            }
+        }
+    }
+    Ok((rope, syntax, cursor_char_idx))
 }
 
 /// Number of characters of a line, without its line break.

@@ -528,3 +528,49 @@ fn a_bad_model_setting_keeps_the_working_model() {
     assert_eq!(stats["engine"]["model"]["path"], tiny.as_str(), "{stats}");
     client.shutdown();
 }
+
+/// After a change the server rejects, its copy may differ from the editor's: the rejection is
+/// counted, the document's requests are answered empty, and a change with the whole text
+/// repairs it.
+#[test]
+fn a_rejected_change_silences_the_document_until_the_whole_text_comes_again() {
+    let _serial = serial();
+    let mut client = start(TINY_MODEL, json!({}));
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    // A range past the end of the document.
+    client.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": CIRCLE_URI, "version": 50}, "contentChanges": [
+            {"range": {"start": {"line": 400, "character": 0}, "end": {"line": 400, "character": 0}}, "text": "x"}]}),
+    );
+    let stats = client.request_ok("ghostline/stats", json!(null));
+    assert_eq!(stats["rejectedChanges"], 1, "{stats}");
+    assert_eq!(stats["divergedDocuments"], 1, "{stats}");
+    let inline = client.inline_completion(CIRCLE_URI, 5, 4);
+    assert_eq!(inline["result"]["items"], json!([]), "{inline}");
+    let completion = client.completion(CIRCLE_URI, 5, 4);
+    assert!(completion.get("error").is_none() && completion["result"].is_null(), "{completion}");
+    // A later incremental change still leaves it diverged (it applies to a text that may be wrong).
+    client.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": CIRCLE_URI, "version": 51}, "contentChanges": [
+            {"range": {"start": {"line": 5, "character": 4}, "end": {"line": 5, "character": 4}}, "text": "r"}]}),
+    );
+    assert_eq!(client.request_ok("ghostline/stats", json!(null))["divergedDocuments"], 1);
+    // The whole text repairs it.
+    client.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": CIRCLE_URI, "version": 52}, "contentChanges": [{"text": CIRCLE}]}),
+    );
+    let stats = client.request_ok("ghostline/stats", json!(null));
+    assert_eq!(stats["divergedDocuments"], 0, "{stats}");
+    assert_eq!(stats["rejectedChanges"], 1, "{stats}");
+    // A version going back is a rejection too.
+    client.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": CIRCLE_URI, "version": 3}, "contentChanges": [{"text": "old"}]}),
+    );
+    let stats = client.request_ok("ghostline/stats", json!(null));
+    assert_eq!((stats["rejectedChanges"].clone(), stats["divergedDocuments"].clone()), (json!(2), json!(1)), "{stats}");
+    client.shutdown();
+}

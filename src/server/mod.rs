@@ -159,6 +159,8 @@ pub struct Backend {
     loaded_config: Arc<Mutex<Option<Config>>>,
     /// Engine loads started (for `ghostline/stats`).
     engine_loads: AtomicU64,
+    /// Changes rejected (their documents may differ from the editor's; for `ghostline/stats`).
+    rejected_changes: AtomicU64,
 }
 
 /// `ghostline/suggestionReady`: the suggestion for a cursor state is ready; ask again.
@@ -208,6 +210,7 @@ impl Backend {
             initialized: AtomicBool::new(false),
             loaded_config: Arc::new(Mutex::new(None)),
             engine_loads: AtomicU64::new(0),
+            rejected_changes: AtomicU64::new(0),
         }
     }
 
@@ -350,6 +353,10 @@ impl Backend {
         guarded("textDocument/inlineCompletion", async {
             let position = params.text_document_position.position;
             let uri = params.text_document_position.text_document.uri;
+            if let Some(reason) = self.documents.diverged(uri.as_str()) {
+                tracing::debug!(uri = uri.as_str(), %reason, "no suggestion: the document may differ from the editor's");
+                return Ok(Some(InlineCompletionResponse::List(InlineCompletionList { items: Vec::new() })));
+            }
             let state = self.cursor_state(&uri, position)?;
             let (answer, waiter) = self.scheduler.complete(state, self.waiting()).await;
             if let Some(waiter) = waiter {
@@ -387,6 +394,8 @@ impl Backend {
             stats["engine"] = engine;
             stats["config"] = json!({"model": self.scheduler.config().model});
             stats["engineLoads"] = json!(self.engine_loads.load(Ordering::SeqCst));
+            stats["rejectedChanges"] = json!(self.rejected_changes.load(Ordering::SeqCst));
+            stats["divergedDocuments"] = json!(self.documents.diverged_count());
             Ok(stats)
         })
         .await
@@ -417,6 +426,9 @@ impl Backend {
         let first_line = arguments.get(1).and_then(Value::as_u64).ok_or_else(usage)? as usize;
         let last_line = arguments.get(2).and_then(Value::as_u64).ok_or_else(usage)? as usize;
         let document = self.documents.get(uri.as_str()).ok_or_else(|| invalid_params(format!("document {} is not open", uri.as_str())))?;
+        if let Some(reason) = &document.diverged {
+            return Err(invalid_params(format!("the server's copy of {} may differ from the editor's ({reason}); send the whole text again", uri.as_str())));
+        }
         let expanded = self.scheduler.expand(&document.rope, first_line, last_line).await.map_err(invalid_params)?;
         let current = self.documents.get(uri.as_str()).map(|document| document.version);
         if current != Some(document.version) {
@@ -590,6 +602,13 @@ impl LanguageServer for Backend {
         match self.documents.apply_changes(&uri, params.text_document.version, &changes, self.encoding()) {
             Ok(outcome) => {
                 let version = outcome.document.version;
+                if outcome.repaired {
+                    tracing::info!(%uri, version, "the whole text was sent: the document agrees with the editor again");
+                }
+                if outcome.document.diverged.is_some() {
+                    // Built from text the editor may not have: no job.
+                    return;
+                }
                 self.scheduler.on_change(CursorState {
                     uri: uri.clone(),
                     version,
@@ -603,7 +622,15 @@ impl LanguageServer for Backend {
                 let documents = self.documents.clone();
                 tokio::task::spawn_blocking(move || documents.refresh_syntax(&uri, version));
             }
-            Err(err) => tracing::warn!(%uri, %err, "rejected a change; the document is unchanged"),
+            Err(err) => {
+                self.rejected_changes.fetch_add(1, Ordering::SeqCst);
+                let current = self.documents.get(&uri).map(|document| document.version);
+                tracing::warn!(
+                    %uri, %err, editor_version = params.text_document.version, ?current,
+                    "rejected a change: the document may now differ from the editor's, and its requests are answered empty until the whole text is sent again"
+                );
+                self.scheduler.cancel_for(&uri);
+            }
         }
     }
 
@@ -641,6 +668,10 @@ impl LanguageServer for Backend {
         guarded("textDocument/completion", async {
             let position = params.text_document_position.position;
             let uri = params.text_document_position.text_document.uri;
+            if let Some(reason) = self.documents.diverged(uri.as_str()) {
+                tracing::debug!(uri = uri.as_str(), %reason, "no completion: the document may differ from the editor's");
+                return Ok(None);
+            }
             let state = self.cursor_state(&uri, position)?;
             let line_start = state.rope.line_to_char(state.rope.char_to_line(state.cursor_char_idx));
             let line_head = state.rope.slice(line_start..state.cursor_char_idx).to_string();
@@ -689,6 +720,9 @@ impl LanguageServer for Backend {
             let Some(document) = self.documents.get(uri.as_str()) else {
                 return Err(invalid_params(format!("document {} is not open", uri.as_str())));
             };
+            if document.diverged.is_some() {
+                return Ok(None);
+            }
             let first_line = params.range.start.line as usize;
             // A selection that ends at the start of a line does not include that line.
             let last_line = if params.range.end.line > params.range.start.line && params.range.end.character == 0 {
