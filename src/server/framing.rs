@@ -99,11 +99,12 @@ impl Deframer {
                 }
             };
             let body_start = header_end + separator;
-            let available = self.buffer.len().min(body_start + length);
             // A header block inside the body means the length was wrong and the next message
             // has begun: the body ends there. (Raw line breaks cannot be inside a JSON string,
-            // so a valid body never holds a header block.)
-            let (cut, scanned) = find_complete_header(&self.buffer[body_start..available], self.body_scanned);
+            // so a valid body never holds a header block.) The search looks past the claimed
+            // length, so a length too short for its body still finds a header cut by it.
+            let (found, scanned) = find_complete_header(&self.buffer[body_start..], self.body_scanned);
+            let cut = found.filter(|&at| at < length);
             if cut.is_none() && self.buffer.len() < body_start + length {
                 self.body_scanned = scanned;
                 return None;
@@ -390,6 +391,15 @@ mod tests {
             assert_eq!(got[2], Frame::Message(STATS_2.as_bytes().to_vec()), "split at {split}");
             assert_eq!(deframer.pending(), 0);
         }
+    }
+
+    #[test]
+    fn a_header_that_claims_the_next_header_as_its_body_loses_only_itself() {
+        let input = [b"Content-Length: 5\r\n\r\n".to_vec(), message(STATS_1)].concat();
+        let got = frames(&input);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(error_code(&got[0]).0, -32700);
+        assert_eq!(got[1], Frame::Message(STATS_1.as_bytes().to_vec()));
     }
 
     /// Random bytes and random cuts of valid traffic never panic, never hold more than the
