@@ -261,7 +261,6 @@ fn mixed_valid_and_malformed_traffic_is_answered_and_the_server_survives() {
         }
     }
     send(&framed(r#"{"jsonrpc":"2.0","method":"exit"}"#));
-    drop(send);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "a clean exit after shutdown");
 }

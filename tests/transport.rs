@@ -2,7 +2,7 @@
 //! used is answered with an error and the session goes on; exit codes follow the protocol.
 //! No model is needed (a model path that does not exist keeps the engine out of the way).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;

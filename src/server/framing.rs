@@ -55,70 +55,68 @@ impl Deframer {
 
     /// The next complete frame, or `None` until more bytes arrive.
     pub fn next_frame(&mut self) -> Option<Frame> {
-        loop {
-            // Resynchronise: the stream must continue with a header line.
-            let start = match find_header_start(&self.buffer) {
-                Some(start) => start,
-                None => {
-                    // Keep a tail that may be the beginning of a header split across reads.
-                    let drop = self.buffer.len() - partial_header_suffix(&self.buffer);
-                    if drop > 0 && !self.buffer[..drop].iter().all(u8::is_ascii_whitespace) {
-                        self.skipped += drop;
-                    }
-                    self.buffer.drain(..drop);
-                    if self.skipped > 0 {
-                        let skipped = std::mem::take(&mut self.skipped);
-                        return Some(invalid(Value::Null, -32700, format!("{skipped} bytes that are not a message (no Content-Length header) were skipped")));
-                    }
-                    return None;
+        // Resynchronise: the stream must continue with a header line.
+        let start = match find_header_start(&self.buffer) {
+            Some(start) => start,
+            None => {
+                // Keep a tail that may be the beginning of a header split across reads.
+                let drop = self.buffer.len() - partial_header_suffix(&self.buffer);
+                if drop > 0 && !self.buffer[..drop].iter().all(u8::is_ascii_whitespace) {
+                    self.skipped += drop;
                 }
-            };
-            if start > 0 {
-                if !self.buffer[..start].iter().all(u8::is_ascii_whitespace) {
-                    self.skipped += start;
-                }
-                self.buffer.drain(..start);
-            }
-            if self.skipped > 0 {
-                let skipped = std::mem::take(&mut self.skipped);
-                return Some(invalid(Value::Null, -32700, format!("{skipped} bytes that are not a message (no Content-Length header) were skipped")));
-            }
-            let Some(header_end) = find(&self.buffer, b"\r\n\r\n").or_else(|| find(&self.buffer, b"\n\n")) else {
-                if self.buffer.len() > MAX_HEADER_BYTES {
-                    self.drop_one_byte();
-                    return Some(invalid(Value::Null, -32700, "a header without its blank line".to_string()));
+                self.buffer.drain(..drop);
+                if self.skipped > 0 {
+                    let skipped = std::mem::take(&mut self.skipped);
+                    return Some(invalid(Value::Null, -32700, format!("{skipped} bytes that are not a message (no Content-Length header) were skipped")));
                 }
                 return None;
-            };
-            let separator = if self.buffer[header_end..].starts_with(b"\r\n\r\n") { 4 } else { 2 };
-            let length = match content_length(&self.buffer[..header_end]) {
-                Ok(length) => length,
-                Err(reason) => {
-                    self.drop_one_byte();
-                    return Some(invalid(Value::Null, -32700, reason));
-                }
-            };
-            let body_start = header_end + separator;
-            // A header block inside the body means the length was wrong and the next message
-            // has begun: the body ends there. (Raw line breaks cannot be inside a JSON string,
-            // so a valid body never holds a header block.) The search looks past the claimed
-            // length, so a length too short for its body still finds a header cut by it.
-            let (found, scanned) = find_complete_header(&self.buffer[body_start..], self.body_scanned);
-            let cut = found.filter(|&at| at < length);
-            if cut.is_none() && self.buffer.len() < body_start + length {
-                self.body_scanned = scanned;
-                return None;
             }
-            self.body_scanned = 0;
-            let body_len = cut.unwrap_or(length);
-            let body: Vec<u8> = self.buffer[body_start..body_start + body_len].to_vec();
-            self.buffer.drain(..body_start + body_len);
-            return Some(match (check_body(&body), cut) {
-                (Ok(()), None) => Frame::Message(body),
-                (Err(frame), _) => frame,
-                (Ok(()), Some(_)) => invalid(Value::Null, -32700, format!("Content-Length {length} is longer than the message")),
-            });
+        };
+        if start > 0 {
+            if !self.buffer[..start].iter().all(u8::is_ascii_whitespace) {
+                self.skipped += start;
+            }
+            self.buffer.drain(..start);
         }
+        if self.skipped > 0 {
+            let skipped = std::mem::take(&mut self.skipped);
+            return Some(invalid(Value::Null, -32700, format!("{skipped} bytes that are not a message (no Content-Length header) were skipped")));
+        }
+        let Some(header_end) = find(&self.buffer, b"\r\n\r\n").or_else(|| find(&self.buffer, b"\n\n")) else {
+            if self.buffer.len() > MAX_HEADER_BYTES {
+                self.drop_one_byte();
+                return Some(invalid(Value::Null, -32700, "a header without its blank line".to_string()));
+            }
+            return None;
+        };
+        let separator = if self.buffer[header_end..].starts_with(b"\r\n\r\n") { 4 } else { 2 };
+        let length = match content_length(&self.buffer[..header_end]) {
+            Ok(length) => length,
+            Err(reason) => {
+                self.drop_one_byte();
+                return Some(invalid(Value::Null, -32700, reason));
+            }
+        };
+        let body_start = header_end + separator;
+        // A header block inside the body means the length was wrong and the next message
+        // has begun: the body ends there. (Raw line breaks cannot be inside a JSON string,
+        // so a valid body never holds a header block.) The search looks past the claimed
+        // length, so a length too short for its body still finds a header cut by it.
+        let (found, scanned) = find_complete_header(&self.buffer[body_start..], self.body_scanned);
+        let cut = found.filter(|&at| at < length);
+        if cut.is_none() && self.buffer.len() < body_start + length {
+            self.body_scanned = scanned;
+            return None;
+        }
+        self.body_scanned = 0;
+        let body_len = cut.unwrap_or(length);
+        let body: Vec<u8> = self.buffer[body_start..body_start + body_len].to_vec();
+        self.buffer.drain(..body_start + body_len);
+        Some(match (check_body(&body), cut) {
+            (Ok(()), None) => Frame::Message(body),
+            (Err(frame), _) => frame,
+            (Ok(()), Some(_)) => invalid(Value::Null, -32700, format!("Content-Length {length} is longer than the message")),
+        })
     }
 
     /// Moves past a header that cannot be used, so the search finds the next one.
@@ -314,7 +312,7 @@ mod tests {
             (b"Content-Type: application/vscode-jsonrpc\r\n\r\n{}".to_vec(), -32700, Value::Null),
             (b"garbage bytes\r\n".to_vec(), -32700, Value::Null),
             (format!("Content-Length: 5\r\n\r\n{STATS_1}").into_bytes(), -32700, Value::Null),
-            (format!("Content-Length: 500\r\n\r\n{{\"jsonrpc\"").into_bytes(), -32700, Value::Null),
+            (b"Content-Length: 500\r\n\r\n{\"jsonrpc\"".to_vec(), -32700, Value::Null),
         ];
         for (bad, code, id) in cases {
             let mut input = bad.clone();
