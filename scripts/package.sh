@@ -52,8 +52,20 @@ esac
 # RUSTFLAGS replaces the `target-cpu=native` of .cargo/config.toml for this build only; the
 # explicit --target keeps its outputs apart from the native build's (target/TARGET/release).
 echo "package.sh: building Ghostline $version for $target (features: $features)" >&2
+build_log=$(mktemp)
 RUSTFLAGS="$cpu_flags -C link-arg=-Wl,-rpath,$rpath" \
-    cargo build --release --locked --target "$target" --features "$features"
+    cargo build --release --locked --target "$target" --features "$features" \
+    --message-format=json-render-diagnostics >"$build_log"
+# The output folder of the llama-cpp-sys-2 build that went into this binary (other builds with
+# other features have folders of their own).
+sys_out=$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    message = json.loads(line)
+    if message.get("reason") == "build-script-executed" and "llama-cpp-sys-2" in message.get("package_id", ""):
+        print(message["out_dir"])
+' "$build_log" | tail -1)
+rm -f "$build_log"
 
 out_dir=target/$target/release
 dist_root=${GHOSTLINE_DIST_DIR:-dist}
@@ -63,9 +75,8 @@ rm -rf "$stage"
 mkdir -p "$stage/bin" "$stage/lib"
 cp "$out_dir/ghostline" "$stage/bin/"
 # llama.cpp's shared libraries and its backend modules (one CPU library per level, GPU backends).
-sys_out=$(ls -td "$out_dir"/build/llama-cpp-sys-2-*/out 2>/dev/null | head -1)
-if [[ -z "$sys_out" ]]; then
-    echo "package.sh: no llama-cpp-sys-2 build output under $out_dir/build" >&2
+if [[ -z "$sys_out" || ! -d "$sys_out" ]]; then
+    echo "package.sh: cargo did not report the llama-cpp-sys-2 build folder" >&2
     exit 1
 fi
 find "$sys_out" \( -name 'lib*.so' -o -name 'lib*.so.*' -o -name 'lib*.dylib' \) -not -path '*/CMakeFiles/*' \
