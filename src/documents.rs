@@ -335,4 +335,80 @@ mod tests {
         store.apply_changes("u", 2, &[Change { range: None, text: "new text".into() }], PositionEncoding::Utf8).unwrap();
         assert_eq!(store.get("u").unwrap().rope.to_string(), "new text");
     }
+
+    /// Lines of a plain string as the documents see them: `\n`, `\r\n` and a lone `\r` end a
+    /// line; (start, end) byte offsets without the break.
+    fn model_lines(text: &str) -> Vec<(usize, usize)> {
+        let bytes = text.as_bytes();
+        let mut lines = Vec::new();
+        let mut start = 0;
+        let mut at = 0;
+        while at < bytes.len() {
+            match bytes[at] {
+                b'\n' => {
+                    lines.push((start, at));
+                    at += 1;
+                    start = at;
+                }
+                b'\r' => {
+                    lines.push((start, at));
+                    at += if bytes.get(at + 1) == Some(&b'\n') { 2 } else { 1 };
+                    start = at;
+                }
+                _ => at += 1,
+            }
+        }
+        lines.push((start, bytes.len()));
+        lines
+    }
+
+    /// A random position on a code point boundary of the model text: its byte offset and its
+    /// LSP position in UTF-16 units.
+    fn model_position(text: &str, next: &mut impl FnMut() -> u64) -> (usize, Position) {
+        let lines = model_lines(text);
+        let line = (next() % lines.len() as u64) as usize;
+        let (start, end) = lines[line];
+        let boundaries: Vec<usize> = text[start..end].char_indices().map(|(offset, _)| start + offset).chain([end]).collect();
+        let byte = boundaries[(next() % boundaries.len() as u64) as usize];
+        let character = text[start..byte].encode_utf16().count() as u32;
+        (byte, pos(line as u32, character))
+    }
+
+    /// Random edits applied to a document and to a plain string agree, edit after edit, with
+    /// UTF-16 positions past emoji and CJK, CRLF and lone CR line breaks; an edit with an
+    /// impossible position leaves the document as it was.
+    #[test]
+    fn random_edits_agree_with_a_plain_string() {
+        const PIECES: [&str; 10] = ["a", "😀", "漢字", "\r\n", "\n", "\r", "é", "", "line\nnext", "\u{2028}"];
+        let mut seed = 0x1234_5678_9abc_def1_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..200 {
+            let store = DocumentStore::default();
+            let uri = format!("file:///model/{round}.txt");
+            let mut model = String::from("a😀b\r\n漢字\rx\n");
+            store.open(&uri, "plaintext", 1, &model);
+            for version in 2..60 {
+                let (a, start) = model_position(&model, &mut next);
+                let (b, end) = model_position(&model, &mut next);
+                let ((from, start), (to, end)) = if a <= b { ((a, start), (b, end)) } else { ((b, end), (a, start)) };
+                let text = PIECES[(next() % PIECES.len() as u64) as usize];
+                if next() % 10 == 0 {
+                    // A line past the end: rejected, nothing changes.
+                    let beyond = pos(model_lines(&model).len() as u32 + 1, 0);
+                    assert!(store.apply_changes(&uri, version, &[edit(start, beyond, text)], PositionEncoding::Utf16).is_err());
+                } else {
+                    store.apply_changes(&uri, version, &[edit(start, end, text)], PositionEncoding::Utf16).unwrap();
+                    model.replace_range(from..to, text);
+                }
+                let document = store.get(&uri).unwrap();
+                assert_eq!(document.rope.to_string(), model, "round {round}, version {version}");
+                assert_eq!(document.rope.len_lines(), model_lines(&model).len(), "round {round}, version {version}: {model:?}");
+            }
+        }
+    }
 }
