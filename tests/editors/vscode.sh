@@ -155,6 +155,11 @@ cat >"$work/data/User/keybindings.json" <<'EOF'
   { "key": "ctrl+alt+shift+f10", "command": "ghostline.logState" }
 ]
 EOF
+# A workspace that tries to choose the program and the model file: both are machine settings,
+# so VS Code ignores them here (if it did not, the extension would run /bin/false or load
+# /etc/passwd and the test would fail).
+mkdir -p "$work/workspace/.vscode"
+printf '{\n  "ghostline.path": "/bin/false",\n  "ghostline.model": "/etc/passwd"\n}\n' >"$work/workspace/.vscode/settings.json"
 cat >"$work/workspace/shapes.py" <<'EOF'
 import math
 
