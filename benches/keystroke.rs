@@ -71,6 +71,8 @@ fn main() {
     let rope = Rope::from_str(&text);
     let store = DocumentStore::default();
     store.open(URI, "rust", 1, &text);
+    // The server's parse thread parses an opened document; here it is done in line.
+    store.refresh_syntax(URI, 1);
 
     let model = ghostline::models::resolve(ghostline::models::DEFAULT_MODEL).expect("the default model is available");
     let engine = Engine::start(EngineConfig::new(model)).expect("the engine starts");

@@ -85,9 +85,11 @@ pub struct DocumentStore {
 }
 
 impl DocumentStore {
+    /// Stores an opened document. Its tree is not parsed here (a large file takes long): the
+    /// first `refresh_syntax`, or the first job that needs the tree, parses it.
     pub fn open(&self, uri: &str, language_id: &str, version: i32, text: &str) {
         let rope = Rope::from_str(text);
-        let syntax = crate::syntax::language_for(language_id, uri).map(|language| SyntaxTree::new(language, &rope));
+        let syntax = crate::syntax::language_for(language_id, uri).map(SyntaxTree::unparsed);
         self.documents.insert(uri.to_string(), Document { rope, version, language_id: language_id.to_string(), syntax, diverged: None });
     }
 

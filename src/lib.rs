@@ -11,6 +11,7 @@
 //! - `models`: the model registry, fetching with checksum verification, the cache directory.
 //! - `postprocess`: cleaning a raw suggestion (overlap with the text after the cursor, whitespace).
 //! - `expansions`: user-defined triggers served as completion items without the model.
+//! - `background`: one thread for off-loop work where only the latest request per key matters.
 //! - `config`: raw client settings and the validated `Config`.
 //! - `probe`: the engine check in a child process, so a crashing llama.cpp build becomes a message.
 //! - `stats`: counters and latency histograms.
@@ -20,6 +21,7 @@
 
 #![deny(clippy::print_stdout)]
 
+pub mod background;
 pub mod config;
 pub mod context;
 pub mod documents;

@@ -29,7 +29,8 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::context::{self, CrossFile, CursorPosition};
 use crate::ring::{self, Ring};
-use crate::engine::{Engine, GenerateParams, Job, Progress, Prompt, StopReason, StopRules};
+use crate::background::LatestWins;
+use crate::engine::{Engine, GenerateParams, Job, LateStopRules, Progress, Prompt, StopReason, StopRules};
 use crate::postprocess::{clean_suggestion, detect_indent, Surroundings};
 use crate::stats::Stats;
 use crate::syntax::{self, SyntaxTree};
@@ -223,6 +224,9 @@ pub struct Scheduler {
     /// Rounds of idle-time work pending or running (for `ghostline/stats`: idle means none).
     idle_work: Arc<std::sync::atomic::AtomicUsize>,
     cross_file: Mutex<CrossFileState>,
+    /// The thread that works out jobs' stop rules from the syntax tree (parsing it when the
+    /// tree is behind), off the LSP loop.
+    planner: LatestWins<&'static str>,
     me: Weak<Scheduler>,
 }
 
@@ -239,6 +243,7 @@ impl Scheduler {
             standby: Mutex::new(Vec::new()),
             idle_work: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             cross_file: Mutex::new(CrossFileState::default()),
+            planner: LatestWins::start("ghostline-plan"),
             me: me.clone(),
         })
     }
@@ -406,7 +411,8 @@ impl Scheduler {
 
     fn start_job(&self, state: &CursorState, split: LineSplit, config: &Config) -> Option<Arc<ActiveJob>> {
         let engine = self.ready_engine()?;
-        let (prompt, params) = job_for(state, &split, config, &engine, self.cross_file_for(&state.uri, config).as_ref())?;
+        let rules = Rules::Planned { planner: &self.planner, key: "job" };
+        let (prompt, params) = job_for(state, &split, config, &engine, self.cross_file_for(&state.uri, config).as_ref(), rules)?;
         let params = GenerateParams { alternatives: if config.prefetch { ALTERNATIVES } else { 0 }, ..params };
         // Submitted under the lock: a prefetch job is submitted only while its origin is the
         // active job, so it can never supersede a newer job.
@@ -461,7 +467,8 @@ impl Scheduler {
         let mut plans: Vec<(Anchor, CursorState, Prompt, GenerateParams)> = Vec::new();
         if let Some(accepted) = accepted_state(&origin.state, &completion.text).filter(|_| config.prefetch) {
             if let Some(split) = split_line(&accepted.rope, accepted.cursor_char_idx) {
-                if let Some((prompt, params)) = job_for(&accepted, &split, &config, &engine, cross_file.as_ref()) {
+                let rules = Rules::Planned { planner: &self.planner, key: "prefetch" };
+                if let Some((prompt, params)) = job_for(&accepted, &split, &config, &engine, cross_file.as_ref(), rules) {
                     let anchor = Anchor { uri: accepted.uri.clone(), line: split.line, line_head: split.head, line_tail: split.tail };
                     plans.push((anchor, accepted, prompt, params));
                 }
@@ -523,7 +530,7 @@ impl Scheduler {
                         let config = self.config();
                         let cross_file = self.cross_file_for(&state.uri, &config);
                         let Some(split) = split_line(&state.rope, state.cursor_char_idx) else { return true };
-                        let Some((prompt, _)) = job_for(&state, &split, &config, engine, cross_file.as_ref()) else { return true };
+                        let Some((prompt, _)) = job_for(&state, &split, &config, engine, cross_file.as_ref(), Rules::PromptOnly) else { return true };
                         prompt
                     }
                 };
@@ -873,12 +880,33 @@ fn answer_from(progress: &Progress, typed: &str, split: &LineSplit) -> Answer {
     Answer::Ready(Suggestion { text, line_tail: split.tail.clone(), from_typed_ahead: !typed.is_empty() })
 }
 
-/// The prompt and generation parameters for a job at a state.
-fn job_for(state: &CursorState, split: &LineSplit, config: &Config, engine: &Engine, cross_file: Option<&CrossFile>) -> Option<(Prompt, GenerateParams)> {
+/// How a job's stop rules are worked out.
+#[derive(Clone, Copy)]
+enum Rules<'a> {
+    /// From the syntax tree, on the planning thread (`key` names the kind of job; a newer job
+    /// of the kind replaces a pending plan); the engine gets them before its first token.
+    Planned { planner: &'a LatestWins<&'static str>, key: &'static str },
+    /// Only the prompt is wanted: plain rules, no parse.
+    PromptOnly,
+}
+
+/// The prompt and generation parameters for a job at a state. Nothing here parses: the prompt
+/// needs no tree, and the tree's stop rules follow the job (`Rules::Planned`).
+fn job_for(state: &CursorState, split: &LineSplit, config: &Config, engine: &Engine, cross_file: Option<&CrossFile>, rules: Rules) -> Option<(Prompt, GenerateParams)> {
     let line_start = state.rope.line_to_char(split.line);
     let cursor = CursorPosition { line: split.line, column: state.cursor_char_idx - line_start };
     let built = context::build_prompt_with(&state.rope, cursor, &config.windows, engine.info().special, cross_file).ok()?;
-    let params = GenerateParams { max_tokens: config.max_tokens, stop: stop_rules(state, split, config), ..GenerateParams::default() };
+    let plain = plain_stop_rules(split, config);
+    let late_stop = match rules {
+        Rules::Planned { planner, key } if state.syntax.is_some() && config.syntax => {
+            let late = LateStopRules::default();
+            let (deliver, state, split, config) = (late.clone(), state.clone(), split.clone(), config.clone());
+            planner.submit(key, move || deliver.set(stop_rules(&state, &split, &config)));
+            Some(late)
+        }
+        _ => None,
+    };
+    let params = GenerateParams { max_tokens: config.max_tokens, stop: plain, late_stop, ..GenerateParams::default() };
     Some((built.prompt, params))
 }
 
@@ -918,12 +946,17 @@ fn accepted_state(state: &CursorState, raw: &str) -> Option<CursorState> {
     Some(CursorState { rope, syntax, cursor_char_idx: state.cursor_char_idx + inserted.chars().count(), ..state.clone() })
 }
 
+/// Several lines on an empty line, one line elsewhere: the rules without a syntax tree.
+fn plain_stop_rules(split: &LineSplit, config: &Config) -> StopRules {
+    syntax::plain_stop_rules(&split.head, &split.tail, syntax::Shape { multi_line: config.multi_line, max_lines: config.max_lines, tab_width: 4 })
+}
+
 /// How the suggestion is shaped and where it stops: by the syntax tree when the language has
-/// one, else several lines on an empty line and one line elsewhere.
+/// one (parsing it if it is not up to date), else the plain rules.
 fn stop_rules(state: &CursorState, split: &LineSplit, config: &Config) -> StopRules {
     let shape = |tab_width| syntax::Shape { multi_line: config.multi_line, max_lines: config.max_lines, tab_width };
     let Some(tree) = state.syntax.as_ref().filter(|_| config.syntax) else {
-        return syntax::plain_stop_rules(&split.head, &split.tail, shape(4));
+        return plain_stop_rules(split, config);
     };
     let tree = tree.fresh(&state.rope);
     let cursor = tree.at(&state.rope, state.cursor_char_idx);

@@ -21,7 +21,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 pub use prompt::{Piece, Prompt, Special, SpecialSupport};
-pub use stop::StopRules;
+pub use stop::{LateStopRules, StopRules};
 
 /// How to load the model and size the context.
 #[derive(Debug, Clone)]
@@ -64,6 +64,8 @@ pub struct ModelInfo {
 pub struct GenerateParams {
     pub max_tokens: usize,
     pub stop: StopRules,
+    /// Rules that replace `stop` once they arrive (see `LateStopRules`).
+    pub late_stop: Option<LateStopRules>,
     /// Stop generating (keeping what was generated) once this instant has passed.
     pub deadline: Option<Instant>,
     /// Roll back the prompt's last token when the prompt ends in text, and make the first
@@ -79,7 +81,7 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams { max_tokens: 48, stop: StopRules::default(), deadline: None, token_healing: true, forced_prefix: String::new(), alternatives: 0 }
+        GenerateParams { max_tokens: 48, stop: StopRules::default(), late_stop: None, deadline: None, token_healing: true, forced_prefix: String::new(), alternatives: 0 }
     }
 }
 

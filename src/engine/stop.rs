@@ -225,6 +225,44 @@ fn sentence_end(text: &str) -> Option<usize> {
     None
 }
 
+/// Stop rules still being worked out when their job is submitted (the syntax tree is parsed
+/// off the keystroke path). The engine decodes the prompt meanwhile and waits for them before
+/// its first generated token; a job that is interrupted stops waiting, and rules that do not
+/// come within `LATE_RULES_WAIT` leave the job with its plain rules (`GenerateParams::stop`).
+#[derive(Clone, Default)]
+pub struct LateStopRules(std::sync::Arc<(std::sync::Mutex<Option<StopRules>>, std::sync::Condvar)>);
+
+/// How long the engine waits for late stop rules (a parse of a very large file) before it
+/// generates with the plain ones.
+pub const LATE_RULES_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl LateStopRules {
+    pub fn set(&self, rules: StopRules) {
+        let (slot, ready) = &*self.0;
+        *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(rules);
+        ready.notify_all();
+    }
+
+    /// The rules if they are there.
+    pub fn get(&self) -> Option<StopRules> {
+        self.0 .0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Waits up to `timeout` for the rules.
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> Option<StopRules> {
+        let (slot, ready) = &*self.0;
+        let guard = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (guard, _) = ready.wait_timeout_while(guard, timeout, |rules| rules.is_none()).unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.clone()
+    }
+}
+
+impl std::fmt::Debug for LateStopRules {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "LateStopRules({:?})", self.get())
+    }
+}
+
 impl StopRules {
     pub fn multi_line(max_lines: usize) -> StopRules {
         StopRules { single_line: false, max_lines, ..StopRules::default() }
@@ -268,6 +306,16 @@ impl StopRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn late_rules_reach_a_waiter_on_another_thread() {
+        let late = LateStopRules::default();
+        assert_eq!(late.wait_timeout(std::time::Duration::from_millis(1)), None);
+        let setter = late.clone();
+        let thread = std::thread::spawn(move || setter.set(StopRules::multi_line(3)));
+        assert_eq!(late.wait_timeout(std::time::Duration::from_secs(10)), Some(StopRules::multi_line(3)));
+        thread.join().unwrap();
+    }
 
     #[test]
     fn single_line_cuts_at_first_newline() {

@@ -20,6 +20,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::watch;
 
+use super::stop::StopRules;
 use super::{
     Completion, Device, EngineConfig, EngineError, GenerateParams, ModelInfo, Piece, Progress, Prompt,
     Special, SpecialSupport, StopReason,
@@ -287,6 +288,26 @@ struct JobRunner<'run, 'model> {
 }
 
 impl JobRunner<'_, '_> {
+    /// The job's stop rules: the late ones when they come (the prompt is decoded by now, so
+    /// they usually have), else the plain ones after `LATE_RULES_WAIT`; an interruption while
+    /// waiting ends the job.
+    fn late_stop_rules(&self) -> Result<StopRules, StopReason> {
+        let Some(late) = &self.job.params.late_stop else { return Ok(self.job.params.stop.clone()) };
+        let start = Instant::now();
+        loop {
+            if let Some(rules) = late.wait_timeout(std::time::Duration::from_millis(2)) {
+                return Ok(rules);
+            }
+            if let Some(reason) = self.interruption() {
+                return Err(reason);
+            }
+            if start.elapsed() >= super::stop::LATE_RULES_WAIT {
+                tracing::debug!("stop rules came late; generating with the plain ones");
+                return Ok(self.job.params.stop.clone());
+            }
+        }
+    }
+
     /// Why the job must stop now, if it must.
     fn interruption(&self) -> Option<StopReason> {
         if self.job.cancel.load(Ordering::Relaxed) {
@@ -422,6 +443,13 @@ impl JobRunner<'_, '_> {
         required.extend_from_slice(self.job.params.forced_prefix.as_bytes());
         let mut alternatives_due = self.job.params.alternatives > 0 && self.job.params.forced_prefix.is_empty();
         completion.stop_reason = StopReason::MaxTokens;
+        let stop = match self.late_stop_rules() {
+            Ok(stop) => stop,
+            Err(reason) => {
+                completion.stop_reason = reason;
+                return Ok(());
+            }
+        };
         for _ in 0..self.job.params.max_tokens {
             if let Some(reason) = self.interruption() {
                 completion.stop_reason = reason;
@@ -473,7 +501,7 @@ impl JobRunner<'_, '_> {
                 text.push_str(std::str::from_utf8(&pending_bytes[..n_valid]).unwrap_or_default());
                 pending_bytes.drain(..n_valid);
             }
-            if let Some(cut) = self.job.params.stop.check(&text) {
+            if let Some(cut) = stop.check(&text) {
                 text.truncate(cut);
                 completion.stop_reason = StopReason::StopRule;
                 self.publish(&text, completion.generated_tokens);

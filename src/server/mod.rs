@@ -161,6 +161,9 @@ pub struct Backend {
     engine_loads: AtomicU64,
     /// Changes rejected (their documents may differ from the editor's; for `ghostline/stats`).
     rejected_changes: AtomicU64,
+    /// Parses documents' trees again after opens and edits, off the LSP loop: one thread, at
+    /// most one queued parse per document.
+    parser: crate::background::LatestWins<String>,
 }
 
 /// `ghostline/suggestionReady`: the suggestion for a cursor state is ready; ask again.
@@ -173,6 +176,19 @@ impl notification::Notification for SuggestionReady {
 
 fn invalid_params(message: impl Into<String>) -> Error {
     Error { code: ErrorCode::InvalidParams, message: message.into().into(), data: None }
+}
+
+/// Runs a notification handler, turning a panic into a logged error (a notification has no
+/// answer to carry it; the server goes on).
+async fn guarded_notification(method: &str, body: impl Future<Output = ()>) {
+    if let Err(panic) = AssertUnwindSafe(body).catch_unwind().await {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        tracing::error!(method, %message, "notification handler panicked");
+    }
 }
 
 /// Runs a handler body, turning a panic into a logged internal error.
@@ -211,6 +227,7 @@ impl Backend {
             loaded_config: Arc::new(Mutex::new(None)),
             engine_loads: AtomicU64::new(0),
             rejected_changes: AtomicU64::new(0),
+            parser: crate::background::LatestWins::start("ghostline-parse"),
         }
     }
 
@@ -401,6 +418,13 @@ impl Backend {
         .await
     }
 
+    /// Queues a parse of the document's tree at `version` on the parse thread (replacing a
+    /// queued parse of an older version).
+    fn refresh_syntax_later(&self, uri: String, version: i32) {
+        let documents = self.documents.clone();
+        self.parser.submit(uri.clone(), move || documents.refresh_syntax(&uri, version));
+    }
+
     async fn show_pending_messages(&self) {
         let messages: Vec<String> = std::mem::take(&mut *self.pending_messages.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         for message in messages {
@@ -588,80 +612,95 @@ impl LanguageServer for Backend {
     }
 
     async fn did_open(&self, params: DidOpenTextDocumentParams) {
-        let document = params.text_document;
-        self.documents.open(document.uri.as_str(), &document.language_id, document.version, &document.text);
-        if let Some(opened) = self.documents.get(document.uri.as_str()) {
-            self.scheduler.file_opened(document.uri.as_str(), &opened.rope);
-        }
+        guarded_notification("textDocument/didOpen", async {
+            let document = params.text_document;
+            let uri = document.uri.as_str().to_string();
+            self.documents.open(&uri, &document.language_id, document.version, &document.text);
+            if let Some(opened) = self.documents.get(&uri) {
+                self.scheduler.file_opened(&uri, &opened.rope);
+            }
+            self.refresh_syntax_later(uri, document.version);
+        })
+        .await
     }
 
     async fn did_change(&self, params: DidChangeTextDocumentParams) {
-        // No `.await` before the store is updated: edits must land in arrival order.
-        let uri = params.text_document.uri.as_str().to_string();
-        let changes: Vec<documents::Change> = params.content_changes.into_iter().map(proto::change).collect();
-        match self.documents.apply_changes(&uri, params.text_document.version, &changes, self.encoding()) {
-            Ok(outcome) => {
-                let version = outcome.document.version;
-                if outcome.repaired {
-                    tracing::info!(%uri, version, "the whole text was sent: the document agrees with the editor again");
+        guarded_notification("textDocument/didChange", async {
+            // No `.await` before the store is updated: edits must land in arrival order.
+            let uri = params.text_document.uri.as_str().to_string();
+            let changes: Vec<documents::Change> = params.content_changes.into_iter().map(proto::change).collect();
+            match self.documents.apply_changes(&uri, params.text_document.version, &changes, self.encoding()) {
+                Ok(outcome) => {
+                    let version = outcome.document.version;
+                    if outcome.repaired {
+                        tracing::info!(%uri, version, "the whole text was sent: the document agrees with the editor again");
+                    }
+                    if outcome.document.diverged.is_some() {
+                        // Built from text the editor may not have: no job.
+                        return;
+                    }
+                    self.scheduler.on_change(CursorState {
+                        uri: uri.clone(),
+                        version,
+                        rope: outcome.document.rope,
+                        cursor_char_idx: outcome.cursor_char_idx,
+                        language_id: outcome.document.language_id,
+                        syntax: outcome.document.syntax,
+                    });
+                    // The tree is parsed again off the keystroke path (a quote that turns the rest
+                    // of a large file into a string costs milliseconds).
+                    self.refresh_syntax_later(uri, version);
                 }
-                if outcome.document.diverged.is_some() {
-                    // Built from text the editor may not have: no job.
-                    return;
+                Err(err) => {
+                    self.rejected_changes.fetch_add(1, Ordering::SeqCst);
+                    let current = self.documents.get(&uri).map(|document| document.version);
+                    tracing::warn!(
+                        %uri, %err, editor_version = params.text_document.version, ?current,
+                        "rejected a change: the document may now differ from the editor's, and its requests are answered empty until the whole text is sent again"
+                    );
+                    self.scheduler.cancel_for(&uri);
                 }
-                self.scheduler.on_change(CursorState {
-                    uri: uri.clone(),
-                    version,
-                    rope: outcome.document.rope,
-                    cursor_char_idx: outcome.cursor_char_idx,
-                    language_id: outcome.document.language_id,
-                    syntax: outcome.document.syntax,
-                });
-                // The tree is parsed again off the keystroke path (a quote that turns the rest
-                // of a large file into a string costs milliseconds).
-                let documents = self.documents.clone();
-                tokio::task::spawn_blocking(move || documents.refresh_syntax(&uri, version));
             }
-            Err(err) => {
-                self.rejected_changes.fetch_add(1, Ordering::SeqCst);
-                let current = self.documents.get(&uri).map(|document| document.version);
-                tracing::warn!(
-                    %uri, %err, editor_version = params.text_document.version, ?current,
-                    "rejected a change: the document may now differ from the editor's, and its requests are answered empty until the whole text is sent again"
-                );
-                self.scheduler.cancel_for(&uri);
-            }
-        }
+
+        })
+        .await
     }
 
     async fn did_save(&self, _: DidSaveTextDocumentParams) {}
 
     async fn did_close(&self, params: DidCloseTextDocumentParams) {
-        let uri = params.text_document.uri.as_str();
-        self.scheduler.cancel_for(uri);
-        self.documents.close(uri);
+        guarded_notification("textDocument/didClose", async {
+            let uri = params.text_document.uri.as_str();
+            self.scheduler.cancel_for(uri);
+            self.documents.close(uri);
+        })
+        .await
     }
 
     async fn did_change_configuration(&self, params: DidChangeConfigurationParams) {
-        let raw = match RawSettings::from_json(&params.settings) {
-            Ok(raw) => raw,
-            Err(err) => {
-                self.client.show_message(MessageType::WARNING, format!("Ghostline: {err}")).await;
-                return;
+        guarded_notification("workspace/didChangeConfiguration", async {
+            let raw = match RawSettings::from_json(&params.settings) {
+                Ok(raw) => raw,
+                Err(err) => {
+                    self.client.show_message(MessageType::WARNING, format!("Ghostline: {err}")).await;
+                    return;
+                }
+            };
+            if let Some(wants) = raw.suggestion_ready_notification {
+                self.wants_ready_notification.store(wants, Ordering::SeqCst);
             }
-        };
-        if let Some(wants) = raw.suggestion_ready_notification {
-            self.wants_ready_notification.store(wants, Ordering::SeqCst);
-        }
-        let mut config = self.scheduler.config();
-        let applied = config.apply(&raw);
-        self.scheduler.set_config(config);
-        if applied.engine_changed {
-            self.load_engine();
-        }
-        for error in applied.errors {
-            self.client.show_message(MessageType::WARNING, format!("Ghostline: {error}")).await;
-        }
+            let mut config = self.scheduler.config();
+            let applied = config.apply(&raw);
+            self.scheduler.set_config(config);
+            if applied.engine_changed {
+                self.load_engine();
+            }
+            for error in applied.errors {
+                self.client.show_message(MessageType::WARNING, format!("Ghostline: {error}")).await;
+            }
+
+        })
+        .await
     }
 
     async fn completion(&self, params: CompletionParams) -> Result<Option<CompletionResponse>> {

@@ -140,6 +140,12 @@ impl SyntaxTree {
         SyntaxTree { language, tree, gave_up, dirty: false, replaced: false, parsed: Arc::default() }
     }
 
+    /// A tree not parsed yet (the first parse of a large file runs off the LSP loop): the
+    /// first `fresh`, `reparse` or `at` parses it from scratch.
+    pub fn unparsed(language: &'static Language) -> SyntaxTree {
+        SyntaxTree { language, tree: None, gave_up: false, dirty: true, replaced: true, parsed: Arc::default() }
+    }
+
     /// Whether the document has a tree.
     pub fn is_parsed(&self) -> bool {
         self.tree.is_some()
@@ -485,6 +491,18 @@ mod tests {
         // Line comments with multibyte text are comments to their end.
         let cursor = rope.line_to_char(0) + crate::context::line_len_chars(&rope, 0);
         assert_eq!(tree.at(&rope, cursor).region, Region::Comment);
+    }
+
+    #[test]
+    fn an_unparsed_tree_parses_on_first_use_like_a_new_one() {
+        let language = crate::syntax::language_for("python", "x.py").unwrap();
+        let rope = Rope::from_str("def f(a):\n    return [a,\n");
+        let unparsed = SyntaxTree::unparsed(language);
+        assert!(unparsed.is_dirty() && !unparsed.is_parsed());
+        let fresh = unparsed.fresh(&rope);
+        let new = SyntaxTree::new(language, &rope);
+        assert!(fresh.is_parsed() && !fresh.is_dirty());
+        assert_eq!(fresh.tree.as_ref().map(|tree| tree.root_node().to_sexp()), new.tree.as_ref().map(|tree| tree.root_node().to_sexp()));
     }
 
     #[test]
