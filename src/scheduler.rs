@@ -94,6 +94,8 @@ pub enum EmptyReason {
     NotReadyYet,
     /// The document changed or a newer job replaced this one while waiting.
     Outdated,
+    /// Too many requests were waiting; the oldest are answered empty to make room.
+    TooManyWaiting,
 }
 
 #[derive(Debug)]

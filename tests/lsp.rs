@@ -574,3 +574,38 @@ fn a_rejected_change_silences_the_document_until_the_whole_text_comes_again() {
     assert_eq!((stats["rejectedChanges"].clone(), stats["divergedDocuments"].clone()), (json!(2), json!(1)), "{stats}");
     client.shutdown();
 }
+
+/// Many requests waiting for one job (a cold prompt of thousands of tokens) do not starve the
+/// server: `ghostline/stats` is answered while the job still decodes, `$/cancelRequest` cancels a
+/// waiting request, and past the limit of waiting requests the oldest are answered empty (the
+/// limit itself: `server::tests`).
+#[test]
+fn waiting_requests_are_bounded_and_stats_and_cancel_stay_prompt() {
+    let _serial = serial();
+    let mut client = start(TINY_MODEL, json!({"maxWaitMs": 120000}));
+    let uri = "file:///project/numbers.py";
+    let mut text = String::new();
+    for i in 0..64 {
+        let values: Vec<String> = (0..16).map(|j| (i * 16 + j).to_string()).collect();
+        text.push_str(&format!("values_{i} = [{}]\n", values.join(", ")));
+    }
+    text.push('\n');
+    client.open(uri, "python", &text);
+    let ids: Vec<i64> = (0..200).map(|_| client.send_request("textDocument/inlineCompletion", LspClient::inline_params(uri, 64, 0))).collect();
+    let stats_id = client.send_request("ghostline/stats", json!(null));
+    let last = *ids.last().unwrap();
+    client.notify("$/cancelRequest", json!({"id": last}));
+    let stats = client.response(stats_id, Duration::from_secs(60));
+    let counters = &stats["result"]["counters"];
+    assert_eq!((counters["jobsStarted"].as_u64(), counters["jobsEnded"].as_u64()), (Some(1), Some(0)), "stats came only after the job: {stats}");
+    let cancelled = client.response(last, Duration::from_secs(60));
+    assert_eq!(cancelled["error"]["code"], -32800, "the waiting request was cancelled: {cancelled}");
+    let mut empty = 0;
+    for id in &ids[..ids.len() - 1] {
+        let response = client.response(*id, Duration::from_secs(120));
+        assert!(response.get("error").is_none(), "{response}");
+        empty += usize::from(response["result"]["items"].as_array().is_some_and(Vec::is_empty));
+    }
+    assert!(empty >= 200 - 32 - 1, "the oldest requests past the limit were answered empty: {empty}");
+    client.shutdown();
+}

@@ -37,6 +37,11 @@ use crate::scheduler::{Answer, CursorState, EngineState, Scheduler, Waiting};
 /// is far above what an editor sends, keeping `$/cancelRequest` and `didChange` from queueing.
 const MAX_CONCURRENCY: usize = 128;
 
+/// Completion requests that may wait for a suggestion at once. Each waiting request holds one of
+/// the protocol layer's `MAX_CONCURRENCY` slots; past this many, the oldest is answered empty,
+/// so `$/cancelRequest`, `ghostline/stats` and new keystrokes always find a free slot.
+const MAX_WAITING_REQUESTS: usize = 32;
+
 /// The longest completion label and inserted text sent in a completion item (some clients
 /// misbehave with very long items).
 const MAX_LABEL_CHARS: usize = 60;
@@ -164,6 +169,55 @@ pub struct Backend {
     /// Parses documents' trees again after opens and edits, off the LSP loop: one thread, at
     /// most one queued parse per document.
     parser: crate::background::LatestWins<String>,
+    waiting_requests: WaitingRequests,
+}
+
+/// The completion requests waiting for a suggestion, oldest first.
+#[derive(Default)]
+struct WaitingRequests {
+    next_id: AtomicU64,
+    queue: Mutex<std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>>,
+}
+
+/// One waiting request's place in the queue; leaving the queue when dropped.
+struct WaitTicket<'a> {
+    id: u64,
+    preempted: Arc<tokio::sync::Notify>,
+    requests: &'a WaitingRequests,
+}
+
+impl WaitingRequests {
+    /// Joins the queue; past `MAX_WAITING_REQUESTS`, the oldest waiting request is told to
+    /// answer now.
+    fn enter(&self) -> WaitTicket<'_> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let preempted = Arc::new(tokio::sync::Notify::new());
+        let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        queue.push_back((id, preempted.clone()));
+        while queue.len() > MAX_WAITING_REQUESTS {
+            if let Some((_, oldest)) = queue.pop_front() {
+                oldest.notify_one();
+            }
+        }
+        WaitTicket { id, preempted, requests: self }
+    }
+}
+
+impl Drop for WaitTicket<'_> {
+    fn drop(&mut self) {
+        self.requests.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|(id, _)| *id != self.id);
+    }
+}
+
+impl Backend {
+    /// The scheduler's answer for a state, unless the request is preempted (too many waiting).
+    async fn answer_bounded(&self, state: CursorState, waiting: Waiting) -> (Answer, Option<crate::scheduler::ReadyWaiter>) {
+        let ticket = self.waiting_requests.enter();
+        tokio::select! {
+            answer = self.scheduler.complete(state, waiting) => answer,
+            _ = ticket.preempted.notified() => (Answer::Empty(crate::scheduler::EmptyReason::TooManyWaiting), None),
+        }
+    }
 }
 
 /// `ghostline/suggestionReady`: the suggestion for a cursor state is ready; ask again.
@@ -228,6 +282,7 @@ impl Backend {
             engine_loads: AtomicU64::new(0),
             rejected_changes: AtomicU64::new(0),
             parser: crate::background::LatestWins::start("ghostline-parse"),
+            waiting_requests: WaitingRequests::default(),
         }
     }
 
@@ -375,7 +430,7 @@ impl Backend {
                 return Ok(Some(InlineCompletionResponse::List(InlineCompletionList { items: Vec::new() })));
             }
             let state = self.cursor_state(&uri, position)?;
-            let (answer, waiter) = self.scheduler.complete(state, self.waiting()).await;
+            let (answer, waiter) = self.answer_bounded(state, self.waiting()).await;
             if let Some(waiter) = waiter {
                 self.notify_when_ready(waiter);
             }
@@ -721,7 +776,7 @@ impl LanguageServer for Backend {
             // Expansions are answered at once: the model's item joins them only if it is ready.
             let mut items = self.expansion_items(&uri, &state.language_id, word, word_range);
             let waiting = if items.is_empty() { Waiting::UntilReady } else { Waiting::Budget };
-            let (answer, _) = self.scheduler.complete(state.clone(), waiting).await;
+            let (answer, _) = self.answer_bounded(state.clone(), waiting).await;
             let Answer::Ready(suggestion) = answer else {
                 return Ok(Some(CompletionResponse::List(CompletionList { is_incomplete: true, items })));
             };
@@ -805,6 +860,17 @@ impl LanguageServer for Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_the_limit_the_oldest_waiting_request_is_told_to_answer() {
+        let requests = WaitingRequests::default();
+        let tickets: Vec<WaitTicket> = (0..MAX_WAITING_REQUESTS + 2).map(|_| requests.enter()).collect();
+        let told: Vec<bool> = tickets.iter().map(|ticket| ticket.preempted.notified().now_or_never().is_some()).collect();
+        assert_eq!(told.iter().filter(|told| **told).count(), 2, "{told:?}");
+        assert!(told[0] && told[1] && !told[2], "the oldest two: {told:?}");
+        drop(tickets);
+        assert!(requests.queue.lock().unwrap().is_empty(), "tickets leave the queue when dropped");
+    }
 
     #[test]
     fn word_before_cursor_takes_identifier_characters() {

@@ -143,6 +143,11 @@ impl LspClient {
         }
     }
 
+    /// The responses received and not yet taken by `response`, by id.
+    pub fn responses_so_far(&self) -> &HashMap<i64, Value> {
+        &self.responses
+    }
+
     pub fn request(&mut self, method: &str, params: Value) -> Value {
         let id = self.send_request(method, params);
         self.response(id, Duration::from_secs(60))
