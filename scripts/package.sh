@@ -53,6 +53,7 @@ esac
 # explicit --target keeps its outputs apart from the native build's (target/TARGET/release).
 echo "package.sh: building Ghostline $version for $target (features: $features)" >&2
 build_log=$(mktemp)
+trap 'rm -f "$build_log"' EXIT
 RUSTFLAGS="$cpu_flags -C link-arg=-Wl,-rpath,$rpath" \
     cargo build --release --locked --target "$target" --features "$features" \
     --message-format=json-render-diagnostics >"$build_log"
@@ -69,6 +70,8 @@ rm -f "$build_log"
 
 out_dir=target/$target/release
 dist_root=${GHOSTLINE_DIST_DIR:-dist}
+mkdir -p "$dist_root"
+dist_root=$(cd "$dist_root" && pwd)
 name=ghostline-$version-$target
 stage=$dist_root/$name
 rm -rf "$stage"
@@ -97,7 +100,9 @@ done
 
 # Checks: no AMX instruction anywhere, every library found, and the engine runs from the package.
 if [[ $target == x86_64-* ]]; then
-    bash scripts/check-no-amx.sh "$stage/bin/ghostline" "$stage"/lib/*.so* >/dev/null
+    bash scripts/check-no-amx.sh --self-test >/dev/null
+    mapfile -t libraries < <(find "$stage/lib" -type f \( -name '*.so*' -o -name '*.dylib' \))
+    bash scripts/check-no-amx.sh "$stage/bin/ghostline" "${libraries[@]}" >/dev/null
 fi
 if command -v ldd >/dev/null && ldd "$stage/bin/ghostline" | grep -q 'not found'; then
     echo "package.sh: the binary misses libraries:" >&2
@@ -115,7 +120,7 @@ if [[ $vsix == 1 && -n $vscode_target ]]; then
         server_dir=$(mktemp -d)
         trap 'rm -rf "$server_dir"' EXIT
         cp -a "$stage/bin" "$stage/lib" "$server_dir/"
-        bash editors/vscode/package.sh "$server_dir" "$vscode_target" "$root/$dist_root/ghostline-$version-$vscode_target.vsix"
+        bash editors/vscode/package.sh "$server_dir" "$vscode_target" "$dist_root/ghostline-$version-$vscode_target.vsix"
         echo "package.sh: $dist_root/ghostline-$version-$vscode_target.vsix"
     else
         echo "package.sh: npm is missing; no .vsix (install npm, or pass --no-vsix)" >&2

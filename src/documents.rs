@@ -53,6 +53,9 @@ pub struct Document {
     /// Set when a change was rejected: the text may differ from the editor's, and nothing is
     /// built from it until a change that replaces the whole text (or a new `didOpen`) repairs it.
     pub diverged: Option<String>,
+    /// Which `didOpen` this document came from (a reopened document may start again at the
+    /// same version with other text).
+    pub opened: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,6 +85,8 @@ pub struct EditOutcome {
 #[derive(Default)]
 pub struct DocumentStore {
     documents: DashMap<String, Document>,
+    /// `didOpen`s so far (each document remembers its own).
+    opens: std::sync::atomic::AtomicU64,
 }
 
 impl DocumentStore {
@@ -90,7 +95,14 @@ impl DocumentStore {
     pub fn open(&self, uri: &str, language_id: &str, version: i32, text: &str) {
         let rope = Rope::from_str(text);
         let syntax = crate::syntax::language_for(language_id, uri).map(SyntaxTree::unparsed);
-        self.documents.insert(uri.to_string(), Document { rope, version, language_id: language_id.to_string(), syntax, diverged: None });
+        self.documents.insert(uri.to_string(), Document {
+            rope,
+            version,
+            language_id: language_id.to_string(),
+            syntax,
+            diverged: None,
+            opened: self.opens.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+        });
     }
 
     pub fn close(&self, uri: &str) {
@@ -109,7 +121,9 @@ impl DocumentStore {
     /// Parses a document's tree again if it is dirty, outside the map's lock, and keeps the
     /// result if the document is still at `version`.
     pub fn refresh_syntax(&self, uri: &str, version: i32) {
-        let Some((rope, syntax)) = self.documents.get(uri).and_then(|document| Some((document.rope.clone(), document.syntax.clone()?))) else {
+        let Some((rope, syntax, opened)) =
+            self.documents.get(uri).and_then(|document| Some((document.rope.clone(), document.syntax.clone()?, document.opened)))
+        else {
             return;
         };
         if !syntax.is_dirty() {
@@ -117,7 +131,7 @@ impl DocumentStore {
         }
         let fresh = syntax.fresh(&rope);
         if let Some(mut document) = self.documents.get_mut(uri) {
-            if document.version == version {
+            if document.version == version && document.opened == opened {
                 document.syntax = Some(fresh);
             }
         }

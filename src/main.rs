@@ -354,8 +354,9 @@ fn doctor(model: &str, gpu_layers: Option<u32>) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
     let write_err = |err: std::io::Error| CliError::Internal(err.to_string());
     writeln!(stdout, "ghostline {}", env!("CARGO_PKG_VERSION")).map_err(write_err)?;
-    let exe = std::env::current_exe().map_err(|err| CliError::Internal(format!("cannot find this program's path: {err}")))?;
-    writeln!(stdout, "binary: {}", exe.display()).map_err(write_err)?;
+    let exe = ghostline::probe::this_program().map_err(|err| CliError::Internal(format!("cannot find this program's path: {err}")))?;
+    let shown = std::env::current_exe().unwrap_or_else(|_| exe.clone());
+    writeln!(stdout, "binary: {}", shown.display()).map_err(write_err)?;
     writeln!(stdout, "llama.cpp system info: {}", ghostline::engine::system_info().trim()).map_err(write_err)?;
     for device in ghostline::engine::devices()? {
         let memory = if device.memory_total_bytes > 0 {

@@ -110,59 +110,119 @@ fn illegal_instruction() -> ! {
     std::process::abort()
 }
 
-/// A started check; `wait` collects it. Starting it before loading the model in this process
-/// lets both loads overlap.
+/// A started check. `wait_loaded` waits until the child has loaded the model (so a model file
+/// that crashes the loader never reaches the caller's own process); `wait` collects the verdict.
+/// Dropping it kills the child.
 pub struct PendingProbe {
     child: std::process::Child,
     started: Instant,
     deadline: Duration,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    loaded: std::sync::mpsc::Receiver<()>,
 }
 
-/// Starts `exe probe-engine` for the model (normally `std::env::current_exe()`).
+/// Starts `exe probe-engine` for the model (normally `this_program()`).
 pub fn start(exe: &Path, model_path: &Path, gpu_layers: Option<u32>, deadline: Duration) -> Result<PendingProbe, ProbeError> {
     let mut command = Command::new(exe);
     command.arg("probe-engine").arg("--model").arg(model_path);
     if let Some(layers) = gpu_layers {
         command.arg("--gpu-layers").arg(layers.to_string());
     }
-    let child = command
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|err| ProbeError::Spawn { exe: exe.to_path_buf(), reason: err.to_string() })?;
-    Ok(PendingProbe { child, started: Instant::now(), deadline })
+    // The pipes are drained from the start on their own threads, so a chatty child (a debug
+    // log level) never blocks on a full pipe; stderr also tells when the model is loaded.
+    let (loaded_sender, loaded) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().map(|pipe| drain(pipe, None));
+    let stderr = child.stderr.take().map(|pipe| drain(pipe, Some(loaded_sender)));
+    Ok(PendingProbe { child, started: Instant::now(), deadline, stdout, stderr, loaded })
 }
 
 impl PendingProbe {
+    /// Waits until the child has loaded the model and started decoding. An error is the
+    /// verdict of a child that ended (or was stopped at the deadline) before that.
+    pub fn wait_loaded(&mut self) -> Result<(), ProbeError> {
+        let left = self.deadline.saturating_sub(self.started.elapsed());
+        match self.loaded.recv_timeout(left) {
+            Ok(()) => Ok(()),
+            // The child closed stderr without loading: it ended; its verdict says why.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match self.finish() {
+                Ok(_) => Err(ProbeError::Failed { code: 0, reason: String::from("the check ended without loading the model") }),
+                Err(err) => Err(err),
+            },
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                self.kill();
+                Err(ProbeError::TimedOut(self.deadline))
+            }
+        }
+    }
+
     /// Waits for the child (killing it at the deadline) and reads its verdict.
     pub fn wait(mut self) -> Result<ProbeReport, ProbeError> {
-        // The pipes are drained on their own threads so a chatty child never blocks on a full pipe.
-        let stdout = self.child.stdout.take().map(drain);
-        let stderr = self.child.stderr.take().map(drain);
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<ProbeReport, ProbeError> {
         let status = loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => break status,
                 Ok(None) if self.started.elapsed() >= self.deadline => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
+                    self.kill();
                     return Err(ProbeError::TimedOut(self.deadline));
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
                 Err(err) => return Err(ProbeError::Failed { code: -1, reason: err.to_string() }),
             }
         };
-        let stdout = stdout.and_then(|handle| handle.join().ok()).unwrap_or_default();
-        let stderr = stderr.and_then(|handle| handle.join().ok()).unwrap_or_default();
+        let stdout = self.stdout.take().and_then(|handle| handle.join().ok()).unwrap_or_default();
+        let stderr = self.stderr.take().and_then(|handle| handle.join().ok()).unwrap_or_default();
         verdict(status, &stdout, &stderr)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+impl Drop for PendingProbe {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+/// This program, for starting the check: on Linux `/proc/self/exe`, which still works after the
+/// binary was replaced on disk (an update while the server runs).
+pub fn this_program() -> std::io::Result<PathBuf> {
+    let proc_self = Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && proc_self.exists() {
+        return Ok(proc_self.to_path_buf());
+    }
+    std::env::current_exe()
+}
+
+fn drain(pipe: impl Read + Send + 'static, loaded: Option<std::sync::mpsc::Sender<()>>) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
+        use std::io::BufRead;
+        let mut reader = std::io::BufReader::new(pipe);
+        let mut text = Vec::new();
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).map(|read| read > 0).unwrap_or(false) {
+            if let Some(loaded) = &loaded {
+                if line.starts_with(b"stage: decoding") {
+                    let _ = loaded.send(());
+                }
+            }
+            text.append(&mut line);
+        }
+        String::from_utf8_lossy(&text).into_owned()
     })
 }
 

@@ -413,13 +413,16 @@ impl Scheduler {
 
     fn start_job(&self, state: &CursorState, split: LineSplit, config: &Config) -> Option<Arc<ActiveJob>> {
         let engine = self.ready_engine()?;
-        let rules = Rules::Planned { planner: &self.planner, key: "job" };
-        let (prompt, params) = job_for(state, &split, config, &engine, self.cross_file_for(&state.uri, config).as_ref(), rules)?;
-        let params = GenerateParams { alternatives: if config.prefetch { ALTERNATIVES } else { 0 }, ..params };
-        // Submitted under the lock: a prefetch job is submitted only while its origin is the
-        // active job, so it can never supersede a newer job.
-        tracing::trace!(prompt = %prompt.to_debug_string(), "new job");
+        let cross_file = self.cross_file_for(&state.uri, config);
+        // Planned and submitted under the lock: a prefetch job is submitted only while its
+        // origin is the active job, so it can never supersede a newer job; and the plans of
+        // jobs queue in the order the jobs are submitted, so the newest job's plan is the one
+        // that stays (a newer plan replaces a queued older one).
         let mut active_slot = self.lock_active();
+        let rules = Rules::Planned { planner: &self.planner, key: "job" };
+        let (prompt, params) = job_for(state, &split, config, &engine, cross_file.as_ref(), rules)?;
+        let params = GenerateParams { alternatives: if config.prefetch { ALTERNATIVES } else { 0 }, ..params };
+        tracing::trace!(prompt = %prompt.to_debug_string(), "new job");
         let job = engine.submit(prompt.clone(), params.clone());
         let active = Arc::new(ActiveJob {
             anchor: Anchor { uri: state.uri.clone(), line: split.line, line_head: split.head, line_tail: split.tail },

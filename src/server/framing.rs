@@ -82,7 +82,7 @@ impl Deframer {
             let skipped = std::mem::take(&mut self.skipped);
             return Some(invalid(Value::Null, -32700, format!("{skipped} bytes that are not a message (no Content-Length header) were skipped")));
         }
-        let Some(header_end) = find(&self.buffer, b"\r\n\r\n").or_else(|| find(&self.buffer, b"\n\n")) else {
+        let Some(header_end) = header_block_end(&self.buffer) else {
             if self.buffer.len() > MAX_HEADER_BYTES {
                 self.drop_one_byte();
                 return Some(invalid(Value::Null, -32700, "a header without its blank line".to_string()));
@@ -112,10 +112,11 @@ impl Deframer {
         let body_len = cut.unwrap_or(length);
         let body: Vec<u8> = self.buffer[body_start..body_start + body_len].to_vec();
         self.buffer.drain(..body_start + body_len);
-        Some(match (check_body(&body), cut) {
-            (Ok(()), None) => Frame::Message(body),
-            (Err(frame), _) => frame,
-            (Ok(()), Some(_)) => invalid(Value::Null, -32700, format!("Content-Length {length} is longer than the message")),
+        // A body cut short by the next header that is still a whole message goes on: the
+        // length was wrong, the message is not.
+        Some(match check_body(&body) {
+            Ok(normalized) => Frame::Message(normalized),
+            Err(frame) => frame,
         })
     }
 
@@ -133,15 +134,18 @@ fn invalid(id: Value, code: i64, reason: String) -> Frame {
     Frame::Invalid { response: json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}), reason }
 }
 
-/// Whether the body is a message tower-lsp-server takes (a request, a notification or a
-/// response to one of the server's requests), else the error to answer.
-fn check_body(body: &[u8]) -> Result<(), Frame> {
+/// The body as the protocol layer gets it, if it is a message tower-lsp-server takes (a
+/// request, a notification or a response to one of the server's requests), else the error to
+/// answer. The body is written anew from the parsed value, so what was checked is what goes on
+/// (a repeated key, which a JSON value keeps once, would make the protocol layer's own decoder
+/// fail and end its read loop).
+fn check_body(body: &[u8]) -> Result<Vec<u8>, Frame> {
     let value: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
         Err(err) => return Err(invalid(Value::Null, -32700, format!("the body is not JSON: {err}"))),
     };
     if serde_json::from_value::<Request>(value.clone()).is_ok() || serde_json::from_value::<Response>(value.clone()).is_ok() {
-        return Ok(());
+        return serde_json::to_vec(&value).map_err(|err| invalid(Value::Null, -32700, format!("the body cannot be written again: {err}")));
     }
     // Answer with the message's id when it has a usable one.
     let id = match value.get("id") {
@@ -197,6 +201,14 @@ fn truncate(text: &str) -> String {
     text.chars().take(40).collect()
 }
 
+/// Where the header block ends: the earlier of a blank line in CRLF or in bare LF.
+fn header_block_end(buffer: &[u8]) -> Option<usize> {
+    match (find(buffer, b"\r\n\r\n"), find(buffer, b"\n\n")) {
+        (Some(crlf), Some(lf)) => Some(crlf.min(lf)),
+        (crlf, lf) => crlf.or(lf),
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|window| window == needle)
 }
@@ -235,7 +247,7 @@ fn find_complete_header(buffer: &[u8], from: usize) -> (Option<usize>, usize) {
             continue;
         }
         let rest = &buffer[at..buffer.len().min(at + MAX_HEADER_BYTES)];
-        match find(rest, b"\r\n\r\n").or_else(|| find(rest, b"\n\n")) {
+        match header_block_end(rest) {
             Some(end) if content_length(&rest[..end]).is_ok() => return (Some(at), at),
             Some(_) => {}
             // A header name whose block has not ended yet: search from it again next time.
@@ -283,6 +295,11 @@ mod tests {
         encode(body.as_bytes())
     }
 
+    /// The frame of a valid body: as the protocol layer gets it (written anew from its value).
+    fn msg(body: &str) -> Frame {
+        Frame::Message(serde_json::to_vec(&serde_json::from_str::<Value>(body).unwrap()).unwrap())
+    }
+
     const STATS_1: &str = r#"{"jsonrpc":"2.0","id":1,"method":"ghostline/stats","params":{}}"#;
     const STATS_2: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ghostline/stats","params":{}}"#;
 
@@ -320,9 +337,31 @@ mod tests {
             let got = frames(&input);
             assert!(got.len() >= 2, "{:?}: {got:?}", String::from_utf8_lossy(&bad));
             assert_eq!(error_code(&got[0]), (code, id), "{:?}", String::from_utf8_lossy(&bad));
-            assert_eq!(got.last().unwrap(), &Frame::Message(STATS_2.as_bytes().to_vec()), "{:?}", String::from_utf8_lossy(&bad));
+            assert_eq!(got.last().unwrap(), &msg(STATS_2), "{:?}", String::from_utf8_lossy(&bad));
             assert!(got[1..got.len() - 1].iter().all(|frame| matches!(frame, Frame::Invalid { .. })), "{got:?}");
         }
+    }
+
+    #[test]
+    fn what_goes_on_is_what_was_checked() {
+        // A repeated key: the value keeps the last; the protocol layer would reject the bytes.
+        let got = frames(&message(r#"{"jsonrpc":"2.0","id":1,"method":"x","method":"ghostline/stats"}"#));
+        let Frame::Message(body) = &got[0] else { panic!("{got:?}") };
+        let value: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(value, json!({"jsonrpc": "2.0", "id": 1, "method": "ghostline/stats"}));
+        assert!(serde_json::from_slice::<Request>(body).is_ok());
+    }
+
+    #[test]
+    fn a_whole_message_with_a_length_too_long_still_goes_on() {
+        let input = [format!("Content-Length: 500\r\n\r\n{STATS_1}").into_bytes(), message(STATS_2)].concat();
+        assert_eq!(frames(&input), vec![msg(STATS_1), msg(STATS_2)]);
+    }
+
+    #[test]
+    fn bare_lf_framing_followed_by_crlf_framing() {
+        let input = [format!("Content-Length: {}\n\n{STATS_1}", STATS_1.len()).into_bytes(), message(STATS_2)].concat();
+        assert_eq!(frames(&input), vec![msg(STATS_1), msg(STATS_2)]);
     }
 
     #[test]
@@ -334,7 +373,7 @@ mod tests {
             format!("Content-Length: {}\n\n", STATS_1.len()),
         ] {
             let got = frames(format!("{header}{STATS_1}").as_bytes());
-            assert_eq!(got, vec![Frame::Message(STATS_1.as_bytes().to_vec())], "{header:?}");
+            assert_eq!(got, vec![msg(STATS_1)], "{header:?}");
         }
     }
 
@@ -348,7 +387,7 @@ mod tests {
         assert_eq!(deframer.next_frame(), None);
         assert_eq!(deframer.pending(), 6);
         deframer.push(&message(STATS_1)[6..]);
-        assert_eq!(deframer.next_frame(), Some(Frame::Message(STATS_1.as_bytes().to_vec())));
+        assert_eq!(deframer.next_frame(), Some(msg(STATS_1)));
     }
 
     #[test]
@@ -369,7 +408,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":3,"result":null}"#,
             r#"{"jsonrpc":"2.0","id":"x","error":{"code":-1,"message":"no"}}"#,
         ] {
-            assert_eq!(frames(&message(body)), vec![Frame::Message(body.as_bytes().to_vec())], "{body}");
+            assert_eq!(frames(&message(body)), vec![msg(body)], "{body}");
         }
     }
 
@@ -384,9 +423,9 @@ mod tests {
             deframer.push(&input[split..]);
             got.extend(std::iter::from_fn(|| deframer.next_frame()));
             assert_eq!(got.len(), 3, "split at {split}: {got:?}");
-            assert_eq!(got[0], Frame::Message(STATS_1.as_bytes().to_vec()), "split at {split}");
+            assert_eq!(got[0], msg(STATS_1), "split at {split}");
             assert_eq!(error_code(&got[1]).0, -32600, "split at {split}");
-            assert_eq!(got[2], Frame::Message(STATS_2.as_bytes().to_vec()), "split at {split}");
+            assert_eq!(got[2], msg(STATS_2), "split at {split}");
             assert_eq!(deframer.pending(), 0);
         }
     }
@@ -397,7 +436,7 @@ mod tests {
         let got = frames(&input);
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(error_code(&got[0]).0, -32700);
-        assert_eq!(got[1], Frame::Message(STATS_1.as_bytes().to_vec()));
+        assert_eq!(got[1], msg(STATS_1));
     }
 
     /// Random bytes and random cuts of valid traffic never panic, never hold more than the
@@ -431,7 +470,7 @@ mod tests {
             deframer.push(&message(&body));
             deframer.push(&message(STATS_2));
             let got: Vec<Frame> = std::iter::from_fn(|| deframer.next_frame()).collect();
-            assert_eq!(got.last(), Some(&Frame::Message(STATS_2.as_bytes().to_vec())), "noise {:?}: {got:?}", String::from_utf8_lossy(&noise));
+            assert_eq!(got.last(), Some(&msg(STATS_2)), "noise {:?}: {got:?}", String::from_utf8_lossy(&noise));
         }
     }
 }

@@ -339,9 +339,8 @@ impl Backend {
                 }
                 Err(failure) => {
                     tracing::error!(%failure, "model failed to load");
-                    if let Some(progress) = progress {
-                        progress.finish_with_message("model failed to load").await;
-                    }
+                    // State and settings change before any `.await`, so a newer load that
+                    // starts meanwhile is never overwritten by this one.
                     let previous = loaded_config.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
                     let kept = match (&previous, scheduler.engine_state()) {
                         (Some(previous), EngineState::Ready(_)) if previous_ready => {
@@ -359,6 +358,9 @@ impl Backend {
                             None
                         }
                     };
+                    if let Some(progress) = progress {
+                        progress.finish_with_message("model failed to load").await;
+                    }
                     let consequence = match &kept {
                         Some(previous) => format!("keeping model `{previous}`"),
                         None => String::from("completions are off until then"),
@@ -903,22 +905,33 @@ enum LoadFailure {
 /// build that dies on this CPU never takes the server down. Both loads overlap.
 fn load_checked_engine(config: &crate::config::Config) -> std::result::Result<Engine, LoadFailure> {
     let path = models::resolve(&config.model).map_err(|err| LoadFailure::Model(err.to_string()))?;
-    let exe = std::env::current_exe().map_err(|err| LoadFailure::EngineCheck(format!("cannot find this program's path for the engine check: {err}")))?;
-    let check = probe::start(&exe, &path, config.gpu_layers, probe::DEFAULT_DEADLINE).map_err(|err| LoadFailure::EngineCheck(err.to_string()))?;
+    let exe = probe::this_program().map_err(|err| LoadFailure::EngineCheck(format!("cannot find this program's path for the engine check: {err}")))?;
+    let mut check = probe::start(&exe, &path, config.gpu_layers, probe::DEFAULT_DEADLINE).map_err(|err| LoadFailure::EngineCheck(err.to_string()))?;
+    // The child loads first: a model file that crashes the loader (a truncated file, a GPU
+    // driver) must not reach this process. Its decoding then overlaps this process's load.
+    match check.wait_loaded() {
+        Ok(()) => {}
+        Err(err @ (probe::ProbeError::Crashed { .. } | probe::ProbeError::TimedOut(_))) => return Err(LoadFailure::EngineCheck(err.to_string())),
+        Err(err) => return Err(LoadFailure::Model(err.to_string())),
+    }
     let mut engine_config = EngineConfig::new(path);
     engine_config.context_tokens = config.context_tokens;
     engine_config.gpu_layers = config.gpu_layers;
     if let Some(threads) = config.threads {
         engine_config.threads = threads;
     }
-    let engine = Engine::start(engine_config);
-    let verdict = check.wait();
-    match (engine, verdict) {
-        (Ok(engine), Ok(report)) => {
+    let engine = Engine::start(engine_config).map_err(|err| LoadFailure::Model(err.to_string()))?;
+    match check.wait() {
+        Ok(report) => {
             tracing::info!(decode_ms = report.decode_ms, generated = report.generated_tokens, "engine check passed");
             Ok(engine)
         }
-        (Err(err), Err(probe::ProbeError::Failed { .. })) | (Err(err), Ok(_)) => Err(LoadFailure::Model(err.to_string())),
-        (_, Err(err)) => Err(LoadFailure::EngineCheck(err.to_string())),
+        // A clean failure of the child (out of GPU memory with two copies loaded, say) is no
+        // sign that decoding kills the process: the engine that loaded here is kept.
+        Err(probe::ProbeError::Failed { reason, .. }) => {
+            tracing::warn!(%reason, "the engine check failed without crashing; keeping the engine");
+            Ok(engine)
+        }
+        Err(err) => Err(LoadFailure::EngineCheck(err.to_string())),
     }
 }
