@@ -68,7 +68,8 @@ impl<K: Eq + Hash + Clone + Send + 'static> LatestWins<K> {
     }
 
     /// Tasks queued and not started.
-    pub fn queued(&self) -> usize {
+    #[cfg(test)]
+    fn queued(&self) -> usize {
         self.shared.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).tasks.len()
     }
 }

@@ -143,7 +143,7 @@ impl Config {
     pub fn apply(&mut self, raw: &RawSettings) -> Applied {
         let mut applied = Applied::default();
         let errors = &mut applied.errors;
-        let before_engine = (self.model.clone(), self.threads, self.context_tokens, self.gpu_layers);
+        let before_engine = self.engine_settings();
         if let Some(model) = &raw.model {
             if model.trim().is_empty() {
                 errors.push("setting model must not be empty; keeping the previous value".to_string());
@@ -257,8 +257,18 @@ impl Config {
                 _ => errors.push(format!("setting languages must be a list of language ids, got {value}; keeping the previous value")),
             }
         }
-        applied.engine_changed = before_engine != (self.model.clone(), self.threads, self.context_tokens, self.gpu_layers);
+        applied.engine_changed = before_engine != self.engine_settings();
         applied
+    }
+
+    /// The settings the engine is loaded with: a change of any of them reloads it.
+    fn engine_settings(&self) -> (String, Option<usize>, u32, Option<u32>) {
+        (self.model.clone(), self.threads, self.context_tokens, self.gpu_layers)
+    }
+
+    /// Takes the engine settings (see `engine_settings`) of `other`, keeping the rest.
+    pub fn set_engine_settings(&mut self, other: &Config) {
+        (self.model, self.threads, self.context_tokens, self.gpu_layers) = other.engine_settings();
     }
 
     pub fn language_enabled(&self, language_id: &str) -> bool {

@@ -901,12 +901,13 @@ fn job_for(state: &CursorState, split: &LineSplit, config: &Config, engine: &Eng
     let line_start = state.rope.line_to_char(split.line);
     let cursor = CursorPosition { line: split.line, column: state.cursor_char_idx - line_start };
     let built = context::build_prompt_with(&state.rope, cursor, &config.windows, engine.info().special, cross_file).ok()?;
-    let plain = plain_stop_rules(split, config);
-    let late_stop = match rules {
-        Rules::Planned { planner, key } if state.syntax.is_some() && config.syntax => {
+    let shape = shape(config);
+    let plain = plain_stop_rules(split, shape);
+    let late_stop = match (rules, state.syntax.as_ref().filter(|_| config.syntax)) {
+        (Rules::Planned { planner, key }, Some(tree)) => {
             let late = LateStopRules::default();
-            let (deliver, state, split, config) = (late.clone(), state.clone(), split.clone(), config.clone());
-            planner.submit(key, move || deliver.set(stop_rules(&state, &split, &config)));
+            let (deliver, tree, rope, cursor_char_idx, split) = (late.clone(), tree.clone(), state.rope.clone(), state.cursor_char_idx, split.clone());
+            planner.submit(key, move || deliver.set(tree_stop_rules(&tree, &rope, cursor_char_idx, &split, shape)));
             Some(late)
         }
         _ => None,
@@ -951,25 +952,26 @@ fn accepted_state(state: &CursorState, raw: &str) -> Option<CursorState> {
     Some(CursorState { rope, syntax, cursor_char_idx: state.cursor_char_idx + inserted.chars().count(), ..state.clone() })
 }
 
-/// Several lines on an empty line, one line elsewhere: the rules without a syntax tree.
-fn plain_stop_rules(split: &LineSplit, config: &Config) -> StopRules {
-    syntax::plain_stop_rules(&split.head, &split.tail, syntax::Shape { multi_line: config.multi_line, max_lines: config.max_lines, tab_width: 4 })
+/// The suggestion's shape from the settings (tab width 4 until the file says otherwise).
+fn shape(config: &Config) -> syntax::Shape {
+    syntax::Shape { multi_line: config.multi_line, max_lines: config.max_lines, tab_width: 4 }
 }
 
-/// How the suggestion is shaped and where it stops: by the syntax tree when the language has
-/// one (parsing it if it is not up to date), else the plain rules.
-fn stop_rules(state: &CursorState, split: &LineSplit, config: &Config) -> StopRules {
-    let shape = |tab_width| syntax::Shape { multi_line: config.multi_line, max_lines: config.max_lines, tab_width };
-    let Some(tree) = state.syntax.as_ref().filter(|_| config.syntax) else {
-        return plain_stop_rules(split, config);
-    };
-    let tree = tree.fresh(&state.rope);
-    let cursor = tree.at(&state.rope, state.cursor_char_idx);
+/// Several lines on an empty line, one line elsewhere: the rules without a syntax tree.
+fn plain_stop_rules(split: &LineSplit, shape: syntax::Shape) -> StopRules {
+    syntax::plain_stop_rules(&split.head, &split.tail, shape)
+}
+
+/// How the suggestion is shaped and where it stops, by the syntax tree (parsed first if it is
+/// behind the text), with the tab width the file uses.
+fn tree_stop_rules(tree: &SyntaxTree, rope: &Rope, cursor_char_idx: usize, split: &LineSplit, shape: syntax::Shape) -> StopRules {
+    let tree = tree.fresh(rope);
+    let cursor = tree.at(rope, cursor_char_idx);
     let tab_width = match split.surroundings().indent {
         Some(crate::postprocess::Indent::Spaces(width)) => width,
-        _ => 4,
+        _ => shape.tab_width,
     };
-    syntax::stop_rules(tree.language, &cursor, &split.head, &split.tail, shape(tab_width))
+    syntax::stop_rules(tree.language, &cursor, &split.head, &split.tail, syntax::Shape { tab_width, ..shape })
 }
 
 fn ms_since(start: Instant) -> f64 {

@@ -13,6 +13,7 @@
 //! answered with an error, or skipped while looking for the next header (and then reported
 //! once); nothing here allocates more than `MAX_MESSAGE_BYTES` for one message.
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_lsp_server::jsonrpc::{Request, Response};
 
@@ -144,7 +145,7 @@ fn check_body(body: &[u8]) -> Result<Vec<u8>, Frame> {
         Ok(value) => value,
         Err(err) => return Err(invalid(Value::Null, -32700, format!("the body is not JSON: {err}"))),
     };
-    if serde_json::from_value::<Request>(value.clone()).is_ok() || serde_json::from_value::<Response>(value.clone()).is_ok() {
+    if Request::deserialize(&value).is_ok() || Response::deserialize(&value).is_ok() {
         return serde_json::to_vec(&value).map_err(|err| invalid(Value::Null, -32700, format!("the body cannot be written again: {err}")));
     }
     // Answer with the message's id when it has a usable one.

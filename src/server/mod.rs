@@ -236,13 +236,17 @@ fn invalid_params(message: impl Into<String>) -> Error {
 /// answer to carry it; the server goes on).
 async fn guarded_notification(method: &str, body: impl Future<Output = ()>) {
     if let Err(panic) = AssertUnwindSafe(body).catch_unwind().await {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|text| text.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_string());
+        let message = panic_message(panic.as_ref());
         tracing::error!(method, %message, "notification handler panicked");
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 /// Runs a handler body, turning a panic into a logged internal error.
@@ -250,11 +254,7 @@ async fn guarded<T>(method: &str, body: impl Future<Output = Result<T>>) -> Resu
     match AssertUnwindSafe(body).catch_unwind().await {
         Ok(res) => res,
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|text| text.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
+            let message = panic_message(panic.as_ref());
             tracing::error!(method, %message, "handler panicked");
             Err(Error {
                 code: ErrorCode::InternalError,
@@ -346,10 +346,7 @@ impl Backend {
                         (Some(previous), EngineState::Ready(_)) if previous_ready => {
                             // Back to the settings of the engine that keeps running.
                             let mut current = scheduler.config();
-                            current.model = previous.model.clone();
-                            current.threads = previous.threads;
-                            current.context_tokens = previous.context_tokens;
-                            current.gpu_layers = previous.gpu_layers;
+                            current.set_engine_settings(previous);
                             scheduler.set_config(current);
                             Some(previous.model.clone())
                         }
