@@ -10,13 +10,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::lsp::{framed, RawServer};
 use common::{model_path, TINY_MODEL};
 
 struct Rng(u64);
@@ -34,30 +32,6 @@ impl Rng {
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
-}
-
-fn read_message(reader: &mut impl BufRead) -> Option<Value> {
-    let mut length = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some(value) = line.strip_prefix("Content-Length: ") {
-            length = value.parse::<usize>().ok();
-        }
-    }
-    let mut body = vec![0u8; length?];
-    reader.read_exact(&mut body).ok()?;
-    Some(serde_json::from_slice(&body).expect("the server writes JSON"))
-}
-
-fn framed(body: &str) -> Vec<u8> {
-    format!("Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
 }
 
 const URIS: [&str; 3] = ["file:///fuzz/a.py", "file:///fuzz/b.rs", "file:///fuzz/c.txt"];
@@ -85,43 +59,19 @@ fn mixed_valid_and_malformed_traffic_is_answered_and_the_server_survives() {
     let messages: u64 = std::env::var("GHOSTLINE_FUZZ_MESSAGES").ok().and_then(|value| value.parse().ok()).unwrap_or(10_000);
     let seed: u64 = std::env::var("GHOSTLINE_FUZZ_SEED").ok().and_then(|value| value.parse().ok()).unwrap_or(1);
     let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the server starts");
-    let mut stdin = child.stdin.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (sender, incoming) = mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        while let Some(message) = read_message(&mut reader) {
-            if sender.send(message).is_err() {
-                break;
-            }
-        }
-    });
-    let mut send = |bytes: &[u8]| {
-        stdin.write_all(bytes).expect("the server reads");
-    };
+    let mut server = RawServer::start("info", &[]);
     let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"capabilities": {},
         "initializationOptions": {"model": model_path(TINY_MODEL).to_str().unwrap(), "maxWaitMs": 20, "maxTokens": 8}}});
-    send(&framed(&init.to_string()));
-    let initialized = incoming.recv_timeout(Duration::from_secs(30)).expect("initialize is answered");
+    server.send_json(&init);
+    let initialized = server.incoming.recv_timeout(Duration::from_secs(30)).expect("initialize is answered");
     assert!(initialized["result"]["capabilities"].is_object(), "{initialized}");
-    send(&framed(r#"{"jsonrpc":"2.0","method":"initialized","params":{}}"#));
+    server.send_raw(&framed(r#"{"jsonrpc":"2.0","method":"initialized","params":{}}"#));
     // The engine first, so edits start real jobs and requests wait for them.
     let ready_deadline = Instant::now() + Duration::from_secs(120);
     let mut probe_id = 1_000_000_000u64;
     loop {
-        send(&framed(&json!({"jsonrpc": "2.0", "id": probe_id, "method": "ghostline/stats", "params": {}}).to_string()));
-        let stats = loop {
-            let message = incoming.recv_timeout(Duration::from_secs(60)).expect("stats are answered");
-            if message["id"] == json!(probe_id) {
-                break message;
-            }
-        };
+        server.send_json(&json!({"jsonrpc": "2.0", "id": probe_id, "method": "ghostline/stats", "params": {}}));
+        let stats = server.answer(probe_id, Duration::from_secs(60));
         let state = stats["result"]["engine"]["state"].clone();
         assert_ne!(state, "failed", "{stats}");
         if state == "ready" {
@@ -134,7 +84,7 @@ fn mixed_valid_and_malformed_traffic_is_answered_and_the_server_survives() {
     for (uri, language) in URIS.iter().zip(["python", "rust", "plaintext"]) {
         let open = json!({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
             "uri": uri, "languageId": language, "version": 1, "text": "def f(a):\n    return a\n😀漢字\r\nend\n"}}});
-        send(&framed(&open.to_string()));
+        server.send_json(&open);
     }
 
     // Ids of requests sent, and of invalid-request messages whose string id must come back.
@@ -153,14 +103,14 @@ fn mixed_valid_and_malformed_traffic_is_answered_and_the_server_survives() {
                 let change = json!({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
                     "textDocument": {"uri": uri, "version": versions[doc]},
                     "contentChanges": [{"range": {"start": position, "end": end}, "text": rng.pick(&PIECES)}]}});
-                send(&framed(&change.to_string()));
+                server.send_json(&change);
             }
             30..=33 => {
                 versions[doc] += if rng.below(4) == 0 { -3 } else { 1 };
                 let text: String = (0..rng.below(8)).map(|_| *rng.pick(&PIECES)).collect();
                 let change = json!({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
                     "textDocument": {"uri": uri, "version": versions[doc]}, "contentChanges": [{"text": text}]}});
-                send(&framed(&change.to_string()));
+                server.send_json(&change);
             }
             34..=53 => {
                 let id = next_id;
@@ -168,7 +118,7 @@ fn mixed_valid_and_malformed_traffic_is_answered_and_the_server_survives() {
                 expected.insert(json!(id), "inlineCompletion");
                 let request = json!({"jsonrpc": "2.0", "id": id, "method": "textDocument/inlineCompletion", "params": {
                     "textDocument": {"uri": uri}, "position": position, "context": {"triggerKind": 2}}});
-                send(&framed(&request.to_string()));
+                server.send_json(&request);
             }
             54..=63 => {
                 let id = next_id;
@@ -176,19 +126,19 @@ fn mixed_valid_and_malformed_traffic_is_answered_and_the_server_survives() {
                 expected.insert(json!(id), "completion");
                 let request = json!({"jsonrpc": "2.0", "id": id, "method": "textDocument/completion", "params": {
                     "textDocument": {"uri": uri}, "position": position}});
-                send(&framed(&request.to_string()));
+                server.send_json(&request);
             }
             64..=71 => {
                 let id = next_id;
                 next_id += 1;
                 expected.insert(json!(id), "stats");
-                send(&framed(&json!({"jsonrpc": "2.0", "id": id, "method": "ghostline/stats", "params": {}}).to_string()));
+                server.send_json(&json!({"jsonrpc": "2.0", "id": id, "method": "ghostline/stats", "params": {}}));
             }
             72..=75 => {
                 let id = next_id;
                 next_id += 1;
                 expected.insert(json!(id), "unknown method");
-                send(&framed(&json!({"jsonrpc": "2.0", "id": id, "method": "fuzz/unknown", "params": {}}).to_string()));
+                server.send_json(&json!({"jsonrpc": "2.0", "id": id, "method": "fuzz/unknown", "params": {}}));
             }
             _ => {
                 let bytes = malformed(&mut rng, counter);
@@ -196,20 +146,20 @@ fn mixed_valid_and_malformed_traffic_is_answered_and_the_server_survives() {
                     expected.insert(json!(format!("bad-{counter}")), "invalid request");
                 }
                 malformed_sent += 1;
-                send(&bytes);
+                server.send_raw(&bytes);
             }
         }
     }
     // A valid message after the noise; any length the noise left open ends at its header.
     let last = next_id;
     expected.insert(json!(last), "final stats");
-    send(&framed(&json!({"jsonrpc": "2.0", "id": last, "method": "ghostline/stats", "params": {}}).to_string()));
+    server.send_json(&json!({"jsonrpc": "2.0", "id": last, "method": "ghostline/stats", "params": {}}));
 
     let mut answered: HashMap<Value, usize> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while expected.keys().any(|id| !answered.contains_key(id)) {
         let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(message) = incoming.recv_timeout(left) else {
+        let Ok(message) = server.incoming.recv_timeout(left) else {
             let missing: Vec<_> = expected.iter().filter(|(id, _)| !answered.contains_key(*id)).take(10).collect();
             panic!("{} requests never answered, for example {missing:?}", expected.len() - answered.len());
         };
@@ -231,36 +181,21 @@ fn mixed_valid_and_malformed_traffic_is_answered_and_the_server_survives() {
     let id = last + 1;
     let open = json!({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
         "uri": "file:///fuzz/final.py", "languageId": "python", "version": 1, "text": "def add(a, b):\n    return a\n"}}});
-    send(&framed(&open.to_string()));
+    server.send_json(&open);
     let request = json!({"jsonrpc": "2.0", "id": id, "method": "textDocument/inlineCompletion", "params": {
         "textDocument": {"uri": "file:///fuzz/final.py"}, "position": {"line": 1, "character": 12}, "context": {"triggerKind": 1}}});
-    send(&framed(&request.to_string()));
-    let answer = loop {
-        let message = incoming.recv_timeout(Duration::from_secs(60)).expect("the final request is answered");
-        if message["id"] == json!(id) {
-            break message;
-        }
-    };
+    server.send_json(&request);
+    let answer = server.answer(id, Duration::from_secs(60));
     assert!(answer["result"]["items"].is_array(), "{answer}");
     let stats_id = id + 100;
-    send(&framed(&json!({"jsonrpc": "2.0", "id": stats_id, "method": "ghostline/stats", "params": {}}).to_string()));
-    let stats = loop {
-        let message = incoming.recv_timeout(Duration::from_secs(30)).expect("stats are answered");
-        if message["id"] == json!(stats_id) {
-            break message["result"].clone();
-        }
-    };
+    server.send_json(&json!({"jsonrpc": "2.0", "id": stats_id, "method": "ghostline/stats", "params": {}}));
+    let stats = server.answer(stats_id, Duration::from_secs(30))["result"].clone();
     eprintln!("counters after the fuzz: {}", stats["counters"]);
     assert!(stats["counters"]["jobsStarted"].as_u64().unwrap() > 100, "edits started model jobs: {stats}");
     assert!(stats["rejectedChanges"].as_u64().unwrap() > 0, "some edits were out of range: {stats}");
-    send(&framed(&json!({"jsonrpc": "2.0", "id": id + 1, "method": "shutdown"}).to_string()));
-    loop {
-        let message = incoming.recv_timeout(Duration::from_secs(30)).expect("shutdown is answered");
-        if message["id"] == json!(id + 1) {
-            break;
-        }
-    }
-    send(&framed(r#"{"jsonrpc":"2.0","method":"exit"}"#));
-    let status = child.wait().unwrap();
+    server.send_json(&json!({"jsonrpc": "2.0", "id": id + 1, "method": "shutdown"}));
+    server.answer(id + 1, Duration::from_secs(30));
+    server.send_raw(&framed(r#"{"jsonrpc":"2.0","method":"exit"}"#));
+    let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "a clean exit after shutdown");
 }

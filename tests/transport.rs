@@ -2,59 +2,21 @@
 //! used is answered with an error and the session goes on; exit codes follow the protocol.
 //! No model is needed (a model path that does not exist keeps the engine out of the way).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+mod common;
+
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-struct RawClient {
-    child: Child,
-    stdin: ChildStdin,
-    incoming: Receiver<Value>,
-}
+use common::lsp::{framed, RawServer};
 
-fn read_message(reader: &mut impl BufRead) -> Option<Value> {
-    let mut length = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some(value) = line.strip_prefix("Content-Length: ") {
-            length = value.parse::<usize>().ok();
-        }
-    }
-    let mut body = vec![0u8; length?];
-    reader.read_exact(&mut body).ok()?;
-    Some(serde_json::from_slice(&body).expect("the server writes JSON"))
+struct RawClient {
+    server: RawServer,
 }
 
 impl RawClient {
     fn start() -> RawClient {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the server starts");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (sender, incoming) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            while let Some(message) = read_message(&mut reader) {
-                if sender.send(message).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut client = RawClient { child, stdin, incoming };
+        let mut client = RawClient { server: RawServer::start("info", &[]) };
         client.send_json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "capabilities": {}, "initializationOptions": {"model": "/nonexistent/transport-test.gguf"}}}));
         assert!(client.answer(0)["result"]["capabilities"].is_object());
@@ -63,24 +25,15 @@ impl RawClient {
     }
 
     fn send_raw(&mut self, bytes: &[u8]) {
-        self.stdin.write_all(bytes).unwrap();
-        self.stdin.flush().unwrap();
+        self.server.send_raw(bytes);
     }
 
     fn send_json(&mut self, message: &Value) {
-        let body = message.to_string();
-        self.send_raw(format!("Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+        self.server.send_json(message);
     }
 
-    /// The next message that answers `id` (skipping notifications and other answers).
     fn answer(&mut self, id: impl Into<Value>) -> Value {
-        let id = id.into();
-        loop {
-            let message = self.incoming.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("no answer to id {id}"));
-            if message["id"] == id && message.get("method").is_none() {
-                return message;
-            }
-        }
+        self.server.answer(id, Duration::from_secs(30))
     }
 
     fn stats(&mut self, id: i64) -> Value {
@@ -88,15 +41,12 @@ impl RawClient {
         self.answer(id)
     }
 
-    fn wait_exit(mut self) -> i32 {
-        drop(self.stdin);
-        let status = self.child.wait().unwrap();
+    fn wait_exit(self) -> i32 {
+        let RawServer { mut child, stdin, .. } = self.server;
+        drop(stdin);
+        let status = child.wait().unwrap();
         status.code().expect("exited by itself")
     }
-}
-
-fn framed(body: &str) -> Vec<u8> {
-    format!("Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
 }
 
 /// Every malformed message of the report, each followed by a valid request: each bad one gets

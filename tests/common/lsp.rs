@@ -39,20 +39,17 @@ fn read_message(reader: &mut impl BufRead) -> Option<Value> {
     serde_json::from_slice(&body).ok()
 }
 
-impl LspClient {
-    /// Starts the server (logging at debug level) and completes `initialize`/`initialized`.
-    pub fn start(initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
-        Self::start_logging("debug", initialization_options, capabilities)
-    }
+/// The server over stdio with nothing between: bytes go in as they are, and every message it
+/// writes comes out of `incoming` (for tests of bad input and of raw traffic).
+pub struct RawServer {
+    pub child: Child,
+    pub stdin: ChildStdin,
+    pub incoming: Receiver<Value>,
+}
 
-    /// Starts the server with the given `GHOSTLINE_LOG` filter and completes
-    /// `initialize`/`initialized`.
-    pub fn start_logging(log_filter: &str, initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
-        Self::start_with_env(log_filter, &[], initialization_options, capabilities)
-    }
-
-    /// Starts the server with extra environment variables and completes `initialize`/`initialized`.
-    pub fn start_with_env(log_filter: &str, env: &[(&str, &str)], initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
+impl RawServer {
+    /// Starts `ghostline serve` with the given `GHOSTLINE_LOG` filter and extra environment.
+    pub fn start(log_filter: &str, env: &[(&str, &str)]) -> RawServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline"))
             .arg("serve")
             .env("GHOSTLINE_LOG", log_filter)
@@ -73,6 +70,53 @@ impl LspClient {
                 }
             }
         });
+        RawServer { child, stdin, incoming }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).expect("the server reads");
+        self.stdin.flush().expect("the server reads");
+    }
+
+    pub fn send_json(&mut self, message: &Value) {
+        self.send_raw(&framed(&message.to_string()));
+    }
+
+    /// The next message that answers `id`, skipping notifications, the server's own requests
+    /// and other answers.
+    pub fn answer(&mut self, id: impl Into<Value>, timeout: Duration) -> Value {
+        let id = id.into();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = self.incoming.recv_timeout(left).unwrap_or_else(|_| panic!("no answer to id {id} within {timeout:?}"));
+            if message["id"] == id && message.get("method").is_none() {
+                return message;
+            }
+        }
+    }
+}
+
+/// A body framed for the wire with its `Content-Length` header.
+pub fn framed(body: &str) -> Vec<u8> {
+    format!("Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+impl LspClient {
+    /// Starts the server (logging at debug level) and completes `initialize`/`initialized`.
+    pub fn start(initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
+        Self::start_logging("debug", initialization_options, capabilities)
+    }
+
+    /// Starts the server with the given `GHOSTLINE_LOG` filter and completes
+    /// `initialize`/`initialized`.
+    pub fn start_logging(log_filter: &str, initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
+        Self::start_with_env(log_filter, &[], initialization_options, capabilities)
+    }
+
+    /// Starts the server with extra environment variables and completes `initialize`/`initialized`.
+    pub fn start_with_env(log_filter: &str, env: &[(&str, &str)], initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
+        let RawServer { child, stdin, incoming } = RawServer::start(log_filter, env);
         let mut client = LspClient { child, stdin, incoming, next_id: 0, responses: HashMap::new(), notifications: VecDeque::new(), version: 1 };
         let result = client.request_ok(
             "initialize",
@@ -93,8 +137,7 @@ impl LspClient {
     }
 
     fn send(&mut self, message: &Value) {
-        let body = serde_json::to_string(message).unwrap();
-        write!(self.stdin, "Content-Length: {}\r\n\r\n{}", body.len(), body).unwrap();
+        self.stdin.write_all(&framed(&message.to_string())).unwrap();
         self.stdin.flush().unwrap();
     }
 

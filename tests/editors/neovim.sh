@@ -96,16 +96,8 @@ export XDG_CONFIG_HOME="$work/xdg/config" XDG_DATA_HOME="$work/xdg/data" \
   XDG_STATE_HOME="$work/xdg/state"
 
 # No `ghostline` on PATH: only the plugin's own search can find the binary.
-clean_path=""
-IFS=: read -r -a path_dirs <<<"$PATH"
-for dir in "${path_dirs[@]}"; do
-  [[ -n "$dir" && ! -x "$dir/ghostline" ]] && clean_path="${clean_path:+$clean_path:}$dir"
-done
-export PATH="$clean_path"
-if command -v ghostline >/dev/null; then
-  echo "neovim.sh: ghostline is still on PATH: $(command -v ghostline)" >&2
-  exit 1
-fi
+source tests/editors/path.sh
+remove_ghostline_from_path neovim.sh
 
 # :checkhealth ghostline where there is no binary: a copy of the plugin outside any checkout,
 # a HOME without ~/.cargo/bin. It must report an ERROR, every place it looked in and how to

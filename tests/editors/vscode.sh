@@ -174,16 +174,8 @@ if grep -q '"ghostline.path"' "$work/data/User/settings.json"; then
 fi
 
 # No `ghostline` on PATH: only the bundled server can answer.
-clean_path=""
-IFS=: read -r -a path_dirs <<<"$PATH"
-for dir in "${path_dirs[@]}"; do
-  [[ -n "$dir" && ! -x "$dir/ghostline" ]] && clean_path="${clean_path:+$clean_path:}$dir"
-done
-export PATH="$clean_path"
-if command -v ghostline >/dev/null; then
-  echo "vscode.sh: ghostline is still on PATH: $(command -v ghostline)" >&2
-  exit 1
-fi
+source tests/editors/path.sh
+remove_ghostline_from_path vscode.sh
 
 export XDG_CONFIG_HOME="$work/config"
 "$code_server" --user-data-dir "$work/data" --extensions-dir "$work/extensions" \
