@@ -243,7 +243,7 @@ impl GhostlineDriver {
             "threads": threads,
             "suggestionReadyNotification": notified,
             "maxWaitMs": 60000,
-            "typedAhead": typed_ahead,
+            "experimental": {"typedAhead": typed_ahead},
         });
         for (key, value) in extra.as_object().into_iter().flatten() {
             settings[key] = value.clone();

@@ -96,9 +96,21 @@ pub struct RawSettings {
     pub anchor_lines: Option<serde_json::Value>,
     pub suffix_in_front: Option<serde_json::Value>,
     pub typed_ahead: Option<serde_json::Value>,
+    /// Switches that exist to measure Ghostline against itself (`suffixInFront`, `typedAhead`,
+    /// `syntax`); also accepted at the top level, as they were first.
+    pub experimental: Option<RawExperimental>,
     pub expansions: Option<serde_json::Value>,
     /// Whether the client handles `ghostline/suggestionReady` (also a client capability).
     pub suggestion_ready_notification: Option<bool>,
+}
+
+/// The `experimental` settings: for measuring, not for everyday use.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RawExperimental {
+    pub suffix_in_front: Option<serde_json::Value>,
+    pub typed_ahead: Option<serde_json::Value>,
+    pub syntax: Option<serde_json::Value>,
 }
 
 impl RawSettings {
@@ -210,7 +222,8 @@ impl Config {
                 self.windows.anchor_lines = lines as usize;
             }
         }
-        if let Some(value) = &raw.suffix_in_front {
+        let experimental = raw.experimental.clone().unwrap_or_default();
+        if let Some(value) = experimental.suffix_in_front.as_ref().or(raw.suffix_in_front.as_ref()) {
             if let Some(in_front) = boolean("suffixInFront", value, errors) {
                 self.windows.suffix_in_front = in_front;
             }
@@ -220,12 +233,12 @@ impl Config {
                 self.windows.suffix_lines = lines as usize;
             }
         }
-        if let Some(value) = &raw.typed_ahead {
+        if let Some(value) = experimental.typed_ahead.as_ref().or(raw.typed_ahead.as_ref()) {
             if let Some(typed_ahead) = boolean("typedAhead", value, errors) {
                 self.typed_ahead = typed_ahead;
             }
         }
-        if let Some(value) = &raw.syntax {
+        if let Some(value) = experimental.syntax.as_ref().or(raw.syntax.as_ref()) {
             if let Some(syntax) = boolean("syntax", value, errors) {
                 self.syntax = syntax;
             }
@@ -294,6 +307,19 @@ mod tests {
         assert!(!applied.engine_changed);
         assert!(config.language_enabled("rust"));
         assert!(!config.language_enabled("go"));
+    }
+
+    #[test]
+    fn measurement_switches_live_under_experimental_and_are_still_read_at_the_top() {
+        let mut config = Config::default();
+        config.apply(&RawSettings::from_json(&json!({"experimental": {"typedAhead": false, "syntax": false, "suffixInFront": true}})).unwrap());
+        assert!(!config.typed_ahead && !config.syntax && config.windows.suffix_in_front);
+        let mut config = Config::default();
+        config.apply(&RawSettings::from_json(&json!({"typedAhead": false, "experimental": {"syntax": false}})).unwrap());
+        assert!(!config.typed_ahead && !config.syntax);
+        // The experimental key wins over the old place.
+        config.apply(&RawSettings::from_json(&json!({"typedAhead": false, "experimental": {"typedAhead": true}})).unwrap());
+        assert!(config.typed_ahead);
     }
 
     #[test]

@@ -127,37 +127,58 @@ pub fn cursor_char_idx(rope: &Rope, cursor: CursorPosition) -> Result<usize, Pos
     Ok(rope.line_to_char(cursor.line) + cursor.column)
 }
 
-/// Builds the prompt for a cursor position.
+/// Builds the prompt for a cursor position, without a token budget (for a context that holds
+/// the largest window, as the default one does).
 pub fn build_prompt(
     rope: &Rope,
     cursor: CursorPosition,
     windows: &WindowConfig,
     special: SpecialSupport,
 ) -> Result<BuiltPrompt, PositionError> {
-    build_prompt_with(rope, cursor, windows, special, None)
+    build_prompt_with(rope, cursor, windows, special, None, usize::MAX)
 }
 
-/// Builds the prompt for a cursor position, with other files' chunks in front when the model
-/// has the tokens to separate files.
+/// Characters per token that a prompt's token budget is turned into a character budget with.
+/// Code tokenizes to more (Qwen2.5-Coder: 3 to 4 characters per token on the replay's Python,
+/// Rust and JavaScript), so a budgeted prompt fits its context; text that tokenizes denser still
+/// (long runs of non-Latin characters) can exceed it, and the engine then refuses the job
+/// rather than cut the prompt's structure.
+pub const BUDGET_CHARS_PER_TOKEN: usize = 2;
+
+/// What names the lines below the cursor when they go in front (`suffix_in_front`).
+const BELOW_LABEL: &str = "(the lines below the cursor)\n";
+
+/// The most tokens that the special tokens and labels of a prompt take besides its text.
+const STRUCTURE_TOKENS: usize = 8;
+
+/// Builds the prompt for a cursor position within `token_budget` tokens, with other files'
+/// chunks in front when the model has the tokens to separate files. When the budget is smaller
+/// than the windows, the parts give way in this order: other files' chunks (oldest first), the
+/// top of the window above the cursor (whole lines), the lines below the cursor, the start of
+/// the cursor line. The special tokens always stay.
 pub fn build_prompt_with(
     rope: &Rope,
     cursor: CursorPosition,
     windows: &WindowConfig,
     special: SpecialSupport,
     cross_file: Option<&CrossFile>,
+    token_budget: usize,
 ) -> Result<BuiltPrompt, PositionError> {
     let cursor_idx = cursor_char_idx(rope, cursor)?;
+    let mut char_budget = token_budget.saturating_sub(STRUCTURE_TOKENS).saturating_mul(BUDGET_CHARS_PER_TOKEN);
+    let cross_file = cross_file.filter(|cross_file| special.fim && special.file_separator && !cross_file.chunks.is_empty());
+    let labels = cross_file.map_or(0, |cross_file| cross_file.repo.as_ref().map_or(0, |repo| repo.chars().count() + 1) + cross_file.file_label.chars().count() + 1);
+    let suffix_in_front = windows.suffix_in_front && special.fim && special.file_separator;
+    char_budget = char_budget.saturating_sub(labels + if suffix_in_front { BELOW_LABEL.chars().count() } else { 0 });
     let line_start_idx = rope.line_to_char(cursor.line);
     let anchor = windows.anchor_lines.max(1);
     let first_line = cursor.line.saturating_sub(windows.prefix_lines) / anchor * anchor;
     let window_start_idx = rope.line_to_char(first_line);
 
-    let mut window = rope.slice(window_start_idx..line_start_idx).to_string();
-    if window.chars().count() > windows.max_prefix_chars {
-        window = cut_to_last_chars_on_line_boundary(&window, windows.max_prefix_chars);
-    }
     let line_head_full = rope.slice(line_start_idx..cursor_idx);
-    let line_head = last_chars(&line_head_full.to_string(), windows.max_line_head_chars);
+    let line_head = last_chars(&line_head_full.to_string(), windows.max_line_head_chars.min(char_budget / 2));
+    char_budget -= line_head.chars().count();
+    let max_suffix_chars = windows.max_suffix_chars.min(char_budget / 3);
     let line_end_idx = line_start_idx + line_len_chars(rope, cursor.line);
     let line_tail = rope.slice(cursor_idx..line_end_idx).to_string();
     let next_lines_start = if cursor.line + 1 < rope.len_lines() {
@@ -172,17 +193,29 @@ pub fn build_prompt_with(
         rope.len_chars()
     };
     let next_lines = rope.slice(next_lines_start..next_lines_end.max(next_lines_start)).to_string();
+    let line_break = rope.slice(line_end_idx..next_lines_start).to_string();
+    let below = if suffix_in_front { "" } else { next_lines.as_str() };
+    let suffix = first_chars(&format!("{line_tail}{line_break}{below}"), max_suffix_chars);
+    let below_in_front = if suffix_in_front { first_chars(&next_lines, max_suffix_chars) } else { String::new() };
+    char_budget = char_budget.saturating_sub(suffix.chars().count() + below_in_front.chars().count());
+
+    let mut window = rope.slice(window_start_idx..line_start_idx).to_string();
+    let max_window_chars = windows.max_prefix_chars.min(char_budget);
+    if window.chars().count() > max_window_chars {
+        window = cut_to_last_chars_on_line_boundary(&window, max_window_chars);
+    }
+    char_budget = char_budget.saturating_sub(window.chars().count());
 
     let mut prompt = Prompt::default();
     if special.bos {
         prompt.push_special(Special::Bos);
     }
-    if let Some(cross_file) = cross_file.filter(|cross_file| special.fim && special.file_separator && !cross_file.chunks.is_empty()) {
+    if let Some(cross_file) = cross_file {
         if let (true, Some(repo)) = (special.repo_name, &cross_file.repo) {
             prompt.push_special(Special::RepoName);
             prompt.push_text(format!("{repo}\n"));
         }
-        for chunk in cross_file.chunks.iter() {
+        for chunk in chunks_within(&cross_file.chunks, char_budget) {
             prompt.push_special(Special::FileSeparator);
             let line_break = if chunk.text.ends_with('\n') { "" } else { "\n" };
             prompt.push_text(format!("{}\n{}{line_break}", chunk.label, chunk.text));
@@ -193,13 +226,10 @@ pub fn build_prompt_with(
     let suffix_in_front = windows.suffix_in_front && special.fim && special.file_separator;
     if suffix_in_front {
         prompt.push_special(Special::FileSeparator);
-        prompt.push_text(format!("(the lines below the cursor)\n{}", first_chars(&next_lines, windows.max_suffix_chars)));
+        prompt.push_text(format!("{BELOW_LABEL}{below_in_front}"));
         prompt.push_special(Special::FileSeparator);
     }
     if special.fim {
-        let line_break = rope.slice(line_end_idx..next_lines_start).to_string();
-        let below = if suffix_in_front { "" } else { next_lines.as_str() };
-        let suffix = first_chars(&format!("{line_tail}{line_break}{below}"), windows.max_suffix_chars);
         prompt.push_special(Special::FimPrefix);
         prompt.push_text(window);
         prompt.push_special(Special::FimSuffix);
@@ -211,6 +241,27 @@ pub fn build_prompt_with(
         prompt.push_text(line_head.clone());
     }
     Ok(BuiltPrompt { prompt, line_head, line_tail, next_lines })
+}
+
+/// The characters of a prompt's text pieces (its special tokens left out).
+pub fn text_chars(prompt: &Prompt) -> usize {
+    prompt.pieces.iter().map(|piece| if let crate::engine::Piece::Text(text) = piece { text.chars().count() } else { 0 }).sum()
+}
+
+/// The newest chunks whose text (with its label and line breaks) fits in `char_budget`
+/// characters, in their order.
+fn chunks_within(chunks: &[Chunk], mut char_budget: usize) -> Vec<&Chunk> {
+    let mut kept: Vec<&Chunk> = Vec::new();
+    for chunk in chunks.iter().rev() {
+        let n_chars = chunk.label.chars().count() + chunk.text.chars().count() + 2;
+        if n_chars > char_budget {
+            break;
+        }
+        char_budget -= n_chars;
+        kept.push(chunk);
+    }
+    kept.reverse();
+    kept
 }
 
 fn last_chars(text: &str, max_chars: usize) -> String {
@@ -328,7 +379,7 @@ mod tests {
         let chunk = Chunk { uri: "file:///p/util.py".into(), label: "util.py".into(), first_line: 0, n_lines: 1, text: "def helper(): pass\n".into() };
         let cross_file = CrossFile { repo: Some("p".into()), chunks: Arc::new(vec![chunk]), file_label: "main.py".into() };
         let cursor = CursorPosition { line: 1, column: 4 };
-        let built = build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&cross_file)).unwrap();
+        let built = build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&cross_file), usize::MAX).unwrap();
         assert_eq!(
             built.prompt.to_debug_string(),
             "<RepoName>p\n<FileSeparator>util.py\ndef helper(): pass\n<FileSeparator>main.py\n<FimPrefix>x = 1\n<FimSuffix>\n<FimMiddle>y = "
@@ -336,9 +387,9 @@ mod tests {
         // No chunks, or no file separator in the vocabulary: the plain layout.
         let plain = build_prompt(&doc, cursor, &WindowConfig::default(), FIM).unwrap();
         let empty = CrossFile { chunks: Arc::new(Vec::new()), ..cross_file.clone() };
-        assert_eq!(build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&empty)).unwrap(), plain);
+        assert_eq!(build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&empty), usize::MAX).unwrap(), plain);
         let no_separator = SpecialSupport { file_separator: false, ..FIM };
-        assert_eq!(build_prompt_with(&doc, cursor, &WindowConfig::default(), no_separator, Some(&cross_file)).unwrap(), build_prompt(&doc, cursor, &WindowConfig::default(), no_separator).unwrap());
+        assert_eq!(build_prompt_with(&doc, cursor, &WindowConfig::default(), no_separator, Some(&cross_file), usize::MAX).unwrap(), build_prompt(&doc, cursor, &WindowConfig::default(), no_separator).unwrap());
     }
 
     #[test]
@@ -350,6 +401,29 @@ mod tests {
             built.prompt.to_debug_string(),
             "<FileSeparator>(the lines below the cursor)\nc = 3\n<FileSeparator><FimPrefix>a = 1\n<FimSuffix>\n<FimMiddle>b = "
         );
+    }
+
+    #[test]
+    fn a_small_token_budget_shortens_the_window_and_keeps_the_structure() {
+        let text: String = (0..100).map(|idx| format!("value_{idx} = compute({idx})\n")).collect();
+        let doc = rope(&format!("{text}result = \nprint(result)\n"));
+        let cursor = CursorPosition { line: 100, column: 9 };
+        let chunk = Chunk { uri: "file:///p/util.py".into(), label: "util.py".into(), first_line: 0, n_lines: 1, text: "def compute(x): return x\n".repeat(40) };
+        let cross_file = CrossFile { repo: Some("p".into()), chunks: Arc::new(vec![chunk]), file_label: "main.py".into() };
+        let token_budget = 120;
+        let built = build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&cross_file), token_budget).unwrap();
+        let shown = built.prompt.to_debug_string();
+        assert!(text_chars(&built.prompt) <= token_budget * BUDGET_CHARS_PER_TOKEN, "{} characters of text", text_chars(&built.prompt));
+        // Every special token of the layout is there, in order, and the line head is whole.
+        let order: Vec<&Piece> = built.prompt.pieces.iter().filter(|piece| matches!(piece, Piece::Special(_))).collect();
+        assert_eq!(order, [&Piece::Special(Special::RepoName), &Piece::Special(Special::FileSeparator), &Piece::Special(Special::FimPrefix), &Piece::Special(Special::FimSuffix), &Piece::Special(Special::FimMiddle)]);
+        assert!(shown.ends_with("<FimMiddle>result = "), "{shown}");
+        assert!(shown.contains("<FimSuffix>\nprint(result)\n"), "{shown}");
+        // The window keeps the lines nearest the cursor, starting on a line of its own; the
+        // other file's chunk, which did not fit, is left out.
+        let window = shown.split("<FimPrefix>").nth(1).unwrap().split("<FimSuffix>").next().unwrap();
+        assert!(window.starts_with("value_") && window.ends_with("value_99 = compute(99)\n"), "{window}");
+        assert!(!shown.contains("def compute"), "{shown}");
     }
 
     #[test]

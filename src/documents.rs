@@ -114,10 +114,6 @@ impl DocumentStore {
         self.documents.get(uri).map(|document| document.clone())
     }
 
-    pub fn uris(&self) -> Vec<String> {
-        self.documents.iter().map(|entry| entry.key().clone()).collect()
-    }
-
     /// Parses a document's tree again if it is dirty, outside the map's lock, and keeps the
     /// result if the document is still at `version`.
     pub fn refresh_syntax(&self, uri: &str, version: i32) {

@@ -4,6 +4,8 @@
 //! Map of the modules (dependencies point down the list, never up):
 //! - `server`: the language server, the only code that knows LSP types.
 //! - `scheduler`: document change -> engine job, typed-ahead, latency budget, stats.
+//! - `plan`: one plan for a job (prompt within the token budget, stop rules, surroundings),
+//!   shared by the server and `ghostline complete`.
 //! - `documents`: ropes per URI, edits applied atomically, UTF-16/UTF-8 positions.
 //! - `engine`: the one thread that owns llama.cpp; takes a `Prompt`, returns text. Superseding,
 //!   cancellation and deadlines are checked between every two decode steps.
@@ -28,6 +30,7 @@ pub mod documents;
 pub mod engine;
 pub mod expansions;
 pub mod models;
+pub mod plan;
 pub mod postprocess;
 pub mod probe;
 pub mod ring;

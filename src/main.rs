@@ -16,6 +16,8 @@ use ghostline::config::Config;
 use ghostline::context::{self, CursorPosition};
 use ghostline::engine::{Engine, EngineConfig, GenerateParams};
 use ghostline::models;
+use ghostline::plan::{CursorState, JobPlan};
+use ghostline::syntax::SyntaxTree;
 
 #[derive(Parser)]
 #[command(name = "ghostline", version, about = "Local code completion at keystroke speed")]
@@ -88,6 +90,9 @@ struct CompleteArgs {
     json: bool,
     #[arg(long)]
     max_tokens: Option<usize>,
+    /// Context size in tokens (prompt and generation; the prompt is shortened to fit).
+    #[arg(long)]
+    context_tokens: Option<u32>,
     #[arg(long)]
     threads: Option<usize>,
     /// Layers to offload to a GPU (default: all when llama.cpp sees one; 0 for the CPU alone).
@@ -96,6 +101,10 @@ struct CompleteArgs {
     /// Only complete the current line.
     #[arg(long)]
     single_line: bool,
+    /// Before each completion, print the job's plan (prompt, token limit, stop rules) as one
+    /// JSON line: what the server plans for an editor at the same place.
+    #[arg(long)]
+    plan: bool,
     /// After the first completion, type this text at the cursor and complete again with the
     /// same warm engine (shows the reuse of the KV cache).
     #[arg(long)]
@@ -229,13 +238,21 @@ fn complete(args: CompleteArgs) -> Result<(), CliError> {
     let text = read_source(&path)?;
     let mut rope = Rope::from_str(&text);
     let mut cursor = CursorPosition { line, column };
-    let config = Config::default();
+    let mut config = Config::default();
+    config.multi_line &= !args.single_line;
+    if let Some(max_tokens) = args.max_tokens {
+        config.max_tokens = max_tokens;
+    }
+    if let Some(context_tokens) = args.context_tokens {
+        config.context_tokens = context_tokens;
+    }
     context::cursor_char_idx(&rope, cursor)
         .map_err(|err| CliError::Usage(format!("{}:{}:{}: {err}", path.display(), line + 1, column + 1)))?;
 
     let model_path = models::resolve(&args.model)?;
     let mut engine_config = EngineConfig::new(model_path);
     engine_config.gpu_layers = args.gpu_layers;
+    engine_config.context_tokens = config.context_tokens;
     if let Some(threads) = args.threads {
         engine_config.threads = threads.max(1);
     }
@@ -259,25 +276,24 @@ fn complete(args: CompleteArgs) -> Result<(), CliError> {
                 cursor.column += typed.chars().count();
             }
         }
-        let built = context::build_prompt(&rope, cursor, &config.windows, engine.info().special)
-            .map_err(|err| CliError::Internal(err.to_string()))?;
-        // The same shape and stop rules as the server's, from the file's syntax tree.
-        let shape = ghostline::syntax::Shape { multi_line: !args.single_line && config.multi_line, max_lines: config.max_lines, tab_width: 4 };
-        let stop = match ghostline::syntax::language_for("", &path.to_string_lossy()) {
-            Some(language) => {
-                let tree = ghostline::syntax::SyntaxTree::new(language, &rope);
-                let char_idx = context::cursor_char_idx(&rope, cursor).map_err(|err| CliError::Internal(err.to_string()))?;
-                ghostline::syntax::stop_rules(language, &tree.at(&rope, char_idx), &built.line_head, &built.line_tail, shape)
-            }
-            None => ghostline::syntax::plain_stop_rules(&built.line_head, &built.line_tail, shape),
+        // The same plan the server makes for an editor at this state.
+        let state = CursorState {
+            uri: path.to_string_lossy().into_owned(),
+            version: 0,
+            cursor_char_idx: context::cursor_char_idx(&rope, cursor).map_err(|err| CliError::Internal(err.to_string()))?,
+            syntax: ghostline::syntax::language_for("", &path.to_string_lossy()).map(|language| SyntaxTree::new(language, &rope)),
+            rope: rope.clone(),
+            language_id: String::new(),
         };
-        let params = GenerateParams { max_tokens: args.max_tokens.unwrap_or(config.max_tokens), stop, ..GenerateParams::default() };
-        let mut completion = engine.complete_blocking(built.prompt, params)?;
-        let surroundings = ghostline::postprocess::Surroundings {
-            next_lines: built.next_lines.clone(),
-            indent: ghostline::postprocess::detect_indent(text.lines()),
-        };
-        completion.text = ghostline::postprocess::clean_suggestion(&built.line_head, &completion.text, &built.line_tail, &surroundings);
+        let plan = JobPlan::new(&state, &config, engine.info(), None).map_err(|err| CliError::Internal(err.to_string()))?;
+        let stop = plan.rules.work_out();
+        if args.plan {
+            let described = JobPlan::describe(&plan.prompt.to_debug_string(), plan.params.max_tokens, &stop);
+            writeln!(std::io::stdout().lock(), "{described}").map_err(|err| CliError::Internal(err.to_string()))?;
+        }
+        let params = GenerateParams { stop, ..plan.params.clone() };
+        let mut completion = engine.complete_blocking(plan.prompt.clone(), params)?;
+        completion.text = ghostline::postprocess::clean_suggestion(&plan.split.head, &completion.text, &plan.split.tail, plan.split.surroundings());
         let total_ms = round_start.elapsed().as_secs_f64() * 1000.0;
         let mut stdout = std::io::stdout().lock();
         if args.json {

@@ -42,15 +42,45 @@ pub fn detect_indent<'a>(lines: impl Iterator<Item = &'a str>) -> Option<Indent>
     if tabs > spaces {
         return Some(Indent::Tabs);
     }
-    let width = (2..steps.len()).max_by_key(|&step| (steps[step], std::cmp::Reverse(step))).filter(|&step| steps[step] > 0).unwrap_or(4);
+    let width = (2..steps.len()).max_by_key(|&step| (steps[step], std::cmp::Reverse(step))).filter(|&step| steps[step] > 0).unwrap_or(DEFAULT_TAB_WIDTH);
     Some(Indent::Spaces(width))
 }
 
-/// What is around the cursor besides its line: the lines after it, and the file's indentation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The width of a tab, and of an indentation level, until a file shows its own.
+pub const DEFAULT_TAB_WIDTH: usize = 4;
+
+/// What is around the cursor besides its line: the lines after it, the file's indentation and
+/// the language's bracket pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Surroundings {
     pub next_lines: String,
     pub indent: Option<Indent>,
+    /// From the language's grammar facts; the common three for text without a grammar.
+    pub brackets: Vec<(char, char)>,
+}
+
+impl Default for Surroundings {
+    fn default() -> Self {
+        Surroundings { next_lines: String::new(), indent: None, brackets: vec![('(', ')'), ('[', ']'), ('{', '}')] }
+    }
+}
+
+impl Surroundings {
+    /// Columns per indentation level (and per tab): the file's, else the default.
+    pub fn tab_width(&self) -> usize {
+        match self.indent {
+            Some(Indent::Spaces(width)) => width,
+            _ => DEFAULT_TAB_WIDTH,
+        }
+    }
+
+    /// One level of indentation as the file writes it.
+    pub fn indent_unit(&self) -> String {
+        match self.indent {
+            Some(Indent::Tabs) => "\t".to_string(),
+            _ => " ".repeat(self.tab_width()),
+        }
+    }
 }
 
 /// Cleans a raw suggestion for a cursor whose line reads `line_head|line_tail`.
@@ -61,7 +91,7 @@ pub fn clean_suggestion(line_head: &str, suggestion: &str, line_tail: &str, surr
     while res.ends_with('\n') {
         res.pop();
     }
-    res = trim_overlap_with_tail(line_head, &res, line_tail);
+    res = trim_overlap_with_tail(line_head, &res, line_tail, &surroundings.brackets);
     if line_tail.trim().is_empty() {
         res = drop_repeated_next_lines(line_head, &res, &surroundings.next_lines);
     }
@@ -108,12 +138,13 @@ fn reindent(suggestion: &str, indent: Indent) -> String {
     for line in lines {
         let body = line.trim_start_matches([' ', '\t']);
         let leading = &line[..line.len() - body.len()];
-        let columns: usize = leading.chars().map(|ch| if ch == '\t' { 4 } else { 1 }).sum();
+        // The model writes tabs and four-space levels whatever the file does.
+        let columns = crate::engine::stop::indent_columns(leading, DEFAULT_TAB_WIDTH);
         let converted = match indent {
-            Indent::Tabs if leading.contains(' ') => format!("{}{}", "\t".repeat(columns / 4), " ".repeat(columns % 4)),
+            Indent::Tabs if leading.contains(' ') => format!("{}{}", "\t".repeat(columns / DEFAULT_TAB_WIDTH), " ".repeat(columns % DEFAULT_TAB_WIDTH)),
             Indent::Spaces(width) if leading.contains('\t') => {
                 let tabs = leading.chars().filter(|&ch| ch == '\t').count();
-                " ".repeat(tabs * width + (columns - tabs * 4))
+                " ".repeat(tabs * width + (columns - tabs * DEFAULT_TAB_WIDTH))
             }
             _ => leading.to_string(),
         };
@@ -127,7 +158,8 @@ fn reindent(suggestion: &str, indent: Indent) -> String {
 /// Removes the end of the suggestion that repeats the start of the text after the cursor: the
 /// whole rest of the line, or closing brackets that would leave the line with more closers
 /// than openers (`print(|)` must not gain a second `)`).
-fn trim_overlap_with_tail(line_head: &str, suggestion: &str, line_tail: &str) -> String {
+fn trim_overlap_with_tail(line_head: &str, suggestion: &str, line_tail: &str, brackets: &[(char, char)]) -> String {
+    let is_closer = |ch: char| brackets.iter().any(|(_, close)| *close == ch);
     let tail = line_tail.trim_end();
     if tail.is_empty() || suggestion.contains('\n') {
         return suggestion.to_string();
@@ -141,20 +173,16 @@ fn trim_overlap_with_tail(line_head: &str, suggestion: &str, line_tail: &str) ->
     for &overlap_len in boundaries.iter().rev() {
         let overlap = &tail[..overlap_len];
         let Some(stripped) = suggestion.strip_suffix(overlap) else { continue };
-        if overlap.chars().all(is_closer) && excess_closers(&format!("{line_head}{suggestion}{line_tail}")) {
+        if overlap.chars().all(is_closer) && excess_closers(&format!("{line_head}{suggestion}{line_tail}"), brackets) {
             return stripped.to_string();
         }
     }
     suggestion.to_string()
 }
 
-fn is_closer(ch: char) -> bool {
-    matches!(ch, ')' | ']' | '}')
-}
-
 /// Whether any bracket kind closes more often than it opens on this text.
-fn excess_closers(text: &str) -> bool {
-    [('(', ')'), ('[', ']'), ('{', '}')].iter().any(|&(open, close)| {
+fn excess_closers(text: &str, brackets: &[(char, char)]) -> bool {
+    brackets.iter().any(|&(open, close)| {
         let n_open = text.chars().filter(|&ch| ch == open).count();
         let n_close = text.chars().filter(|&ch| ch == close).count();
         n_close > n_open
@@ -256,7 +284,7 @@ mod tests {
         let languages: std::collections::BTreeSet<&str> = IN_CONTEXT.iter().map(|case| case.0).collect();
         assert!(languages.len() >= 6 && IN_CONTEXT.len() + CASES.len() >= 60);
         for (language, line_head, suggestion, line_tail, next_lines, indent, expected) in IN_CONTEXT {
-            let surroundings = Surroundings { next_lines: next_lines.to_string(), indent: *indent };
+            let surroundings = Surroundings { next_lines: next_lines.to_string(), indent: *indent, ..Surroundings::default() };
             assert_eq!(
                 clean_suggestion(line_head, suggestion, line_tail, &surroundings),
                 *expected,

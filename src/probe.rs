@@ -295,6 +295,71 @@ fn crash_message(signal: i32, stage: &str, system_info: &str) -> String {
     )
 }
 
+
+/// Why the engine is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadFailure {
+    /// The model could not be found or fetched.
+    #[error(transparent)]
+    Model(#[from] crate::models::ModelError),
+    /// The model was found but llama.cpp could not load it (in this process or the child).
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    #[error("the model could not be loaded: {0}")]
+    ChildLoad(ProbeError),
+    /// The model loads, but decoding with it kills the process (the check in a child saw it),
+    /// or the check could not run at all.
+    #[error(transparent)]
+    EngineCheck(ProbeError),
+    #[error("cannot find this program's path for the engine check: {0}")]
+    ThisProgram(String),
+    #[error("the model loader crashed: {0}")]
+    LoaderPanicked(String),
+}
+
+impl LoadFailure {
+    /// Whether the engine check failed (the model itself may be fine).
+    pub fn is_engine_check(&self) -> bool {
+        matches!(self, LoadFailure::EngineCheck(_) | LoadFailure::ThisProgram(_))
+    }
+}
+
+/// Loads the engine in this process while a child process loads the same model and decodes a
+/// few tokens (`start`); the engine is handed out only when the child succeeded, so a llama.cpp
+/// build that dies on this CPU never takes the server down. Both loads overlap.
+pub fn load_checked_engine(config: &crate::config::Config) -> Result<Engine, LoadFailure> {
+    let path = crate::models::resolve(&config.model)?;
+    let exe = this_program().map_err(|err| LoadFailure::ThisProgram(err.to_string()))?;
+    let mut check = start(&exe, &path, config.gpu_layers, DEFAULT_DEADLINE).map_err(LoadFailure::EngineCheck)?;
+    // The child loads first: a model file that crashes the loader (a truncated file, a GPU
+    // driver) must not reach this process. Its decoding then overlaps this process's load.
+    match check.wait_loaded() {
+        Ok(()) => {}
+        Err(err @ (ProbeError::Crashed { .. } | ProbeError::TimedOut(_))) => return Err(LoadFailure::EngineCheck(err)),
+        Err(err) => return Err(LoadFailure::ChildLoad(err)),
+    }
+    let mut engine_config = EngineConfig::new(path);
+    engine_config.context_tokens = config.context_tokens;
+    engine_config.gpu_layers = config.gpu_layers;
+    if let Some(threads) = config.threads {
+        engine_config.threads = threads;
+    }
+    let engine = Engine::start(engine_config)?;
+    match check.wait() {
+        Ok(report) => {
+            tracing::info!(decode_ms = report.decode_ms, generated = report.generated_tokens, "engine check passed");
+            Ok(engine)
+        }
+        // A clean failure of the child (out of GPU memory with two copies loaded, say) is no
+        // sign that decoding kills the process: the engine that loaded here is kept.
+        Err(ProbeError::Failed { reason, .. }) => {
+            tracing::warn!(%reason, "the engine check failed without crashing; keeping the engine");
+            Ok(engine)
+        }
+        Err(err) => Err(LoadFailure::EngineCheck(err)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,8 +125,21 @@ pub enum EngineError {
     Context(String),
     #[error("llama.cpp failed to decode: {0}")]
     Decode(String),
+    #[error("the prompt has {prompt_tokens} tokens but the context leaves room for {limit}; the prompt builder must stay within its token budget (raise contextTokens or lower the windows)")]
+    PromptTooLong { prompt_tokens: usize, limit: usize },
     #[error("the engine thread has stopped")]
     Stopped,
+}
+
+/// Where a job stands, as its progress says.
+#[derive(Debug)]
+pub enum JobOutcome<'progress> {
+    Running,
+    /// It ended by itself (end of generation, a stop rule, its token limit or deadline).
+    Finished(&'progress Completion),
+    /// A newer job superseded it, or it was cancelled: its text is not a whole suggestion.
+    Interrupted(&'progress Completion),
+    Failed(&'progress EngineError),
 }
 
 /// What a job has produced so far; published after every generated token.
@@ -141,6 +154,22 @@ pub struct Progress {
     /// first; published with the first token.
     pub alternatives: Vec<String>,
     pub done: Option<Result<Completion, EngineError>>,
+}
+
+impl Progress {
+    pub fn outcome(&self) -> JobOutcome<'_> {
+        match &self.done {
+            None => JobOutcome::Running,
+            Some(Err(err)) => JobOutcome::Failed(err),
+            Some(Ok(completion)) if matches!(completion.stop_reason, StopReason::Superseded | StopReason::Cancelled) => JobOutcome::Interrupted(completion),
+            Some(Ok(completion)) => JobOutcome::Finished(completion),
+        }
+    }
+
+    /// Whether the job was superseded, cancelled or failed: nothing more will come from it.
+    pub fn is_interrupted_or_failed(&self) -> bool {
+        matches!(self.outcome(), JobOutcome::Interrupted(_) | JobOutcome::Failed(_))
+    }
 }
 
 /// A cloneable handle to the engine thread.
@@ -189,11 +218,6 @@ impl Engine {
         Job { id, cancel, progress }
     }
 
-    /// Submits a job and waits for it to finish.
-    pub async fn complete(&self, prompt: Prompt, params: GenerateParams) -> Result<Completion, EngineError> {
-        self.submit(prompt, params).wait().await
-    }
-
     /// Submits a job and blocks this (non-async) thread until it finishes.
     pub fn complete_blocking(&self, prompt: Prompt, params: GenerateParams) -> Result<Completion, EngineError> {
         self.submit(prompt, params).wait_blocking()
@@ -212,6 +236,39 @@ impl Engine {
             .send(worker::Command::Tokenize(text.to_string(), reply_sender))
             .map_err(|_| EngineError::Stopped)?;
         reply.recv().map_err(|_| EngineError::Stopped)
+    }
+}
+
+/// A job as a scripted engine receives it: the test decides what it produces.
+#[cfg(test)]
+pub struct ScriptedJob {
+    pub id: u64,
+    pub prompt: Prompt,
+    pub params: GenerateParams,
+    pub cancelled: Arc<AtomicBool>,
+    pub progress: watch::Sender<Progress>,
+}
+
+#[cfg(test)]
+impl Engine {
+    /// An engine without llama.cpp, for unit tests of the code around it: each submitted job
+    /// arrives on the returned channel, and the test publishes its progress. The handle is the
+    /// real one (a test of the scheduler exercises the same submission and supersession ids);
+    /// only the thread behind it is replaced.
+    pub fn scripted(info: ModelInfo) -> (Engine, mpsc::Receiver<ScriptedJob>) {
+        let (sender, receiver) = mpsc::channel::<worker::Command>();
+        let (jobs_sender, jobs) = mpsc::channel();
+        std::thread::spawn(move || {
+            while let Ok(command) = receiver.recv() {
+                if let worker::Command::Run(job) = command {
+                    let scripted = ScriptedJob { id: job.id, prompt: job.prompt, params: job.params, cancelled: job.cancel, progress: job.progress };
+                    if jobs_sender.send(scripted).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        (Engine { sender, latest_job_id: Arc::new(AtomicU64::new(0)), info: Arc::new(info) }, jobs)
     }
 }
 

@@ -9,8 +9,6 @@ pub struct StopRules {
     pub single_line: bool,
     /// Stop after this many complete lines (multi-line suggestions); 0 means no limit.
     pub max_lines: usize,
-    /// Stop before any of these strings.
-    pub stop_strings: Vec<String>,
     /// Prose: stop after the first sentence (a `.`, `!` or `?` followed by white space).
     pub sentence: bool,
     /// The structure of the code around the cursor, when it is known.
@@ -19,7 +17,7 @@ pub struct StopRules {
 
 impl Default for StopRules {
     fn default() -> Self {
-        StopRules { single_line: true, max_lines: 0, stop_strings: Vec::new(), sentence: false, scope: None }
+        StopRules { single_line: true, max_lines: 0, sentence: false, scope: None }
     }
 }
 
@@ -291,14 +289,6 @@ impl StopRules {
                 keep_smallest(at);
             }
         }
-        for stop in &self.stop_strings {
-            if stop.is_empty() {
-                continue;
-            }
-            if let Some(stop_idx) = text.find(stop.as_str()) {
-                keep_smallest(stop_idx);
-            }
-        }
         cut
     }
 }
@@ -331,13 +321,6 @@ mod tests {
         assert_eq!(rules.check("a\nb"), None);
         assert_eq!(rules.check("a\nb\nc"), Some(3));
         assert_eq!(StopRules::multi_line(0).check("a\nb\nc\n"), None);
-    }
-
-    #[test]
-    fn stop_strings_cut_before_the_earliest() {
-        let rules = StopRules { single_line: false, stop_strings: vec!["```".into(), "END".into()], ..StopRules::default() };
-        assert_eq!(rules.check("abc END ``` x"), Some(4));
-        assert_eq!(rules.check("abc"), None);
     }
 
     fn c_like() -> Lexical {

@@ -347,9 +347,9 @@ impl JobRunner<'_, '_> {
         let n_ctx = self.context.n_ctx() as usize;
         let max_prompt = n_ctx.saturating_sub(self.job.params.max_tokens + 1).max(1);
         if tokens.len() > max_prompt {
-            // Keep the most recent text: it matters most for the next tokens.
-            let excess = tokens.len() - max_prompt;
-            tokens.drain(..excess);
+            // Cutting tokens here would cut the prompt's structure (its special tokens come
+            // first); the prompt builder budgets the text, so this is a prompt it misjudged.
+            return Err(EngineError::PromptTooLong { prompt_tokens: tokens.len(), limit: max_prompt });
         }
         if tokens.is_empty() {
             return Ok(Completion { prompt_ms: 0.0, ..superseded_before_start_with(StopReason::EndOfGeneration) });

@@ -10,37 +10,32 @@
 //! - Concurrency is raised well above the number of completion requests that can wait at once,
 //!   so cancellations and changes never queue behind them.
 
+mod commands;
 mod framing;
+mod guard;
+mod loading;
 mod proto;
+mod waiting;
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::FutureExt;
 use serde_json::{json, Value};
-use tower_lsp_server::jsonrpc::{Error, ErrorCode, Result};
+use tower_lsp_server::jsonrpc::Result;
 use tower_lsp_server::ls_types::*;
 use tower_lsp_server::{Client, LanguageServer, LspService, Server};
 
 use crate::config::{Config, RawSettings};
 use crate::documents::{self, DocumentStore, PositionEncoding};
-use crate::engine::{Engine, EngineConfig};
-use crate::expansions;
-use crate::models;
-use crate::probe;
 use crate::scheduler::{Answer, CursorState, EngineState, Scheduler, Waiting};
+use commands::{accept_command, cap_chars, word_before_cursor};
+use guard::{guarded, guarded_notification, invalid_params};
+use waiting::WaitingRequests;
 
 /// How many requests may be in flight at once. Completion requests wait for the model, so this
 /// is far above what an editor sends, keeping `$/cancelRequest` and `didChange` from queueing.
 const MAX_CONCURRENCY: usize = 128;
-
-/// Completion requests that may wait for a suggestion at once. Each waiting request holds one of
-/// the protocol layer's `MAX_CONCURRENCY` slots; past this many, the oldest is answered empty,
-/// so `$/cancelRequest`, `ghostline/stats` and new keystrokes always find a free slot.
-const MAX_WAITING_REQUESTS: usize = 32;
 
 /// The longest completion label and inserted text sent in a completion item (some clients
 /// misbehave with very long items).
@@ -161,7 +156,7 @@ pub struct Backend {
     /// Set by the first `initialized`; a second one is ignored.
     initialized: AtomicBool,
     /// The settings the running engine was loaded with, to go back to when a new model fails.
-    loaded_config: Arc<Mutex<Option<Config>>>,
+    loaded_config: Arc<Mutex<Option<Arc<Config>>>>,
     /// Engine loads started (for `ghostline/stats`).
     engine_loads: AtomicU64,
     /// Changes rejected (their documents may differ from the editor's; for `ghostline/stats`).
@@ -172,97 +167,12 @@ pub struct Backend {
     waiting_requests: WaitingRequests,
 }
 
-/// The completion requests waiting for a suggestion, oldest first.
-#[derive(Default)]
-struct WaitingRequests {
-    next_id: AtomicU64,
-    queue: Mutex<std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>>,
-}
-
-/// One waiting request's place in the queue; leaving the queue when dropped.
-struct WaitTicket<'a> {
-    id: u64,
-    preempted: Arc<tokio::sync::Notify>,
-    requests: &'a WaitingRequests,
-}
-
-impl WaitingRequests {
-    /// Joins the queue; past `MAX_WAITING_REQUESTS`, the oldest waiting request is told to
-    /// answer now.
-    fn enter(&self) -> WaitTicket<'_> {
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let preempted = Arc::new(tokio::sync::Notify::new());
-        let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        queue.push_back((id, preempted.clone()));
-        while queue.len() > MAX_WAITING_REQUESTS {
-            if let Some((_, oldest)) = queue.pop_front() {
-                oldest.notify_one();
-            }
-        }
-        WaitTicket { id, preempted, requests: self }
-    }
-}
-
-impl Drop for WaitTicket<'_> {
-    fn drop(&mut self) {
-        self.requests.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|(id, _)| *id != self.id);
-    }
-}
-
-impl Backend {
-    /// The scheduler's answer for a state, unless the request is preempted (too many waiting).
-    async fn answer_bounded(&self, state: CursorState, waiting: Waiting) -> (Answer, Option<crate::scheduler::ReadyWaiter>) {
-        let ticket = self.waiting_requests.enter();
-        tokio::select! {
-            answer = self.scheduler.complete(state, waiting) => answer,
-            _ = ticket.preempted.notified() => (Answer::Empty(crate::scheduler::EmptyReason::TooManyWaiting), None),
-        }
-    }
-}
-
 /// `ghostline/suggestionReady`: the suggestion for a cursor state is ready; ask again.
 enum SuggestionReady {}
 
 impl notification::Notification for SuggestionReady {
     type Params = Value;
     const METHOD: &'static str = "ghostline/suggestionReady";
-}
-
-fn invalid_params(message: impl Into<String>) -> Error {
-    Error { code: ErrorCode::InvalidParams, message: message.into().into(), data: None }
-}
-
-/// Runs a notification handler, turning a panic into a logged error (a notification has no
-/// answer to carry it; the server goes on).
-async fn guarded_notification(method: &str, body: impl Future<Output = ()>) {
-    if let Err(panic) = AssertUnwindSafe(body).catch_unwind().await {
-        let message = panic_message(panic.as_ref());
-        tracing::error!(method, %message, "notification handler panicked");
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|text| text.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_string())
-}
-
-/// Runs a handler body, turning a panic into a logged internal error.
-async fn guarded<T>(method: &str, body: impl Future<Output = Result<T>>) -> Result<T> {
-    match AssertUnwindSafe(body).catch_unwind().await {
-        Ok(res) => res,
-        Err(panic) => {
-            let message = panic_message(panic.as_ref());
-            tracing::error!(method, %message, "handler panicked");
-            Err(Error {
-                code: ErrorCode::InternalError,
-                message: format!("internal error in {method}: {message}").into(),
-                data: None,
-            })
-        }
-    }
 }
 
 impl Backend {
@@ -288,88 +198,6 @@ impl Backend {
 
     fn encoding(&self) -> PositionEncoding {
         *self.encoding.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Loads the configured model in the background, reporting progress, and hands the engine
-    /// to the scheduler. Until then completion requests are answered empty at once.
-    fn load_engine(&self) {
-        let generation = self.engine_generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.engine_loads.fetch_add(1, Ordering::SeqCst);
-        let engine_generation = self.engine_generation.clone();
-        let scheduler = self.scheduler.clone();
-        let client = self.client.clone();
-        let config = scheduler.config();
-        let loaded_config = self.loaded_config.clone();
-        let with_progress = self.client_has_work_done_progress.load(Ordering::SeqCst);
-        // A running engine keeps serving until its replacement is ready, and stays if the
-        // replacement fails.
-        let previous_ready = matches!(scheduler.engine_state(), EngineState::Ready(_));
-        if !previous_ready {
-            scheduler.set_engine_state(EngineState::Loading);
-        }
-        tokio::spawn(async move {
-            let token = NumberOrString::String(format!("ghostline-load-{generation}"));
-            let progress = if with_progress
-                && client
-                    .send_request::<request::WorkDoneProgressCreate>(WorkDoneProgressCreateParams { token: token.clone() })
-                    .await
-                    .is_ok()
-            {
-                Some(client.progress(token, "Ghostline").with_message(format!("loading model {}", config.model)).begin().await)
-            } else {
-                None
-            };
-            let model = config.model.clone();
-            let load_config = config.clone();
-            let loaded = tokio::task::spawn_blocking(move || load_checked_engine(&load_config))
-                .await
-                .unwrap_or_else(|err| Err(LoadFailure::Model(format!("the model loader crashed: {err}"))));
-            if engine_generation.load(Ordering::SeqCst) != generation {
-                return;
-            }
-            match loaded {
-                Ok(engine) => {
-                    let message = format!("model {} ready ({:.0} ms)", engine.info().name, engine.info().load_ms);
-                    tracing::info!("{message}");
-                    scheduler.set_engine_state(EngineState::Ready(engine));
-                    *loaded_config.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(config);
-                    if let Some(progress) = progress {
-                        progress.finish_with_message(message).await;
-                    }
-                }
-                Err(failure) => {
-                    tracing::error!(%failure, "model failed to load");
-                    // State and settings change before any `.await`, so a newer load that
-                    // starts meanwhile is never overwritten by this one.
-                    let previous = loaded_config.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-                    let kept = match (&previous, scheduler.engine_state()) {
-                        (Some(previous), EngineState::Ready(_)) if previous_ready => {
-                            // Back to the settings of the engine that keeps running.
-                            let mut current = scheduler.config();
-                            current.set_engine_settings(previous);
-                            scheduler.set_config(current);
-                            Some(previous.model.clone())
-                        }
-                        _ => {
-                            scheduler.set_engine_state(EngineState::Failed(failure.to_string()));
-                            None
-                        }
-                    };
-                    if let Some(progress) = progress {
-                        progress.finish_with_message("model failed to load").await;
-                    }
-                    let consequence = match &kept {
-                        Some(previous) => format!("keeping model `{previous}`"),
-                        None => String::from("completions are off until then"),
-                    };
-                    let message = match &failure {
-                        LoadFailure::Model(err) => format!("Ghostline could not load model `{model}`: {err}. Set `model` in the Ghostline settings to a registry name (`ghostline models list`) or a .gguf path; {consequence}."),
-                        LoadFailure::EngineCheck(err) => format!("Ghostline's engine cannot run model `{model}` on this machine: {err}. `ghostline doctor` repeats this check; {consequence}."),
-                    };
-                    client.show_message(MessageType::ERROR, message).await;
-                }
-            }
-        });
     }
 
     fn cursor_state(&self, uri: &Uri, position: Position) -> Result<CursorState> {
@@ -459,7 +287,7 @@ impl Backend {
             let engine = match self.scheduler.engine_state() {
                 EngineState::NotStarted => json!({"state": "not started"}),
                 EngineState::Loading => json!({"state": "loading"}),
-                EngineState::Failed(err) => json!({"state": "failed", "error": err}),
+                EngineState::Failed(err) => json!({"state": "failed", "error": err.to_string()}),
                 EngineState::Ready(engine) => json!({"state": "ready", "model": engine.info()}),
             };
             stats["engine"] = engine;
@@ -485,93 +313,6 @@ impl Backend {
             self.client.show_message(MessageType::WARNING, format!("Ghostline: {message}")).await;
         }
     }
-}
-
-fn accept_command(uri: &Uri, text: &str) -> Command {
-    Command {
-        title: "Ghostline: suggestion accepted".to_string(),
-        command: ACCEPT_COMMAND.to_string(),
-        arguments: Some(vec![json!({"uri": uri.as_str(), "chars": text.chars().count()})]),
-    }
-}
-
-impl Backend {
-    /// `ghostline.expandIntoCode`: generates the code, applies it with `workspace/applyEdit` and returns
-    /// the edit (so a client that cannot apply edits can still use it).
-    async fn expand(&self, arguments: &[Value]) -> Result<Value> {
-        let usage = || invalid_params(format!("{EXPAND_COMMAND} takes [uri, firstLine, lastLine]"));
-        let uri: Uri = arguments.first().and_then(Value::as_str).and_then(|text| text.parse().ok()).ok_or_else(usage)?;
-        let first_line = arguments.get(1).and_then(Value::as_u64).ok_or_else(usage)? as usize;
-        let last_line = arguments.get(2).and_then(Value::as_u64).ok_or_else(usage)? as usize;
-        let document = self.documents.get(uri.as_str()).ok_or_else(|| invalid_params(format!("document {} is not open", uri.as_str())))?;
-        if let Some(reason) = &document.diverged {
-            return Err(invalid_params(format!("the server's copy of {} may differ from the editor's ({reason}); send the whole text again", uri.as_str())));
-        }
-        let expanded = self.scheduler.expand(&document.rope, first_line, last_line).await.map_err(invalid_params)?;
-        let current = self.documents.get(uri.as_str()).map(|document| document.version);
-        if current != Some(document.version) {
-            return Err(invalid_params("the document changed while expanding; ask again"));
-        }
-        let encoding = self.encoding();
-        let range = Range {
-            start: proto::to_position(documents::position(&document.rope, expanded.start_char_idx, encoding)),
-            end: proto::to_position(documents::position(&document.rope, expanded.end_char_idx, encoding)),
-        };
-        let edit = WorkspaceEdit {
-            changes: Some([(uri.clone(), vec![TextEdit { range, new_text: expanded.text }])].into_iter().collect()),
-            ..Default::default()
-        };
-        match self.client.apply_edit(edit.clone()).await {
-            Ok(response) if !response.applied => tracing::warn!(reason = ?response.failure_reason, "the client did not apply the expansion"),
-            Ok(_) => {}
-            Err(err) => tracing::warn!(%err, "workspace/applyEdit failed"),
-        }
-        serde_json::to_value(edit).map_err(|err| Error { code: ErrorCode::InternalError, message: err.to_string().into(), data: None })
-    }
-
-    /// Completion items for the user's expansions whose trigger starts with `word`.
-    fn expansion_items(&self, uri: &Uri, language_id: &str, word: &str, word_range: Range) -> Vec<CompletionItem> {
-        let config = self.scheduler.config();
-        let path = uri.path().decode().to_string_lossy();
-        let file_name = path.rsplit('/').next().unwrap_or_default().to_string();
-        let context = expansions::Context { file_name, language_id: language_id.to_string(), now: chrono::Local::now() };
-        expansions::matching(&config.expansions, word)
-            .map(|expansion| {
-                let text = expansions::render(&expansion.body, &context);
-                CompletionItem {
-                    label: expansion.trigger.clone(),
-                    kind: Some(CompletionItemKind::SNIPPET),
-                    detail: Some(expansion.description.clone().unwrap_or_else(|| "Ghostline expansion".to_string())),
-                    documentation: Some(Documentation::MarkupContent(MarkupContent { kind: MarkupKind::Markdown, value: format!("```\n{text}\n```") })),
-                    sort_text: Some(format!("1{}", expansion.trigger)),
-                    filter_text: Some(expansion.trigger.clone()),
-                    insert_text_format: Some(InsertTextFormat::SNIPPET),
-                    text_edit: Some(CompletionTextEdit::Edit(TextEdit { range: word_range, new_text: text })),
-                    ..Default::default()
-                }
-            })
-            .collect()
-    }
-}
-
-/// The identifier characters right before the cursor (what a completion menu filters on).
-fn word_before_cursor(line_head: &str) -> &str {
-    let start = line_head
-        .char_indices()
-        .rev()
-        .take_while(|(_, ch)| ch.is_alphanumeric() || *ch == '_')
-        .last()
-        .map_or(line_head.len(), |(idx, _)| idx);
-    &line_head[start..]
-}
-
-fn cap_chars(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        return text.to_string();
-    }
-    let mut res: String = text.chars().take(max_chars).collect();
-    res.push('…');
-    res
 }
 
 impl LanguageServer for Backend {
@@ -600,7 +341,7 @@ impl LanguageServer for Backend {
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
 
-            let mut config = self.scheduler.config();
+            let mut config = (*self.scheduler.config()).clone();
             let mut wants_ready = experimental_ready;
             if let Some(options) = &params.initialization_options {
                 match RawSettings::from_json(options) {
@@ -743,7 +484,7 @@ impl LanguageServer for Backend {
             if let Some(wants) = raw.suggestion_ready_notification {
                 self.wants_ready_notification.store(wants, Ordering::SeqCst);
             }
-            let mut config = self.scheduler.config();
+            let mut config = (*self.scheduler.config()).clone();
             let applied = config.apply(&raw);
             self.scheduler.set_config(config);
             if applied.engine_changed {
@@ -856,79 +597,3 @@ impl LanguageServer for Backend {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn past_the_limit_the_oldest_waiting_request_is_told_to_answer() {
-        let requests = WaitingRequests::default();
-        let tickets: Vec<WaitTicket> = (0..MAX_WAITING_REQUESTS + 2).map(|_| requests.enter()).collect();
-        let told: Vec<bool> = tickets.iter().map(|ticket| ticket.preempted.notified().now_or_never().is_some()).collect();
-        assert_eq!(told.iter().filter(|told| **told).count(), 2, "{told:?}");
-        assert!(told[0] && told[1] && !told[2], "the oldest two: {told:?}");
-        drop(tickets);
-        assert!(requests.queue.lock().unwrap().is_empty(), "tickets leave the queue when dropped");
-    }
-
-    #[test]
-    fn word_before_cursor_takes_identifier_characters() {
-        assert_eq!(word_before_cursor("    let total_sum"), "total_sum");
-        assert_eq!(word_before_cursor("print("), "");
-        assert_eq!(word_before_cursor("x = größe"), "größe");
-        assert_eq!(word_before_cursor(""), "");
-    }
-
-    #[test]
-    fn long_labels_are_capped() {
-        assert_eq!(cap_chars("abcdef", 3), "abc…");
-        assert_eq!(cap_chars("abc", 3), "abc");
-    }
-}
-
-/// Why the engine is not usable.
-#[derive(Debug, thiserror::Error)]
-enum LoadFailure {
-    /// The model could not be found, fetched or loaded.
-    #[error("{0}")]
-    Model(String),
-    /// The model loads, but decoding with it kills the process (the check in a child saw it).
-    #[error("{0}")]
-    EngineCheck(String),
-}
-
-/// Loads the engine in this process while a child process loads the same model and decodes a
-/// few tokens (`probe`); the engine is handed out only when the child succeeded, so a llama.cpp
-/// build that dies on this CPU never takes the server down. Both loads overlap.
-fn load_checked_engine(config: &crate::config::Config) -> std::result::Result<Engine, LoadFailure> {
-    let path = models::resolve(&config.model).map_err(|err| LoadFailure::Model(err.to_string()))?;
-    let exe = probe::this_program().map_err(|err| LoadFailure::EngineCheck(format!("cannot find this program's path for the engine check: {err}")))?;
-    let mut check = probe::start(&exe, &path, config.gpu_layers, probe::DEFAULT_DEADLINE).map_err(|err| LoadFailure::EngineCheck(err.to_string()))?;
-    // The child loads first: a model file that crashes the loader (a truncated file, a GPU
-    // driver) must not reach this process. Its decoding then overlaps this process's load.
-    match check.wait_loaded() {
-        Ok(()) => {}
-        Err(err @ (probe::ProbeError::Crashed { .. } | probe::ProbeError::TimedOut(_))) => return Err(LoadFailure::EngineCheck(err.to_string())),
-        Err(err) => return Err(LoadFailure::Model(err.to_string())),
-    }
-    let mut engine_config = EngineConfig::new(path);
-    engine_config.context_tokens = config.context_tokens;
-    engine_config.gpu_layers = config.gpu_layers;
-    if let Some(threads) = config.threads {
-        engine_config.threads = threads;
-    }
-    let engine = Engine::start(engine_config).map_err(|err| LoadFailure::Model(err.to_string()))?;
-    match check.wait() {
-        Ok(report) => {
-            tracing::info!(decode_ms = report.decode_ms, generated = report.generated_tokens, "engine check passed");
-            Ok(engine)
-        }
-        // A clean failure of the child (out of GPU memory with two copies loaded, say) is no
-        // sign that decoding kills the process: the engine that loaded here is kept.
-        Err(probe::ProbeError::Failed { reason, .. }) => {
-            tracing::warn!(%reason, "the engine check failed without crashing; keeping the engine");
-            Ok(engine)
-        }
-        Err(err) => Err(LoadFailure::EngineCheck(err.to_string())),
-    }
-}

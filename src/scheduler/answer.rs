@@ -1,0 +1,300 @@
+//! Answering a completion request within the latency budget: from the job that covers the
+//! request's state (typed-ahead included), with the whole suggestion when it is ready in time,
+//! its complete words so far for clients that hear `ghostline/suggestionReady`, or nothing
+//! yet with a `ReadyWaiter` that resolves when the suggestion grows.
+//!
+//! The wait counts from the keystroke (the change that made the request's version), not from
+//! the request. A budget answer does not wait at all when no token can arrive in time.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ropey::Rope;
+use tokio::sync::watch;
+
+use super::slot::{typed_ahead, ActiveJob};
+use super::{ms_since, Scheduler};
+use crate::engine::{Completion, JobOutcome, Progress};
+use crate::plan::{CursorState, LineSplit};
+use crate::postprocess::clean_suggestion;
+
+/// How a request wants to be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The client handles `ghostline/suggestionReady`: answer within the budget.
+    Budget,
+    /// Any other client: wait for the suggestion, up to the maximum wait.
+    UntilReady,
+}
+
+/// A suggestion to show at the cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suggestion {
+    /// Text to insert at the cursor.
+    pub text: String,
+    /// The cursor line's text after the cursor, which the suggestion is shown before.
+    pub line_tail: String,
+    pub from_typed_ahead: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmptyReason {
+    ModelNotReady,
+    LanguageDisabled,
+    BadPosition,
+    /// The model had nothing (more) to suggest here.
+    NothingToSuggest,
+    /// Not ready within the budget; a ready notification may follow.
+    NotReadyYet,
+    /// The document changed or a newer job replaced this one while waiting.
+    Outdated,
+    /// Too many requests were waiting; the oldest are answered empty to make room.
+    TooManyWaiting,
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    Ready(Suggestion),
+    Empty(EmptyReason),
+}
+
+/// Returned with an answer given before the suggestion was ready: resolves when it is.
+pub struct ReadyWaiter {
+    pub uri: String,
+    pub version: i32,
+    pub cursor_char_idx: usize,
+    progress: watch::Receiver<Progress>,
+    keystroke: Instant,
+    /// The characters typed since the job's state, and the cursor line's split.
+    typed: String,
+    split: LineSplit,
+    /// The length of the suggestion already answered (0 for an empty answer).
+    answered_chars: usize,
+}
+
+impl ReadyWaiter {
+    /// The document the request was answered for.
+    pub fn rope(&self) -> &Rope {
+        self.split.rope()
+    }
+}
+
+/// Recent generation speed: a moving average of ms per token (0 until measured).
+#[derive(Default)]
+pub(super) struct TokenSpeed {
+    ms_per_token: Mutex<f64>,
+}
+
+impl TokenSpeed {
+    pub fn record(&self, completion: &Completion) {
+        if completion.generated_tokens < 2 {
+            return;
+        }
+        let measured = completion.generation_ms / completion.generated_tokens as f64;
+        let mut average = self.ms_per_token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *average = if *average == 0.0 { measured } else { 0.8 * *average + 0.2 * measured };
+    }
+
+    /// Whether a job may publish a token before `deadline`: not while its prompt is still
+    /// being decoded (a prompt step plus a token take longer than any budget), nor when the
+    /// next token is due after it. Waiting then would only delay an empty answer.
+    fn may_grow_before(&self, progress: &Progress, deadline: Instant) -> bool {
+        if progress.done.is_some() {
+            return true;
+        }
+        let ms_per_token = *self.ms_per_token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match progress.updated_at {
+            _ if ms_per_token == 0.0 => true,
+            None => false,
+            Some(updated_at) => updated_at + Duration::from_secs_f64(ms_per_token * 0.7 / 1000.0) <= deadline,
+        }
+    }
+}
+
+/// A request being answered: its state, how it waits and until when.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    state: &'a CursorState,
+    waiting: Waiting,
+    deadline: Instant,
+    keystroke: Instant,
+    split: &'a LineSplit,
+}
+
+impl Scheduler {
+    /// Answers a completion request at a cursor state.
+    pub async fn complete(&self, state: CursorState, waiting: Waiting) -> (Answer, Option<ReadyWaiter>) {
+        let request_start = Instant::now();
+        let keystroke = self.keystrokes.instant_of(&state.uri, state.version);
+        let (answer, waiter) = self.answer_within(&state, waiting, keystroke).await;
+        let mut stats = self.stats_mut();
+        stats.counters.requests += 1;
+        stats.response_ms.record(ms_since(request_start));
+        match &answer {
+            Answer::Ready(suggestion) => {
+                stats.counters.answered_with_suggestion += 1;
+                if suggestion.from_typed_ahead {
+                    stats.counters.typed_ahead_hits += 1;
+                }
+                stats.time_to_suggestion_ms.record(ms_since(keystroke));
+            }
+            Answer::Empty(_) => stats.counters.answered_empty += 1,
+        }
+        (answer, waiter)
+    }
+
+    async fn answer_within(&self, state: &CursorState, waiting: Waiting, keystroke: Instant) -> (Answer, Option<ReadyWaiter>) {
+        let config = self.config();
+        if self.ready_engine().is_none() {
+            return (Answer::Empty(EmptyReason::ModelNotReady), None);
+        }
+        if !config.language_enabled(&state.language_id) {
+            return (Answer::Empty(EmptyReason::LanguageDisabled), None);
+        }
+        let Some(split) = LineSplit::new(&state.rope, state.cursor_char_idx, state.language()) else {
+            return (Answer::Empty(EmptyReason::BadPosition), None);
+        };
+        // The budget counts from the keystroke, not from the request: the editor sees the
+        // whole time since the key was pressed. Timers fire on whole milliseconds, rounding up,
+        // so the wait ends one millisecond early to leave within the budget.
+        let deadline = match waiting {
+            Waiting::Budget => keystroke + Duration::from_millis(if config.budget_ms > 1 { config.budget_ms - 1 } else { config.budget_ms }),
+            Waiting::UntilReady => keystroke + Duration::from_millis(config.max_wait_ms),
+        };
+        let request = Request { state, waiting, deadline, keystroke, split: &split };
+        let Some(mut active) = self.covering_job(state, &split, &config).or_else(|| self.start_job(state, &config)) else {
+            return (Answer::Empty(EmptyReason::BadPosition), None);
+        };
+        let mut restarted = false;
+        loop {
+            let typed = typed_ahead(&active.anchor, &state.uri, &split).unwrap_or_default().to_string();
+            let (answer, waiter, finished_elsewhere) = self.wait_on(&active, &request, typed).await;
+            // A job that finished with text the user did not type (it was followed while still
+            // running) is replaced once by a job for this very state.
+            if finished_elsewhere && !restarted {
+                restarted = true;
+                match self.start_job(state, &config) {
+                    Some(next) => {
+                        active = next;
+                        continue;
+                    }
+                    None => return (Answer::Empty(EmptyReason::BadPosition), None),
+                }
+            }
+            return (answer, waiter);
+        }
+    }
+
+    /// Waits on one job until the deadline; the answer, a waiter for an early answer, and
+    /// whether the job finished with text that disagrees with what was typed.
+    async fn wait_on(&self, active: &ActiveJob, request: &Request<'_>, typed: String) -> (Answer, Option<ReadyWaiter>, bool) {
+        let Request { state, waiting, deadline, keystroke, split } = *request;
+        let mut progress = active.job.subscribe();
+        // A client that is told when the suggestion grows may be shown its first words while
+        // the rest is generated; any other client gets the whole suggestion.
+        let partial_ok = waiting == Waiting::Budget;
+        let may_grow = !partial_ok || self.speed.may_grow_before(&progress.borrow(), deadline);
+        let wait_until = if may_grow { deadline } else { Instant::now() };
+        let settled = tokio::time::timeout_at(
+            wait_until.into(),
+            progress.wait_for(|progress| progress.done.is_some() || (partial_ok && partial_suggestion(progress, &typed, split).is_some())),
+        )
+        .await
+        .map(|res| res.map(|_| ()));
+        let snapshot = progress.borrow().clone();
+        let waiter = |answered_chars: usize| ReadyWaiter {
+            uri: state.uri.clone(),
+            version: state.version,
+            cursor_char_idx: state.cursor_char_idx,
+            progress: progress.clone(),
+            keystroke,
+            typed: typed.clone(),
+            split: split.clone(),
+            answered_chars,
+        };
+        match settled {
+            Ok(Ok(())) if snapshot.done.is_none() => match partial_suggestion(&snapshot, &typed, split) {
+                // The first words are ready; the client hears again when there is more.
+                Some(suggestion) => {
+                    let answered_chars = suggestion.text.chars().count();
+                    (Answer::Ready(suggestion), Some(waiter(answered_chars)), false)
+                }
+                None => (Answer::Empty(EmptyReason::NotReadyYet), Some(waiter(0)), false),
+            },
+            Ok(Ok(())) => {
+                let answer = answer_from(&snapshot, &typed, split);
+                let finished_elsewhere = matches!(answer, Answer::Empty(EmptyReason::Outdated)) && matches!(snapshot.outcome(), JobOutcome::Finished(_));
+                (answer, None, finished_elsewhere)
+            }
+            Ok(Err(_)) => (Answer::Empty(EmptyReason::Outdated), None, false),
+            Err(_) if waiting == Waiting::Budget => (Answer::Empty(EmptyReason::NotReadyYet), Some(waiter(0)), false),
+            Err(_) => (Answer::Empty(EmptyReason::NotReadyYet), None, false),
+        }
+    }
+
+    /// Waits until the suggestion behind an early answer grows past what was answered (its first
+    /// words, or the whole of it); returns whether that is worth a ready notification.
+    pub async fn wait_ready(&self, mut waiter: ReadyWaiter, max_wait: Duration) -> bool {
+        let grown = |progress: &Progress| match &progress.done {
+            Some(_) => true,
+            None => partial_suggestion(progress, &waiter.typed, &waiter.split).is_some_and(|partial| partial.text.chars().count() > waiter.answered_chars),
+        };
+        let Ok(Ok(progress)) = tokio::time::timeout(max_wait, waiter.progress.wait_for(grown)).await else {
+            return false;
+        };
+        // A suggestion still being generated has grown already (that is what was waited for);
+        // a finished one must still be longer than what was answered.
+        let useful = progress.done.is_none()
+            || matches!(answer_from(&progress, &waiter.typed, &waiter.split), Answer::Ready(suggestion) if suggestion.text.chars().count() > waiter.answered_chars);
+        drop(progress);
+        if useful {
+            let mut stats = self.stats_mut();
+            stats.counters.ready_notifications += 1;
+            if waiter.answered_chars == 0 {
+                stats.time_to_suggestion_ms.record(ms_since(waiter.keystroke));
+            }
+        }
+        useful
+    }
+}
+
+/// The complete words of a suggestion still being generated, for a state `typed` characters
+/// ahead of the job's: the text up to its last word boundary, cleaned. None when no word is
+/// complete yet or the typed characters disagree with it.
+pub(super) fn partial_suggestion(progress: &Progress, typed: &str, split: &LineSplit) -> Option<Suggestion> {
+    if progress.done.is_some() {
+        return None;
+    }
+    let remainder = progress.text.strip_prefix(typed)?;
+    let is_word = |ch: char| ch.is_alphanumeric() || ch == '_';
+    // A boundary: the end of a run of non-word characters, or the point where one begins.
+    let cut = remainder
+        .char_indices()
+        .zip(remainder.chars().skip(1))
+        .filter(|((_, ch), next)| is_word(*ch) != is_word(*next) || !is_word(*ch))
+        .map(|((idx, ch), _)| idx + ch.len_utf8())
+        .last()?;
+    let text = clean_suggestion(&split.head, &remainder[..cut], &split.tail, split.surroundings());
+    if text.is_empty() {
+        return None;
+    }
+    Some(Suggestion { text, line_tail: split.tail.clone(), from_typed_ahead: !typed.is_empty() })
+}
+
+/// Builds the answer from a finished job's progress for a state `typed` characters ahead.
+pub(super) fn answer_from(progress: &Progress, typed: &str, split: &LineSplit) -> Answer {
+    let completion = match progress.outcome() {
+        JobOutcome::Running => return Answer::Empty(EmptyReason::NotReadyYet),
+        JobOutcome::Failed(_) => return Answer::Empty(EmptyReason::NothingToSuggest),
+        JobOutcome::Interrupted(_) => return Answer::Empty(EmptyReason::Outdated),
+        JobOutcome::Finished(completion) => completion,
+    };
+    let Some(remainder) = completion.text.strip_prefix(typed) else {
+        return Answer::Empty(EmptyReason::Outdated);
+    };
+    let text = clean_suggestion(&split.head, remainder, &split.tail, split.surroundings());
+    if text.is_empty() {
+        return Answer::Empty(EmptyReason::NothingToSuggest);
+    }
+    Answer::Ready(Suggestion { text, line_tail: split.tail.clone(), from_typed_ahead: !typed.is_empty() })
+}

@@ -1,0 +1,179 @@
+//! What runs after a job ends: its token counts and the speed average, and, after a job the
+//! user asked for, the idle-time work (one job after the other while that job is still the
+//! active one): prefetch jobs on standby (the `prefetch` setting) for the suggestion's other
+//! likely starts and for the state after accepting it, then the cross-file snapshot's renewal
+//! with a job that warms the KV cache with it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::slot::{ActiveJob, Anchor};
+use super::{ring_size, Scheduler};
+use crate::engine::{Engine, GenerateParams, JobOutcome, Prompt};
+use crate::plan::{CursorState, JobPlan, LineSplit};
+use crate::postprocess::clean_suggestion;
+use crate::syntax::SyntaxTree;
+
+/// How long the user must have paused before the cross-file snapshot is renewed.
+const RING_PAUSE: Duration = Duration::from_millis(1000);
+
+/// Who a job is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum JobKind {
+    /// The user's keystroke asked for it: idle work may follow it.
+    Asked,
+    /// Idle work itself.
+    Standby,
+}
+
+/// One piece of idle work that runs a job on standby.
+enum StandbyWork {
+    /// A prefetch job for a state the user may reach next.
+    Prefetch { anchor: Anchor, state: CursorState, prompt: Prompt, params: GenerateParams },
+    /// A new snapshot of the cross-file ring, and a job at the origin's state that decodes
+    /// the prompt with it.
+    RingWarmUp,
+}
+
+impl Scheduler {
+    /// When the job ends: counts its tokens, updates the speed average and, after a job the
+    /// user asked for, starts the idle work.
+    pub(super) fn watch_job(&self, active: &Arc<ActiveJob>, kind: JobKind) {
+        let (Some(scheduler), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else { return };
+        let mut progress = active.job.subscribe();
+        let origin = active.clone();
+        runtime.spawn(async move {
+            let Ok(progress) = progress.wait_for(|progress| progress.done.is_some()).await else { return };
+            let progress = progress.clone();
+            // Idle work is counted before the job counts as ended, so no one sees the server
+            // idle between the two.
+            if kind == JobKind::Asked {
+                scheduler.spawn_idle_work(origin);
+            }
+            let mut stats = scheduler.stats_mut();
+            stats.counters.jobs_ended += 1;
+            if let Some(Ok(completion)) = &progress.done {
+                stats.counters.tokens_reused += completion.reused_tokens as u64;
+                stats.counters.tokens_decoded += completion.decoded_tokens as u64;
+                stats.counters.tokens_generated += completion.generated_tokens as u64;
+                drop(stats);
+                scheduler.speed.record(completion);
+            }
+        });
+    }
+
+    /// Runs the idle-time work after `origin`, counted in `idle_work` from this call on.
+    pub(super) fn spawn_idle_work(&self, origin: Arc<ActiveJob>) {
+        let (Some(scheduler), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else { return };
+        self.idle_work.fetch_add(1, Ordering::SeqCst);
+        runtime.spawn(async move {
+            scheduler.idle_work_after(origin).await;
+            scheduler.idle_work.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    async fn idle_work_after(&self, origin: Arc<ActiveJob>) {
+        let Some(engine) = self.ready_engine() else { return };
+        let progress = origin.job.snapshot();
+        let JobOutcome::Finished(completion) = progress.outcome() else { return };
+        let config = self.config();
+        let mut work = Vec::new();
+        if config.prefetch {
+            // The accepted state first: its prompt differs from the origin's below the cursor,
+            // so the alternatives after it (the origin's prompt) leave the KV cache where the
+            // next keystroke wants it.
+            let cross_file = self.cross_files.for_prompt_in(&origin.state.uri, ring_size(&config));
+            if let Some(accepted) = accepted_state(&origin.state, &completion.text) {
+                if let Ok(plan) = JobPlan::new(&accepted, &config, engine.info(), cross_file.as_ref()) {
+                    let params = GenerateParams { late_stop: self.plan_stop_rules(&plan, "prefetch"), ..plan.params.clone() };
+                    work.push(StandbyWork::Prefetch { anchor: Anchor::new(&accepted.uri, &plan.split), state: accepted, prompt: plan.prompt, params });
+                }
+            }
+            for alternative in progress.alternatives.iter().filter(|alternative| !completion.text.starts_with(alternative.as_str())) {
+                let params = GenerateParams { forced_prefix: alternative.clone(), alternatives: 0, ..origin.params.clone() };
+                work.push(StandbyWork::Prefetch { anchor: origin.anchor.clone(), state: origin.state.clone(), prompt: origin.prompt.clone(), params });
+            }
+        }
+        for item in work {
+            if !self.run_on_standby(&engine, &origin, item).await {
+                return;
+            }
+        }
+        if config.cross_file_chunks > 0 && self.cross_files.is_changed() {
+            // A new snapshot moves the start of every prompt: it is taken only in a pause of the
+            // user's (a keystroke during the warm-up would pay for the whole prompt).
+            let since_change = self.keystrokes.since_latest();
+            if since_change < RING_PAUSE {
+                tokio::time::sleep(RING_PAUSE - since_change).await;
+            }
+            if self.keystrokes.since_latest() >= RING_PAUSE {
+                self.run_on_standby(&engine, &origin, StandbyWork::RingWarmUp).await;
+            }
+        }
+    }
+
+    /// Runs a piece of idle work on standby and waits for its job, if `origin` is still the
+    /// active job; false if it is not (the user moved on).
+    async fn run_on_standby(&self, engine: &Engine, origin: &Arc<ActiveJob>, work: StandbyWork) -> bool {
+        // Counted before the job is submitted (the slot's lock is held then; stats are never held
+        // while the slot is locked elsewhere), so whoever sees the job sees it counted.
+        let count = || self.stats_mut().counters.prefetch_jobs += 1;
+        let submit = || match work {
+            StandbyWork::Prefetch { anchor, state, prompt, params } => {
+                count();
+                let job = engine.submit(prompt.clone(), params.clone());
+                Some(ActiveJob { anchor, job, state, prompt, params })
+            }
+            StandbyWork::RingWarmUp => {
+                if !self.cross_files.renew_snapshot() {
+                    return None;
+                }
+                let config = self.config();
+                let cross_file = self.cross_files.for_prompt_in(&origin.state.uri, ring_size(&config));
+                let plan = JobPlan::new(&origin.state, &config, engine.info(), cross_file.as_ref()).ok()?;
+                let params = origin.params.clone();
+                count();
+                let job = engine.submit(plan.prompt.clone(), params.clone());
+                Some(ActiveJob { anchor: origin.anchor.clone(), job, state: origin.state.clone(), prompt: plan.prompt, params })
+            }
+        };
+        let Some(standby) = self.slot.start_standby_after(origin, submit) else { return false };
+        let Some(standby) = standby else { return true };
+        self.watch_job(&standby, JobKind::Standby);
+        let mut progress = standby.job.subscribe();
+        let _ = progress.wait_for(|progress| progress.done.is_some()).await;
+        true
+    }
+}
+
+/// The state after the user accepts a suggestion (as shown, cleaned): its text inserted at the
+/// cursor; when that completes the line, the next line too, indented as editors indent it (as
+/// the line, one level deeper after a block opener), since that is where the user goes next.
+pub(super) fn accepted_state(state: &CursorState, raw: &str) -> Option<CursorState> {
+    let split = LineSplit::new(&state.rope, state.cursor_char_idx, state.language())?;
+    let shown = clean_suggestion(&split.head, raw, &split.tail, split.surroundings());
+    if shown.is_empty() {
+        return None;
+    }
+    let mut inserted = shown;
+    if split.tail.trim().is_empty() {
+        let whole = format!("{}{}", split.head, inserted);
+        let last_line = whole.rsplit('\n').next().unwrap_or_default();
+        let mut indent: String = last_line.chars().take_while(|ch| *ch == ' ' || *ch == '\t').collect();
+        if state.language().is_some_and(|language| language.facts.opens_block(last_line)) {
+            indent.push_str(&split.surroundings().indent_unit());
+        }
+        inserted.push('\n');
+        inserted.push_str(&indent);
+    }
+    let mut rope = state.rope.clone();
+    let mut syntax = state.syntax.clone();
+    let pending = SyntaxTree::before_edit(&rope, state.cursor_char_idx, state.cursor_char_idx);
+    rope.insert(state.cursor_char_idx, &inserted);
+    if let Some(tree) = &mut syntax {
+        tree.edited(&rope, pending, inserted.len());
+        tree.reparse(&rope);
+    }
+    Some(CursorState { rope, syntax, cursor_char_idx: state.cursor_char_idx + inserted.chars().count(), ..state.clone() })
+}

@@ -1,0 +1,291 @@
+//! The keystroke brain: turns document changes into engine jobs, serves typed-ahead characters
+//! from the current suggestion, and answers completion requests within the latency budget.
+//!
+//! It knows neither LSP types nor llama.cpp: it takes ropes, character indices and URIs as
+//! strings, and talks to the engine through its handle. Its parts, one file each:
+//! - `slot.rs`: the active job and the standby jobs behind one lock, and whether a job covers
+//!   a cursor state (typed-ahead);
+//! - `answer.rs`: answering a request within the budget, partial suggestions, ready
+//!   notifications, the generation speed that says whether waiting can pay off;
+//! - `idle.rs`: what runs after a job ends: token counts, prefetch jobs on standby, the
+//!   cross-file snapshot's warm-up;
+//! - `cross_file.rs`: the cross-file ring and its snapshot;
+//! - `expand.rs`: turning a comment or a note into code.
+//!
+//! Every job is planned by `src/plan.rs` (the same plan `ghostline complete` uses). A job never
+//! waits for its syntax tree: it is submitted with the plain stop rules, and the tree's rules
+//! follow from the planning thread before its first generated token.
+
+mod answer;
+mod cross_file;
+mod expand;
+mod idle;
+mod slot;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use ropey::Rope;
+
+use crate::background::LatestWins;
+use crate::config::Config;
+use crate::engine::{Engine, GenerateParams, LateStopRules};
+use crate::plan::{JobPlan, LineSplit};
+use crate::probe::LoadFailure;
+use crate::stats::Stats;
+
+pub use crate::plan::CursorState;
+pub use answer::{Answer, EmptyReason, ReadyWaiter, Suggestion, Waiting};
+pub use expand::{ExpandError, Expanded};
+
+use answer::TokenSpeed;
+use cross_file::{CrossFiles, RingSize};
+use idle::JobKind;
+use slot::{ActiveJob, Anchor, JobSlot};
+
+/// Where the model is.
+#[derive(Clone)]
+pub enum EngineState {
+    NotStarted,
+    Loading,
+    Ready(Engine),
+    Failed(Arc<LoadFailure>),
+}
+
+/// The other likely starts a job asks for, to prefetch.
+const ALTERNATIVES: usize = 2;
+
+/// The latest change: its document, version and instant, and a count of changes (debouncing
+/// compares it).
+#[derive(Default)]
+struct Keystrokes {
+    latest: Mutex<Option<(String, i32, Instant)>>,
+    count: AtomicU64,
+}
+
+impl Keystrokes {
+    /// Records a change; returns the previous one's instant and this change's number.
+    fn record(&self, uri: &str, version: i32, at: Instant) -> (Option<Instant>, u64) {
+        let previous = self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).replace((uri.to_string(), version, at));
+        (previous.map(|(_, _, at)| at), self.count.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    fn latest_count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// The instant of the change that made this version, or now for one not seen.
+    fn instant_of(&self, uri: &str, version: i32) -> Instant {
+        match &*self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            Some((latest_uri, latest_version, at)) if latest_uri == uri && *latest_version == version => *at,
+            _ => Instant::now(),
+        }
+    }
+
+    fn since_latest(&self) -> Duration {
+        match &*self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            Some((_, _, at)) => at.elapsed(),
+            None => Duration::MAX,
+        }
+    }
+}
+
+pub struct Scheduler {
+    engine: RwLock<EngineState>,
+    /// Shared, not copied: a change of settings swaps in a new one.
+    config: RwLock<Arc<Config>>,
+    slot: JobSlot,
+    speed: TokenSpeed,
+    stats: Mutex<Stats>,
+    keystrokes: Keystrokes,
+    /// Rounds of idle-time work pending or running (for `ghostline/stats`: idle means none).
+    idle_work: AtomicUsize,
+    cross_files: CrossFiles,
+    /// The thread that works out jobs' stop rules from the syntax tree (parsing it when the
+    /// tree is behind), off the LSP loop.
+    planner: LatestWins<&'static str>,
+    me: Weak<Scheduler>,
+}
+
+impl Scheduler {
+    pub fn new(config: Config) -> Arc<Scheduler> {
+        Arc::new_cyclic(|me| Scheduler {
+            engine: RwLock::new(EngineState::NotStarted),
+            config: RwLock::new(Arc::new(config)),
+            slot: JobSlot::default(),
+            speed: TokenSpeed::default(),
+            stats: Mutex::new(Stats::default()),
+            keystrokes: Keystrokes::default(),
+            idle_work: AtomicUsize::new(0),
+            cross_files: CrossFiles::default(),
+            planner: LatestWins::start("ghostline-plan"),
+            me: me.clone(),
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(config);
+    }
+
+    pub fn engine_state(&self) -> EngineState {
+        self.engine.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub fn set_engine_state(&self, state: EngineState) {
+        if let EngineState::Ready(engine) = &state {
+            self.stats_mut().model_load_ms = Some(engine.info().load_ms);
+        }
+        self.slot.clear();
+        *self.engine.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
+    }
+
+    pub fn stats_json(&self) -> serde_json::Value {
+        let mut json = self.stats_mut().to_json();
+        json["idleWork"] = serde_json::json!(self.idle_work.load(Ordering::SeqCst));
+        json
+    }
+
+    pub fn record_accepted(&self) {
+        self.stats_mut().counters.accepted += 1;
+    }
+
+    fn stats_mut(&self) -> MutexGuard<'_, Stats> {
+        self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ready_engine(&self) -> Option<Engine> {
+        match &*self.engine.read().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            EngineState::Ready(engine) => Some(engine.clone()),
+            _ => None,
+        }
+    }
+
+    /// The workspace root, which names files and the repository in cross-file prompts.
+    pub fn set_workspace(&self, root_uri: Option<String>) {
+        self.cross_files.set_workspace(root_uri);
+    }
+
+    /// A document opened: its top goes into the cross-file ring.
+    pub fn file_opened(&self, uri: &str, rope: &Rope) {
+        self.cross_files.file_opened(uri, rope, ring_size(&self.config()));
+    }
+
+    /// A document changed: start on the new state unless the active job still covers it.
+    /// Called from the change handler after the edit is in the store; never blocks, never
+    /// parses.
+    pub fn on_change(self: &Arc<Self>, state: CursorState) {
+        let now = Instant::now();
+        let (previous_change, change_count) = self.keystrokes.record(&state.uri, state.version, now);
+        let config = self.config();
+        self.cross_files.note_edit(&state, ring_size(&config));
+        if self.ready_engine().is_none() || !config.language_enabled(&state.language_id) {
+            return;
+        }
+        let Some(split) = LineSplit::new(&state.rope, state.cursor_char_idx, state.language()) else { return };
+        if self.covering_job(&state, &split, &config).is_some() {
+            return;
+        }
+        // Adaptive debounce: an isolated keystroke starts the engine at once; a burst (a held
+        // key, a paste in pieces) waits until it pauses.
+        let in_burst = previous_change.is_some_and(|at| now.duration_since(at) < Duration::from_millis(config.debounce_ms * 2));
+        if config.debounce_ms == 0 || !in_burst {
+            self.start_job(&state, &config);
+            return;
+        }
+        let scheduler = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(config.debounce_ms)).await;
+            if scheduler.keystrokes.latest_count() != change_count {
+                return;
+            }
+            if scheduler.covering_job(&state, &split, &config).is_none() {
+                scheduler.start_job(&state, &config);
+            }
+        });
+    }
+
+    /// The active job, if it can serve this state (now or when it finishes); else a job on
+    /// standby that can, which becomes the active job.
+    fn covering_job(&self, state: &CursorState, split: &LineSplit, config: &Config) -> Option<Arc<ActiveJob>> {
+        let (job, promoted) = self.slot.covering(state, split, config.typed_ahead)?;
+        if promoted {
+            self.stats_mut().counters.prefetch_hits += 1;
+            if job.job.snapshot().done.is_some() {
+                self.spawn_idle_work(job.clone());
+            }
+        }
+        Some(job)
+    }
+
+    /// Plans a job for this state and makes it the active one; None without an engine or a
+    /// plan (a cursor outside the document).
+    fn start_job(&self, state: &CursorState, config: &Config) -> Option<Arc<ActiveJob>> {
+        let engine = self.ready_engine()?;
+        let cross_file = self.cross_files.for_prompt_in(&state.uri, ring_size(config));
+        let plan = match JobPlan::new(state, config, engine.info(), cross_file.as_ref()) {
+            Ok(plan) => plan,
+            Err(err) => {
+                tracing::warn!(%err, uri = %state.uri, "no job for this state");
+                return None;
+            }
+        };
+        let alternatives = if config.prefetch { ALTERNATIVES } else { 0 };
+        let started = self.slot.start(|| {
+            let params = GenerateParams { alternatives, late_stop: self.plan_stop_rules(&plan, "job"), ..plan.params.clone() };
+            let job = engine.submit(plan.prompt.clone(), params.clone());
+            ActiveJob { anchor: Anchor::new(&state.uri, &plan.split), job, state: state.clone(), prompt: plan.prompt, params }
+        });
+        let mut stats = self.stats_mut();
+        stats.counters.jobs_started += 1;
+        if started.superseded_running {
+            stats.counters.jobs_superseded += 1;
+        }
+        drop(stats);
+        self.watch_job(&started.job, JobKind::Asked);
+        Some(started.job)
+    }
+
+    /// Queues the work-out of a plan's syntax-tree rules on the planning thread (`key` names
+    /// the kind of job: a newer job of the kind replaces a plan still queued); the engine gets
+    /// them before its first token. None when the plain rules are all there is. At debug level
+    /// the plan is logged as `ghostline complete --plan` prints it.
+    fn plan_stop_rules(&self, plan: &JobPlan, key: &'static str) -> Option<LateStopRules> {
+        let described = tracing::enabled!(tracing::Level::DEBUG).then(|| (plan.prompt.to_debug_string(), plan.params.max_tokens));
+        if !plan.rules.has_tree() {
+            if let Some((prompt, max_tokens)) = described {
+                tracing::debug!(plan = %JobPlan::describe(&prompt, max_tokens, &plan.params.stop), "job plan");
+            }
+            return None;
+        }
+        let late = LateStopRules::default();
+        let (deliver, rules) = (late.clone(), plan.rules.clone());
+        self.planner.submit(key, move || {
+            let stop = rules.work_out();
+            if let Some((prompt, max_tokens)) = described {
+                tracing::debug!(plan = %JobPlan::describe(&prompt, max_tokens, &stop), "job plan");
+            }
+            deliver.set(stop);
+        });
+        Some(late)
+    }
+
+    /// Cancels the active job if it belongs to this document (closed or no longer focused).
+    pub fn cancel_for(&self, uri: &str) {
+        self.slot.cancel_for(uri);
+    }
+}
+
+fn ring_size(config: &Config) -> RingSize {
+    RingSize { chunks: config.cross_file_chunks, lines: config.cross_file_lines }
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}

@@ -1,0 +1,163 @@
+//! The job slot: the one job the user's keystrokes are served from (the active job) and the
+//! prefetched jobs waiting for states the user may reach next (standby), behind one lock, so
+//! that starting, promoting and clearing are each one step that no other can interleave with.
+//!
+//! It also decides whether a job covers a cursor state: the same document, line and text after
+//! the cursor, and a line head that extends the job's by characters that agree with its
+//! suggestion (typed-ahead).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::engine::{GenerateParams, Job, JobOutcome, Prompt};
+use crate::plan::{CursorState, LineSplit};
+
+/// The cursor state a job was started for, as far as covering is concerned.
+#[derive(Debug, Clone)]
+pub(super) struct Anchor {
+    pub uri: String,
+    pub line: usize,
+    pub line_head: String,
+    pub line_tail: String,
+}
+
+impl Anchor {
+    pub fn new(uri: &str, split: &LineSplit) -> Anchor {
+        Anchor { uri: uri.to_string(), line: split.line, line_head: split.head.clone(), line_tail: split.tail.clone() }
+    }
+}
+
+/// A submitted job and what it was started from (prefetching derives its jobs from them).
+pub(super) struct ActiveJob {
+    pub anchor: Anchor,
+    pub job: Job,
+    pub state: CursorState,
+    pub prompt: Prompt,
+    pub params: GenerateParams,
+}
+
+#[derive(Default)]
+struct Jobs {
+    active: Option<Arc<ActiveJob>>,
+    standby: Vec<Arc<ActiveJob>>,
+}
+
+/// What starting a job replaced.
+pub(super) struct Started {
+    pub job: Arc<ActiveJob>,
+    /// The replaced active job was still running (it is superseded).
+    pub superseded_running: bool,
+}
+
+#[derive(Default)]
+pub(super) struct JobSlot {
+    jobs: Mutex<Jobs>,
+}
+
+impl JobSlot {
+    fn lock(&self) -> MutexGuard<'_, Jobs> {
+        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Submits a job (`submit` runs under the lock) and makes it the active one, dropping the
+    /// standby jobs. Under the lock, a job submitted for standby (which checks its origin under
+    /// the same lock) can never supersede this one, and the stop-rule plans that `submit` queues
+    /// reach the planning thread in the order their jobs reach the engine.
+    pub fn start(&self, submit: impl FnOnce() -> ActiveJob) -> Started {
+        let mut jobs = self.lock();
+        let active = Arc::new(submit());
+        let previous = jobs.active.replace(active.clone());
+        jobs.standby.clear();
+        let superseded_running = previous.is_some_and(|previous| matches!(previous.job.snapshot().outcome(), JobOutcome::Running));
+        Started { job: active, superseded_running }
+    }
+
+    /// Runs `submit` and keeps its job on standby, only while `origin` is the active job;
+    /// None when it no longer is (the user moved on: the work is not wanted).
+    pub fn start_standby_after(&self, origin: &Arc<ActiveJob>, submit: impl FnOnce() -> Option<ActiveJob>) -> Option<Option<Arc<ActiveJob>>> {
+        let mut jobs = self.lock();
+        if !jobs.active.as_ref().is_some_and(|active| Arc::ptr_eq(active, origin)) {
+            return None;
+        }
+        let standby = submit().map(Arc::new);
+        if let Some(standby) = &standby {
+            jobs.standby.push(standby.clone());
+        }
+        Some(standby)
+    }
+
+    /// The active job if it covers this state; else a standby job that does, which becomes the
+    /// active job (`promoted` is then true).
+    pub fn covering(&self, state: &CursorState, split: &LineSplit, typed_ahead_on: bool) -> Option<(Arc<ActiveJob>, bool)> {
+        let mut jobs = self.lock();
+        if let Some(active) = jobs.active.as_ref().filter(|active| covers(active, state, split, typed_ahead_on)) {
+            return Some((active.clone(), false));
+        }
+        let idx = jobs.standby.iter().position(|job| covers(job, state, split, typed_ahead_on))?;
+        let promoted = jobs.standby.remove(idx);
+        jobs.active = Some(promoted.clone());
+        Some((promoted, true))
+    }
+
+    /// Drops every job (a new engine, an expansion that takes the engine over).
+    pub fn clear(&self) {
+        let mut jobs = self.lock();
+        jobs.active = None;
+        jobs.standby.clear();
+    }
+
+    /// Runs `submit` with the slot emptied, under its lock (no prefetch job can slip in).
+    pub fn clear_and_submit<T>(&self, submit: impl FnOnce() -> T) -> T {
+        let mut jobs = self.lock();
+        jobs.active = None;
+        jobs.standby.clear();
+        submit()
+    }
+
+    /// Cancels and drops the jobs when the active one belongs to this document.
+    pub fn cancel_for(&self, uri: &str) {
+        let mut jobs = self.lock();
+        if jobs.active.as_ref().is_some_and(|active| active.anchor.uri == uri) {
+            if let Some(active) = jobs.active.take() {
+                active.job.cancel();
+            }
+            for job in jobs.standby.drain(..) {
+                job.job.cancel();
+            }
+        }
+    }
+}
+
+/// The characters typed since the anchor's state, if this split is that state plus typing: the
+/// same document and line, the same text after the cursor, and a head that extends the anchor's.
+pub(super) fn typed_ahead<'split>(anchor: &Anchor, uri: &str, split: &'split LineSplit) -> Option<&'split str> {
+    if anchor.uri != uri || anchor.line != split.line || anchor.line_tail != split.tail {
+        return None;
+    }
+    split.head.strip_prefix(anchor.line_head.as_str())
+}
+
+/// Whether a job can serve this state (now or when it finishes).
+fn covers(active: &ActiveJob, state: &CursorState, split: &LineSplit, typed_ahead_on: bool) -> bool {
+    let Some(typed) = typed_ahead(&active.anchor, &state.uri, split) else { return false };
+    let progress = active.job.snapshot();
+    if progress.is_interrupted_or_failed() {
+        return false;
+    }
+    if typed.is_empty() {
+        return true;
+    }
+    if !typed_ahead_on {
+        return false;
+    }
+    // With no text yet there is nothing to compare the typed characters with: a new job is
+    // cheap (it reuses the KV cache of this one) and is for the right state.
+    let running = matches!(progress.outcome(), JobOutcome::Running);
+    !progress.text.is_empty()
+        && if progress.text.starts_with(typed) {
+            // Typed characters agree with the suggestion; something must remain.
+            running || progress.text.len() > typed.len()
+        } else {
+            // The suggestion may still grow into what was typed.
+            running && typed.starts_with(progress.text.as_str())
+        }
+}

@@ -1,0 +1,278 @@
+//! The scheduler's decisions against a scripted engine (`Engine::scripted`): each test plays
+//! the engine's part, publishing progress for the jobs it receives. The end-to-end tests with
+//! real models (`tests/lsp.rs`) cover the same paths through the real engine.
+
+use std::sync::mpsc::Receiver;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ropey::Rope;
+
+use super::answer::{answer_from, partial_suggestion};
+use super::idle::accepted_state;
+use super::*;
+use crate::engine::{Completion, EngineError, Piece, Progress, ScriptedJob, Special, SpecialSupport, StopReason};
+use crate::syntax::SyntaxTree;
+
+fn model_info(context_tokens: u32) -> crate::engine::ModelInfo {
+    crate::engine::ModelInfo {
+        path: "scripted.gguf".into(),
+        name: "scripted".into(),
+        size_bytes: 0,
+        n_params: 0,
+        context_tokens,
+        threads: 1,
+        gpu_layers: 0,
+        special: SpecialSupport { fim: true, file_separator: true, repo_name: true, bos: false },
+        load_ms: 0.0,
+    }
+}
+
+fn scheduler_with(config: Config, context_tokens: u32) -> (Arc<Scheduler>, Receiver<ScriptedJob>) {
+    let (engine, jobs) = Engine::scripted(model_info(context_tokens));
+    let scheduler = Scheduler::new(config);
+    scheduler.set_engine_state(EngineState::Ready(engine));
+    (scheduler, jobs)
+}
+
+/// A Python document with the cursor at `|`.
+fn state(text_with_cursor: &str, version: i32) -> CursorState {
+    let cursor_char_idx = text_with_cursor.chars().position(|ch| ch == '|').expect("a cursor marker");
+    let rope = Rope::from_str(&text_with_cursor.replacen('|', "", 1));
+    CursorState { uri: "file:///w/a.py".into(), version, rope, cursor_char_idx, language_id: "python".into(), syntax: None }
+}
+
+fn next_job(jobs: &Receiver<ScriptedJob>) -> ScriptedJob {
+    jobs.recv_timeout(Duration::from_secs(10)).expect("the scheduler submitted a job")
+}
+
+fn finish(job: &ScriptedJob, text: &str, alternatives: &[&str]) {
+    job.progress.send_modify(|progress| {
+        progress.text = text.to_string();
+        progress.generated_tokens = 3;
+        progress.alternatives = alternatives.iter().map(|alternative| alternative.to_string()).collect();
+        progress.done = Some(Ok(Completion {
+            text: text.to_string(),
+            stop_reason: StopReason::StopRule,
+            prompt_tokens: 10,
+            reused_tokens: 0,
+            decoded_tokens: 10,
+            generated_tokens: 3,
+            prompt_ms: 1.0,
+            generation_ms: 3.0,
+        }));
+    });
+}
+
+fn counter(scheduler: &Scheduler, name: &str) -> u64 {
+    scheduler.stats_json()["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {}", scheduler.stats_json()))
+}
+
+fn suggestion(answer: &Answer) -> &str {
+    match answer {
+        Answer::Ready(suggestion) => &suggestion.text,
+        Answer::Empty(reason) => panic!("expected a suggestion, got nothing ({reason:?})"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_that_agrees_with_the_suggestion_is_served_without_a_new_job() {
+    let (scheduler, jobs) = scheduler_with(Config::default(), 4096);
+    scheduler.on_change(state("x = |\n", 2));
+    let job = next_job(&jobs);
+    assert!(job.prompt.to_debug_string().ends_with("<FimMiddle>x = "), "{}", job.prompt.to_debug_string());
+    finish(&job, "compute(1)", &[]);
+    let (answer, _) = scheduler.complete(state("x = |\n", 2), Waiting::UntilReady).await;
+    assert_eq!(suggestion(&answer), "compute(1)");
+
+    scheduler.on_change(state("x = co|\n", 3));
+    let (answer, _) = scheduler.complete(state("x = co|\n", 3), Waiting::Budget).await;
+    assert_eq!(suggestion(&answer), "mpute(1)");
+    assert!(matches!(&answer, Answer::Ready(suggestion) if suggestion.from_typed_ahead));
+    assert_eq!(counter(&scheduler, "jobsStarted"), 1, "typed-ahead starts no job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_that_disagrees_supersedes_the_running_job() {
+    let (scheduler, jobs) = scheduler_with(Config::default(), 4096);
+    scheduler.on_change(state("x = |\n", 2));
+    let first = next_job(&jobs);
+    first.progress.send_modify(|progress| {
+        progress.text = "compute".into();
+        progress.generated_tokens = 1;
+    });
+    scheduler.on_change(state("x = z|\n", 3));
+    let second = next_job(&jobs);
+    assert!(second.id > first.id);
+    assert!(second.prompt.to_debug_string().ends_with("<FimMiddle>x = z"));
+    assert_eq!((counter(&scheduler, "jobsStarted"), counter(&scheduler, "jobsSuperseded")), (2, 1));
+    // Another line: a new job as well, even though the old one had finished.
+    finish(&second, "ero", &[]);
+    scheduler.on_change(state("x = zero\ny|\n", 4));
+    let third = next_job(&jobs);
+    assert!(third.prompt.to_debug_string().ends_with("<FimMiddle>y"));
+    assert_eq!((counter(&scheduler, "jobsStarted"), counter(&scheduler, "jobsSuperseded")), (3, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn within_the_budget_an_early_empty_answer_comes_with_a_ready_notification() {
+    let (scheduler, jobs) = scheduler_with(Config { budget_ms: 20, ..Config::default() }, 4096);
+    scheduler.on_change(state("x = |\n", 2));
+    let job = next_job(&jobs);
+    let started = std::time::Instant::now();
+    let (answer, waiter) = scheduler.complete(state("x = |\n", 2), Waiting::Budget).await;
+    assert!(matches!(answer, Answer::Empty(EmptyReason::NotReadyYet)), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(1), "answered within the budget");
+    let waiter = waiter.expect("a waiter for the ready notification");
+    let ready = tokio::spawn({
+        let scheduler = scheduler.clone();
+        async move { scheduler.wait_ready(waiter, Duration::from_secs(10)).await }
+    });
+    finish(&job, "compute(1)", &[]);
+    assert!(ready.await.unwrap(), "the finished suggestion is worth a notification");
+    let (answer, _) = scheduler.complete(state("x = |\n", 2), Waiting::Budget).await;
+    assert_eq!(suggestion(&answer), "compute(1)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_notifications_waits_for_the_whole_suggestion() {
+    let (scheduler, jobs) = scheduler_with(Config { budget_ms: 1, ..Config::default() }, 4096);
+    scheduler.on_change(state("x = |\n", 2));
+    let job = next_job(&jobs);
+    let answer = tokio::spawn({
+        let scheduler = scheduler.clone();
+        async move { scheduler.complete(state("x = |\n", 2), Waiting::UntilReady).await.0 }
+    });
+    job.progress.send_modify(|progress| {
+        progress.text = "compute(".into();
+        progress.generated_tokens = 2;
+    });
+    finish(&job, "compute(1)", &[]);
+    assert_eq!(suggestion(&answer.await.unwrap()), "compute(1)", "no partial answer for this client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetched_job_on_standby_is_promoted_when_the_user_reaches_its_state() {
+    let (scheduler, jobs) = scheduler_with(Config { prefetch: true, ..Config::default() }, 4096);
+    scheduler.on_change(state("x = |\n", 2));
+    let asked = next_job(&jobs);
+    assert_eq!(asked.params.alternatives, ALTERNATIVES, "a job asks for its alternatives to prefetch them");
+    finish(&asked, "compute(1)", &["value"]);
+    // Idle work: first the state after accepting the suggestion, then the alternative start.
+    let accepted = next_job(&jobs);
+    assert!(accepted.prompt.to_debug_string().contains("x = compute(1)\n"), "{}", accepted.prompt.to_debug_string());
+    finish(&accepted, "print(x)", &[]);
+    let alternative = next_job(&jobs);
+    assert_eq!(alternative.params.forced_prefix, "value");
+    finish(&alternative, "value + 1", &[]);
+    assert_eq!(counter(&scheduler, "prefetchJobs"), 2);
+
+    // The user types `v`: not the suggestion, but the alternative's start.
+    scheduler.on_change(state("x = v|\n", 3));
+    let (answer, _) = scheduler.complete(state("x = v|\n", 3), Waiting::Budget).await;
+    assert_eq!(suggestion(&answer), "alue + 1");
+    assert_eq!((counter(&scheduler, "prefetchHits"), counter(&scheduler, "jobsStarted")), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_finished_with_other_text_is_replaced_once_for_the_requests_state() {
+    let (scheduler, jobs) = scheduler_with(Config::default(), 4096);
+    scheduler.on_change(state("x = |\n", 2));
+    let job = next_job(&jobs);
+    job.progress.send_modify(|progress| {
+        progress.text = "c".into();
+        progress.generated_tokens = 1;
+    });
+    // `c` was typed while the job ran; the job then finished with text that does not start so.
+    scheduler.on_change(state("x = c|\n", 3));
+    finish(&job, "value", &[]);
+    let answer = tokio::spawn({
+        let scheduler = scheduler.clone();
+        async move { scheduler.complete(state("x = c|\n", 3), Waiting::UntilReady).await.0 }
+    });
+    let replacement = next_job(&jobs);
+    assert!(replacement.prompt.to_debug_string().ends_with("<FimMiddle>x = c"));
+    finish(&replacement, "ompute(1)", &[]);
+    assert_eq!(suggestion(&answer.await.unwrap()), "ompute(1)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_context_gets_a_whole_fill_in_the_middle_prompt_within_its_budget() {
+    let (scheduler, jobs) = scheduler_with(Config::default(), 512);
+    let above: String = (0..200).map(|idx| format!("value_{idx} = compute({idx}, 'a longer argument to fill the line')\n")).collect();
+    scheduler.on_change(state(&format!("{above}result = |\nprint(result)\n"), 2));
+    let job = next_job(&jobs);
+    let specials: Vec<&Piece> = job.prompt.pieces.iter().filter(|piece| matches!(piece, Piece::Special(_))).collect();
+    assert_eq!(specials, [&Piece::Special(Special::FimPrefix), &Piece::Special(Special::FimSuffix), &Piece::Special(Special::FimMiddle)]);
+    let n_chars = crate::context::text_chars(&job.prompt);
+    let budget_chars = (512 - Config::default().max_tokens - 1) * crate::context::BUDGET_CHARS_PER_TOKEN;
+    assert!(n_chars <= budget_chars, "{n_chars} characters of text for a budget of {budget_chars}");
+    assert!(job.prompt.to_debug_string().contains("value_199 = compute(199"), "the lines nearest the cursor stay");
+}
+
+fn progress(text: &str) -> Progress {
+    Progress { text: text.to_string(), generated_tokens: 1, ..Progress::default() }
+}
+
+fn split(head: &str, tail: &str) -> LineSplit {
+    LineSplit::new(&Rope::from_str(&format!("{head}{tail}")), head.chars().count(), None).unwrap()
+}
+
+fn partial(text: &str, typed: &str) -> Option<String> {
+    partial_suggestion(&progress(text), typed, &split("    return ", "")).map(|suggestion| suggestion.text)
+}
+
+#[test]
+fn partial_suggestions_end_at_a_word_boundary() {
+    assert_eq!(partial("radi", ""), None, "no word is complete yet");
+    assert_eq!(partial("radius *", "").as_deref(), Some("radius"), "the operator may still grow");
+    assert_eq!(partial("self.fo", "").as_deref(), Some("self."));
+    assert_eq!(partial("math.pi * r", "").as_deref(), Some("math.pi *"));
+}
+
+#[test]
+fn partial_suggestions_follow_typed_characters() {
+    assert_eq!(partial("radius * rad", "rad").as_deref(), Some("ius *"));
+    assert_eq!(partial("radius * rad", "x"), None, "typed characters disagree");
+    let done = Progress { done: Some(Err(EngineError::Stopped)), ..progress("radius * 2") };
+    assert!(partial_suggestion(&done, "", &split("", "")).is_none(), "a finished job has a whole answer instead");
+    assert!(matches!(answer_from(&done, "", &split("", "")), Answer::Empty(EmptyReason::NothingToSuggest)));
+}
+
+fn python_state(text: &str, cursor_char_idx: usize) -> CursorState {
+    let rope = Rope::from_str(text);
+    let syntax = crate::syntax::language_for("python", "").map(|language| SyntaxTree::new(language, &rope));
+    CursorState { uri: "file:///a.py".into(), version: 1, rope, cursor_char_idx, language_id: "python".into(), syntax }
+}
+
+#[test]
+fn the_accepted_state_is_the_next_line_indented_as_an_editor_does() {
+    let text = "def area(r):\n    return 3.14 * \n";
+    let state = python_state(text, text.find(" \n").unwrap() + 1);
+    let accepted = accepted_state(&state, "r * r").unwrap();
+    assert_eq!(accepted.rope.to_string(), "def area(r):\n    return 3.14 * r * r\n    \n");
+    assert_eq!(accepted.cursor_char_idx, accepted.rope.to_string().rfind("    \n").unwrap() + 4);
+    assert!(accepted.syntax.unwrap().is_parsed());
+
+    // After a block opener, one level deeper (in the file's own indentation: two spaces here).
+    let text = "def f(values):\n  for v in values\n";
+    let state = python_state(text, text.find("values\n").unwrap() + 6);
+    let accepted = accepted_state(&state, ":").unwrap();
+    assert!(accepted.rope.to_string().ends_with("  for v in values:\n    \n"), "{}", accepted.rope);
+
+    // Accepted in the middle of a line: the cursor stays on it, after the suggestion.
+    let text = "print(area())\n";
+    let state = python_state(text, 11);
+    let accepted = accepted_state(&state, "2");
+    assert_eq!(accepted.map(|accepted| (accepted.rope.to_string(), accepted.cursor_char_idx)), Some(("print(area(2))\n".to_string(), 12)));
+    // Nothing to accept.
+    assert!(accepted_state(&state, "   ").is_none());
+}
+
+#[test]
+fn surroundings_know_the_languages_brackets() {
+    let _ = OnceLock::<()>::new();
+    let rope = Rope::from_str("x = f(\n");
+    let split = LineSplit::new(&rope, 6, crate::syntax::language_for("python", "")).unwrap();
+    assert!(split.surroundings().brackets.contains(&('(', ')')));
+}
