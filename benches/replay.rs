@@ -233,6 +233,8 @@ struct GhostlineDriver {
     client: LspClient,
     notified: bool,
     cpu_at_start: f64,
+    /// Inline completion requests sent, to hold against the answers the server counted.
+    requests_sent: u64,
 }
 
 impl GhostlineDriver {
@@ -252,29 +254,16 @@ impl GhostlineDriver {
         let stats = client.wait_engine();
         assert_eq!(stats["engine"]["state"], "ready", "Ghostline's engine did not start: {stats}");
         let cpu_at_start = process_usage(client.pid()).0;
-        GhostlineDriver { name: name.to_string(), client, notified, cpu_at_start }
+        GhostlineDriver { name: name.to_string(), client, notified, cpu_at_start, requests_sent: 0 }
     }
 
     fn stats(&mut self) -> Value {
         self.client.request_ok("ghostline/stats", json!(null))
     }
 
-    /// Waits until every job the server started has ended, idle-time work included (checked
-    /// twice, since that work starts just after a job ends).
-    fn wait_idle(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut idle_checks = 0;
-        while Instant::now() < deadline && idle_checks < 2 {
-            let stats = self.stats();
-            let counters = &stats["counters"];
-            let started = counters["jobsStarted"].as_u64().unwrap_or(0) + counters["prefetchJobs"].as_u64().unwrap_or(0);
-            if counters["jobsEnded"].as_u64().unwrap_or(0) >= started && stats["idleWork"] == 0 {
-                idle_checks += 1;
-            } else {
-                idle_checks = 0;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn inline_completion(&mut self, uri: &str, line: u32, column: u32) -> Value {
+        self.requests_sent += 1;
+        self.client.inline_completion(uri, line, column)
     }
 
     fn suggestion_of(response: &Value) -> Option<String> {
@@ -302,16 +291,16 @@ impl Driver for GhostlineDriver {
         let line = case.line as u32;
         let mut column = case.indent.encode_utf16().count() as u32;
         let arrival_start = Instant::now();
-        let response = self.client.inline_completion(&uri, line, column);
+        let response = self.inline_completion(&uri, line, column);
         let mut first_suggestion_ms = Self::suggestion_of(&response).map(|_| ms(arrival_start));
         if first_suggestion_ms.is_none() && self.notified {
             let ready = self.client.wait_notification("ghostline/suggestionReady", Duration::from_secs(120), |params| params["uri"] == uri.as_str());
-            if ready.is_some() && Self::suggestion_of(&self.client.inline_completion(&uri, line, column)).is_some() {
+            if ready.is_some() && Self::suggestion_of(&self.inline_completion(&uri, line, column)).is_some() {
                 first_suggestion_ms = Some(ms(arrival_start));
             }
         }
-        self.wait_idle();
-        let mut shown = Self::suggestion_of(&self.client.inline_completion(&uri, line, column));
+        self.client.wait_idle();
+        let mut shown = Self::suggestion_of(&self.inline_completion(&uri, line, column));
         let arrival = Arrival { language: case.language, first_suggestion_ms };
         let mut typist = Typist::new(&case.content);
         let mut typed_ahead_hits = self.stats()["counters"]["typedAheadHits"].as_u64().unwrap_or(0);
@@ -323,19 +312,19 @@ impl Driver for GhostlineDriver {
             let keystroke = Instant::now();
             self.client.insert(&uri, line, column, &text);
             column += text.encode_utf16().count() as u32;
-            let response = self.client.inline_completion(&uri, line, column);
+            let response = self.inline_completion(&uri, line, column);
             assert!(response.get("error").is_none(), "inline completion failed: {response}");
             let response_ms = ms(keystroke);
             shown = Self::suggestion_of(&response);
             let mut suggestion_ms = shown.as_ref().map(|_| response_ms);
             if let (None, true, Some(interval)) = (&shown, self.notified, interval) {
-                let version = self.client.version();
+                let version = self.client.version(&uri);
                 let left = interval.saturating_sub(keystroke.elapsed());
                 let ready = self.client.wait_notification("ghostline/suggestionReady", left, |params| {
                     params["uri"] == uri.as_str() && params["version"] == version && params["position"]["character"] == column
                 });
                 if ready.is_some() {
-                    let response = self.client.inline_completion(&uri, line, column);
+                    let response = self.inline_completion(&uri, line, column);
                     shown = Self::suggestion_of(&response);
                     suggestion_ms = shown.as_ref().map(|_| ms(keystroke));
                 }
@@ -359,7 +348,7 @@ impl Driver for GhostlineDriver {
             }
         }
         self.client.notify("textDocument/didClose", json!({"textDocument": {"uri": uri}}));
-        self.wait_idle();
+        self.client.wait_idle();
         (arrival, keystrokes)
     }
 
@@ -372,6 +361,8 @@ impl Driver for GhostlineDriver {
             peak_rss_mib: rss,
             typed_ahead_hits: stats["counters"]["typedAheadHits"].as_u64().unwrap_or(0),
             prefetch_hits: stats["counters"]["prefetchHits"].as_u64().unwrap_or(0),
+            requests_sent: self.requests_sent,
+            requests_answered: stats["counters"]["requests"].as_u64().unwrap_or(0),
         }
     }
 }
@@ -386,6 +377,8 @@ struct PeerDriver {
     prompt_tokens: u64,
     typed_ahead_hits: u64,
     errors: u64,
+    requests_sent: u64,
+    requests_answered: u64,
     cpu_at_start: f64,
     /// Extra context chunks (file name, text), oldest first.
     ring: Vec<(String, String)>,
@@ -405,14 +398,21 @@ impl PeerDriver {
             }
         });
         let cpu_at_start = process_usage(server.pid()).0;
-        Ok(PeerDriver { server, requests, answers, prompt_tokens: 0, typed_ahead_hits: 0, errors: 0, cpu_at_start, ring: Vec::new() })
+        Ok(PeerDriver { server, requests, answers, prompt_tokens: 0, typed_ahead_hits: 0, errors: 0, requests_sent: 0, requests_answered: 0, cpu_at_start, ring: Vec::new() })
     }
 }
 
 impl PeerDriver {
+    /// Sends an `/infill` request for the line head `head` to the worker thread.
+    fn ask(&mut self, head: String, body: String) {
+        self.requests_sent += 1;
+        self.requests.send((head, body)).expect("the peer's worker runs");
+    }
+
     fn content_of(&mut self, answer: Result<peer::InfillAnswer, String>) -> String {
         match answer {
             Ok(answer) => {
+                self.requests_answered += 1;
                 self.prompt_tokens += answer.prompt_tokens;
                 answer.content
             }
@@ -449,7 +449,7 @@ impl Driver for PeerDriver {
         // empty middle (the cache key is the middle).
         let arrival_start = Instant::now();
         let context = peer::infill_context(&case.lines, case.line, &case.indent, "");
-        self.requests.send((context.middle.clone(), peer::infill_body(&context, &self.ring))).expect("the peer's worker runs");
+        self.ask(context.middle.clone(), peer::infill_body(&context, &self.ring));
         let (asked, answer) = self.answers.recv().expect("the peer's worker answers");
         let content = self.content_of(answer);
         let mut shown = peer::rendered(&content, &case.indent, next_nonblank);
@@ -480,7 +480,7 @@ impl Driver for PeerDriver {
             let mut answered = try_cache(&cache, &mut shown);
             if !answered && !in_flight {
                 let context = peer::infill_context(&case.lines, case.line, &head, "");
-                self.requests.send((head.clone(), peer::infill_body(&context, &self.ring))).expect("the peer's worker runs");
+                self.ask(head.clone(), peer::infill_body(&context, &self.ring));
                 in_flight = true;
             }
             let deadline = interval.map(|interval| keystroke + interval);
@@ -503,7 +503,7 @@ impl Driver for PeerDriver {
                         }
                         if !answered && !cache.contains(&head) {
                             let context = peer::infill_context(&case.lines, case.line, &head, "");
-                            self.requests.send((head.clone(), peer::infill_body(&context, &self.ring))).expect("the peer's worker runs");
+                            self.ask(head.clone(), peer::infill_body(&context, &self.ring));
                             in_flight = true;
                         }
                     }
@@ -527,7 +527,8 @@ impl Driver for PeerDriver {
         }
         // The request still running belongs to this case: let it finish before the next turn.
         if in_flight {
-            let _ = self.answers.recv_timeout(Duration::from_secs(300));
+            let finished = self.answers.recv_timeout(Duration::from_secs(300));
+            self.requests_answered += u64::from(matches!(finished, Ok((_, Ok(_)))));
         }
         (arrival, keystrokes)
     }
@@ -543,6 +544,8 @@ impl Driver for PeerDriver {
             peak_rss_mib: rss,
             typed_ahead_hits: self.typed_ahead_hits,
             prefetch_hits: 0,
+            requests_sent: self.requests_sent,
+            requests_answered: self.requests_answered,
         }
     }
 }
@@ -692,8 +695,15 @@ fn main() {
         // The harness ran and its output is well formed (timings are not judged here).
         let read: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).expect("the report is valid JSON");
         let all = &read["runs"][0]["all"];
-        assert!(all["keystrokes"].as_u64().unwrap() > 0, "no keystrokes were replayed");
-        assert!(all["responseMs"]["p50"].as_f64().is_some(), "every Ghostline keystroke is answered: {all}");
+        let keystrokes = all["keystrokes"].as_u64().unwrap();
+        assert!(keystrokes > 0, "no keystrokes were replayed");
+        // Every keystroke is answered: each has its answer, and the server counted an answer
+        // for every request sent (a request answered outside the completion path, as for a
+        // document whose change was rejected, or never answered, would show here).
+        assert_eq!(all["responseMs"]["unanswered"], 0, "Ghostline keystrokes without an answer: {all}");
+        let requests_sent = all["requestsSent"].as_u64().unwrap();
+        assert!(requests_sent >= keystrokes, "fewer requests than keystrokes: {all}");
+        assert_eq!(all["requestsAnswered"].as_u64(), Some(requests_sent), "requests the server did not answer: {all}");
         for (_, pointer, _) in metrics::ROWS {
             assert!(all.pointer(pointer).is_some(), "the report lacks {pointer}");
         }

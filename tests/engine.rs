@@ -112,7 +112,15 @@ fn a_new_job_supersedes_the_running_one() {
     let (text, line, column) = with_cursor(long_generation_fixture());
     let built = build_prompt(&Rope::from_str(&text), CursorPosition { line, column }, &WindowConfig::default(), engine.info().special).unwrap();
     let first = engine.submit(built.prompt, GenerateParams { max_tokens: 400, stop: StopRules::multi_line(0), ..GenerateParams::default() });
-    std::thread::sleep(Duration::from_millis(200));
+    // The second job comes while the first one generates, not while it still reads its prompt.
+    let mut progress = first.subscribe();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), progress.wait_for(|progress| progress.generated_tokens >= 1))
+            .await
+            .expect("the first job generates a token within a minute")
+            .expect("the first job is alive");
+    });
     let second = complete_fixture(&engine, FIM_CASES[0].0, GenerateParams::default());
     let first = first.wait_blocking().unwrap();
     assert_eq!(first.stop_reason, StopReason::Superseded);

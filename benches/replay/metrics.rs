@@ -30,6 +30,10 @@ pub struct ServerTotals {
     pub typed_ahead_hits: u64,
     /// Keystrokes answered from a prefetched job (Ghostline).
     pub prefetch_hits: u64,
+    /// Completion requests the client sent, and the answers to them the server counted
+    /// (Ghostline) or the client received without an error (peer).
+    pub requests_sent: u64,
+    pub requests_answered: u64,
 }
 
 /// Nearest-rank percentile of values where None is "never" (worse than any number).
@@ -87,6 +91,8 @@ pub fn summarize(keystrokes: &[&Keystroke], arrivals: &[Option<f64>], chars_in_l
         figures["serverPeakRssMiB"] = json!(totals.peak_rss_mib);
         figures["typedAheadHits"] = json!(totals.typed_ahead_hits);
         figures["prefetchHits"] = json!(totals.prefetch_hits);
+        figures["requestsSent"] = json!(totals.requests_sent);
+        figures["requestsAnswered"] = json!(totals.requests_answered);
     }
     figures
 }

@@ -16,7 +16,9 @@ pub struct LspClient {
     next_id: i64,
     responses: HashMap<i64, Value>,
     pub notifications: VecDeque<Value>,
-    version: i32,
+    /// The version of the latest change sent, per document URI: each document counts its own
+    /// versions, and the server rejects a change whose version goes back.
+    versions: HashMap<String, i32>,
 }
 
 fn read_message(reader: &mut impl BufRead) -> Option<Value> {
@@ -117,7 +119,7 @@ impl LspClient {
     /// Starts the server with extra environment variables and completes `initialize`/`initialized`.
     pub fn start_with_env(log_filter: &str, env: &[(&str, &str)], initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
         let RawServer { child, stdin, incoming } = RawServer::start(log_filter, env);
-        let mut client = LspClient { child, stdin, incoming, next_id: 0, responses: HashMap::new(), notifications: VecDeque::new(), version: 1 };
+        let mut client = LspClient { child, stdin, incoming, next_id: 0, responses: HashMap::new(), notifications: VecDeque::new(), versions: HashMap::new() };
         let result = client.request_ok(
             "initialize",
             json!({"processId": null, "rootUri": null, "capabilities": capabilities, "initializationOptions": initialization_options}),
@@ -131,9 +133,9 @@ impl LspClient {
         self.child.id()
     }
 
-    /// The version of the latest change sent.
-    pub fn version(&self) -> i32 {
-        self.version
+    /// The version of the latest change sent for `uri` (1 after `open`).
+    pub fn version(&self, uri: &str) -> i32 {
+        *self.versions.get(uri).unwrap_or_else(|| panic!("{uri} was never opened by this client"))
     }
 
     fn send(&mut self, message: &Value) {
@@ -231,18 +233,42 @@ impl LspClient {
         }
     }
 
+    /// Polls `ghostline/stats` until every job the server started has ended, idle-time work
+    /// included, and returns the stats. Idle must be seen twice in a row, since idle-time work
+    /// starts just after a job ends. A server still busy after two minutes is a failure: a test
+    /// that went on would judge a state that is not the one it waited for.
+    pub fn wait_idle(&mut self) -> Value {
+        let timeout = Duration::from_secs(120);
+        let deadline = Instant::now() + timeout;
+        let mut idle_checks_in_a_row = 0;
+        loop {
+            let stats = self.request_ok("ghostline/stats", json!(null));
+            let counters = &stats["counters"];
+            let started = counters["jobsStarted"].as_u64().unwrap() + counters["prefetchJobs"].as_u64().unwrap();
+            let idle = counters["jobsEnded"].as_u64().unwrap() >= started && stats["idleWork"] == 0;
+            idle_checks_in_a_row = if idle { idle_checks_in_a_row + 1 } else { 0 };
+            if idle_checks_in_a_row == 2 {
+                return stats;
+            }
+            assert!(Instant::now() < deadline, "the server is still busy after {timeout:?}: {stats}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn open(&mut self, uri: &str, language_id: &str, text: &str) {
-        self.version = 1;
+        self.versions.insert(uri.to_string(), 1);
         self.notify("textDocument/didOpen", json!({"textDocument": {"uri": uri, "languageId": language_id, "version": 1, "text": text}}));
     }
 
     /// Inserts `text` at (line, character), as one incremental change.
     pub fn insert(&mut self, uri: &str, line: u32, character: u32, text: &str) {
-        self.version += 1;
+        let version = self.versions.get_mut(uri).unwrap_or_else(|| panic!("a change to {uri}, which this client never opened"));
+        *version += 1;
+        let version = *version;
         let range = json!({"start": {"line": line, "character": character}, "end": {"line": line, "character": character}});
         self.notify(
             "textDocument/didChange",
-            json!({"textDocument": {"uri": uri, "version": self.version}, "contentChanges": [{"range": range, "text": text}]}),
+            json!({"textDocument": {"uri": uri, "version": version}, "contentChanges": [{"range": range, "text": text}]}),
         );
     }
 
