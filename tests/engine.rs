@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use ghostline::context::{build_prompt, CursorPosition, WindowConfig};
-use ghostline::engine::{Engine, GenerateParams, StopReason, StopRules};
+use ghostline::engine::{Engine, EngineError, GenerateParams, StopReason, StopRules};
 use ropey::Rope;
 
 use common::{engine, with_cursor, DEFAULT_MODEL, TINY_MODEL};
@@ -66,16 +66,16 @@ fn multi_line_suggestion_respects_the_line_limit() {
 }
 
 #[test]
-fn stop_strings_cut_the_suggestion() {
-    let (_turn, engine) = engine(DEFAULT_MODEL);
-    let params = GenerateParams {
-        max_tokens: 32,
-        stop: StopRules { stop_strings: vec!["radius".into()], ..StopRules::default() },
-        ..GenerateParams::default()
-    };
-    let completion = complete_fixture(&engine, FIM_CASES[0].0, params);
-    assert!(!completion.text.contains("radius"), "got {:?}", completion.text);
-    assert_eq!(completion.stop_reason, StopReason::StopRule);
+fn a_prompt_longer_than_the_context_is_refused_not_cut() {
+    let (_turn, engine) = engine(TINY_MODEL);
+    let text: String = (0..3000).map(|idx| format!("value_{idx} = compute({idx})\n")).collect();
+    let mut prompt = ghostline::engine::Prompt::default();
+    prompt.push_text(text);
+    let err = engine.complete_blocking(prompt, GenerateParams::default()).expect_err("a prompt past the context is refused");
+    assert!(matches!(err, EngineError::PromptTooLong { prompt_tokens, limit } if prompt_tokens > limit), "{err}");
+    // The engine goes on with the next job.
+    let completion = complete_fixture(&engine, "for index in range(10):\n    print(|", GenerateParams::default());
+    assert!(completion.text.contains("index"), "got {:?}", completion.text);
 }
 
 fn long_generation_fixture() -> &'static str {

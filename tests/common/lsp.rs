@@ -52,8 +52,14 @@ pub struct RawServer {
 impl RawServer {
     /// Starts `ghostline serve` with the given `GHOSTLINE_LOG` filter and extra environment.
     pub fn start(log_filter: &str, env: &[(&str, &str)]) -> RawServer {
+        Self::start_with_args(log_filter, env, &[])
+    }
+
+    /// Starts `ghostline serve` with extra command-line arguments (`--log-file PATH`).
+    pub fn start_with_args(log_filter: &str, env: &[(&str, &str)], args: &[&str]) -> RawServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline"))
             .arg("serve")
+            .args(args)
             .env("GHOSTLINE_LOG", log_filter)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
@@ -118,7 +124,16 @@ impl LspClient {
 
     /// Starts the server with extra environment variables and completes `initialize`/`initialized`.
     pub fn start_with_env(log_filter: &str, env: &[(&str, &str)], initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
-        let RawServer { child, stdin, incoming } = RawServer::start(log_filter, env);
+        Self::start_with_args(log_filter, env, &[], initialization_options, capabilities)
+    }
+
+    /// Starts the server with its log written to `log_file` (at `log_filter`).
+    pub fn start_with_log_file(log_filter: &str, log_file: &std::path::Path, initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
+        Self::start_with_args(log_filter, &[], &["--log-file", log_file.to_str().expect("a UTF-8 path")], initialization_options, capabilities)
+    }
+
+    fn start_with_args(log_filter: &str, env: &[(&str, &str)], args: &[&str], initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
+        let RawServer { child, stdin, incoming } = RawServer::start_with_args(log_filter, env, args);
         let mut client = LspClient { child, stdin, incoming, next_id: 0, responses: HashMap::new(), notifications: VecDeque::new(), versions: HashMap::new() };
         let result = client.request_ok(
             "initialize",
