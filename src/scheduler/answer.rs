@@ -111,6 +111,15 @@ impl TokenSpeed {
     }
 }
 
+/// How waiting on a job ended.
+enum Settled {
+    /// It finished, or (for a budget answer) has complete words to show.
+    Yes,
+    NotYet,
+    /// Its progress channel closed: the engine dropped it.
+    JobGone,
+}
+
 /// A request being answered: its state, how it waits and until when.
 #[derive(Clone, Copy)]
 struct Request<'a> {
@@ -194,13 +203,20 @@ impl Scheduler {
         // the rest is generated; any other client gets the whole suggestion.
         let partial_ok = waiting == Waiting::Budget;
         let may_grow = !partial_ok || self.speed.may_grow_before(&progress.borrow(), deadline);
-        let wait_until = if may_grow { deadline } else { Instant::now() };
-        let settled = tokio::time::timeout_at(
-            wait_until.into(),
-            progress.wait_for(|progress| progress.done.is_some() || (partial_ok && partial_suggestion(progress, &typed, split).is_some())),
-        )
-        .await
-        .map(|res| res.map(|_| ()));
+        let settles = |progress: &Progress| progress.done.is_some() || (partial_ok && partial_suggestion(progress, &typed, split).is_some());
+        // Without a chance of growing in time the answer is what is there now: no timer at all
+        // (tokio's timers round up to the next millisecond, so even a zero wait costs one).
+        let settled = if may_grow {
+            match tokio::time::timeout_at(deadline.into(), progress.wait_for(settles)).await {
+                Ok(Ok(_)) => Settled::Yes,
+                Ok(Err(_)) => Settled::JobGone,
+                Err(_) => Settled::NotYet,
+            }
+        } else if settles(&progress.borrow_and_update()) {
+            Settled::Yes
+        } else {
+            Settled::NotYet
+        };
         let snapshot = progress.borrow().clone();
         let waiter = |answered_chars: usize| ReadyWaiter {
             uri: state.uri.clone(),
@@ -213,7 +229,7 @@ impl Scheduler {
             answered_chars,
         };
         match settled {
-            Ok(Ok(())) if snapshot.done.is_none() => match partial_suggestion(&snapshot, &typed, split) {
+            Settled::Yes if snapshot.done.is_none() => match partial_suggestion(&snapshot, &typed, split) {
                 // The first words are ready; the client hears again when there is more.
                 Some(suggestion) => {
                     let answered_chars = suggestion.text.chars().count();
@@ -221,14 +237,14 @@ impl Scheduler {
                 }
                 None => (Answer::Empty(EmptyReason::NotReadyYet), Some(waiter(0)), false),
             },
-            Ok(Ok(())) => {
+            Settled::Yes => {
                 let answer = answer_from(&snapshot, &typed, split);
                 let finished_elsewhere = matches!(answer, Answer::Empty(EmptyReason::Outdated)) && matches!(snapshot.outcome(), JobOutcome::Finished(_));
                 (answer, None, finished_elsewhere)
             }
-            Ok(Err(_)) => (Answer::Empty(EmptyReason::Outdated), None, false),
-            Err(_) if waiting == Waiting::Budget => (Answer::Empty(EmptyReason::NotReadyYet), Some(waiter(0)), false),
-            Err(_) => (Answer::Empty(EmptyReason::NotReadyYet), None, false),
+            Settled::JobGone => (Answer::Empty(EmptyReason::Outdated), None, false),
+            Settled::NotYet if waiting == Waiting::Budget => (Answer::Empty(EmptyReason::NotReadyYet), Some(waiter(0)), false),
+            Settled::NotYet => (Answer::Empty(EmptyReason::NotReadyYet), None, false),
         }
     }
 
