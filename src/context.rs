@@ -135,15 +135,34 @@ pub fn build_prompt(
     windows: &WindowConfig,
     special: SpecialSupport,
 ) -> Result<BuiltPrompt, PositionError> {
-    build_prompt_with(rope, cursor, windows, special, None, usize::MAX)
+    build_prompt_with(rope, cursor, windows, special, None, Budget::UNLIMITED)
 }
 
-/// Characters per token that a prompt's token budget is turned into a character budget with.
-/// Code tokenizes to more (Qwen2.5-Coder: 3 to 4 characters per token on the replay's Python,
-/// Rust and JavaScript), so a budgeted prompt fits its context; text that tokenizes denser still
-/// (long runs of non-Latin characters) can exceed it, and the engine then refuses the job
-/// rather than cut the prompt's structure.
-pub const BUDGET_CHARS_PER_TOKEN: usize = 2;
+/// How many tokens a prompt may have, and the characters per token its text is assumed to take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub tokens: usize,
+    pub chars_per_token: f64,
+}
+
+/// Characters per token that a budget assumes until a document shows denser text. Code
+/// tokenizes to more (Qwen2.5-Coder: 3 to 4 characters per token on the replay's Python, Rust
+/// and JavaScript); digits are one token each in many vocabularies and data files come near 1.
+/// A prompt that still has too many tokens is refused by the engine (never cut), and the job
+/// is planned again with the density it measured (`plan::density_after`).
+pub const DEFAULT_CHARS_PER_TOKEN: f64 = 2.0;
+
+impl Budget {
+    pub const UNLIMITED: Budget = Budget { tokens: usize::MAX, chars_per_token: DEFAULT_CHARS_PER_TOKEN };
+
+    /// The characters of text that fit, besides the special tokens and labels.
+    pub fn chars(&self) -> usize {
+        if self.tokens == usize::MAX {
+            return usize::MAX;
+        }
+        (self.tokens.saturating_sub(STRUCTURE_TOKENS) as f64 * self.chars_per_token) as usize
+    }
+}
 
 /// What names the lines below the cursor when they go in front (`suffix_in_front`).
 const BELOW_LABEL: &str = "(the lines below the cursor)\n";
@@ -162,10 +181,10 @@ pub fn build_prompt_with(
     windows: &WindowConfig,
     special: SpecialSupport,
     cross_file: Option<&CrossFile>,
-    token_budget: usize,
+    budget: Budget,
 ) -> Result<BuiltPrompt, PositionError> {
     let cursor_idx = cursor_char_idx(rope, cursor)?;
-    let mut char_budget = token_budget.saturating_sub(STRUCTURE_TOKENS).saturating_mul(BUDGET_CHARS_PER_TOKEN);
+    let mut char_budget = budget.chars();
     let cross_file = cross_file.filter(|cross_file| special.fim && special.file_separator && !cross_file.chunks.is_empty());
     let labels = cross_file.map_or(0, |cross_file| cross_file.repo.as_ref().map_or(0, |repo| repo.chars().count() + 1) + cross_file.file_label.chars().count() + 1);
     let suffix_in_front = windows.suffix_in_front && special.fim && special.file_separator;
@@ -379,7 +398,7 @@ mod tests {
         let chunk = Chunk { uri: "file:///p/util.py".into(), label: "util.py".into(), first_line: 0, n_lines: 1, text: "def helper(): pass\n".into() };
         let cross_file = CrossFile { repo: Some("p".into()), chunks: Arc::new(vec![chunk]), file_label: "main.py".into() };
         let cursor = CursorPosition { line: 1, column: 4 };
-        let built = build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&cross_file), usize::MAX).unwrap();
+        let built = build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&cross_file), Budget::UNLIMITED).unwrap();
         assert_eq!(
             built.prompt.to_debug_string(),
             "<RepoName>p\n<FileSeparator>util.py\ndef helper(): pass\n<FileSeparator>main.py\n<FimPrefix>x = 1\n<FimSuffix>\n<FimMiddle>y = "
@@ -387,9 +406,9 @@ mod tests {
         // No chunks, or no file separator in the vocabulary: the plain layout.
         let plain = build_prompt(&doc, cursor, &WindowConfig::default(), FIM).unwrap();
         let empty = CrossFile { chunks: Arc::new(Vec::new()), ..cross_file.clone() };
-        assert_eq!(build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&empty), usize::MAX).unwrap(), plain);
+        assert_eq!(build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&empty), Budget::UNLIMITED).unwrap(), plain);
         let no_separator = SpecialSupport { file_separator: false, ..FIM };
-        assert_eq!(build_prompt_with(&doc, cursor, &WindowConfig::default(), no_separator, Some(&cross_file), usize::MAX).unwrap(), build_prompt(&doc, cursor, &WindowConfig::default(), no_separator).unwrap());
+        assert_eq!(build_prompt_with(&doc, cursor, &WindowConfig::default(), no_separator, Some(&cross_file), Budget::UNLIMITED).unwrap(), build_prompt(&doc, cursor, &WindowConfig::default(), no_separator).unwrap());
     }
 
     #[test]
@@ -410,10 +429,10 @@ mod tests {
         let cursor = CursorPosition { line: 100, column: 9 };
         let chunk = Chunk { uri: "file:///p/util.py".into(), label: "util.py".into(), first_line: 0, n_lines: 1, text: "def compute(x): return x\n".repeat(40) };
         let cross_file = CrossFile { repo: Some("p".into()), chunks: Arc::new(vec![chunk]), file_label: "main.py".into() };
-        let token_budget = 120;
-        let built = build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&cross_file), token_budget).unwrap();
+        let budget = Budget { tokens: 120, chars_per_token: DEFAULT_CHARS_PER_TOKEN };
+        let built = build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&cross_file), budget).unwrap();
         let shown = built.prompt.to_debug_string();
-        assert!(text_chars(&built.prompt) <= token_budget * BUDGET_CHARS_PER_TOKEN, "{} characters of text", text_chars(&built.prompt));
+        assert!(text_chars(&built.prompt) <= 240, "{} characters of text", text_chars(&built.prompt));
         // Every special token of the layout is there, in order, and the line head is whole.
         let order: Vec<&Piece> = built.prompt.pieces.iter().filter(|piece| matches!(piece, Piece::Special(_))).collect();
         assert_eq!(order, [&Piece::Special(Special::RepoName), &Piece::Special(Special::FileSeparator), &Piece::Special(Special::FimPrefix), &Piece::Special(Special::FimSuffix), &Piece::Special(Special::FimMiddle)]);

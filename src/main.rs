@@ -285,14 +285,25 @@ fn complete(args: CompleteArgs) -> Result<(), CliError> {
             rope: rope.clone(),
             language_id: String::new(),
         };
-        let plan = JobPlan::new(&state, &config, engine.info(), None).map_err(|err| CliError::Internal(err.to_string()))?;
-        let stop = plan.rules.work_out();
-        if args.plan {
-            let described = JobPlan::describe(&plan.prompt.to_debug_string(), plan.params.max_tokens, &stop);
-            writeln!(std::io::stdout().lock(), "{described}").map_err(|err| CliError::Internal(err.to_string()))?;
-        }
-        let params = GenerateParams { stop, ..plan.params.clone() };
-        let mut completion = engine.complete_blocking(plan.prompt.clone(), params)?;
+        // As the server does: a prompt refused as too long for the context is planned again
+        // once, with the density of text it measured.
+        let mut chars_per_token = None;
+        let (plan, mut completion) = loop {
+            let plan = JobPlan::new(&state, &config, engine.info(), None, chars_per_token).map_err(|err| CliError::Internal(err.to_string()))?;
+            let stop = plan.rules.work_out();
+            if args.plan {
+                let described = JobPlan::describe(&plan.prompt.to_debug_string(), plan.params.max_tokens, &stop);
+                writeln!(std::io::stdout().lock(), "{described}").map_err(|err| CliError::Internal(err.to_string()))?;
+            }
+            let params = GenerateParams { stop, ..plan.params.clone() };
+            match engine.complete_blocking(plan.prompt.clone(), params) {
+                Ok(completion) => break (plan, completion),
+                Err(err) => match ghostline::plan::density_after(&err, &plan.prompt) {
+                    Some(density) if chars_per_token.is_none() => chars_per_token = Some(density),
+                    _ => return Err(err.into()),
+                },
+            }
+        };
         completion.text = ghostline::postprocess::clean_suggestion(&plan.split.head, &completion.text, &plan.split.tail, plan.split.surroundings());
         let total_ms = round_start.elapsed().as_secs_f64() * 1000.0;
         let mut stdout = std::io::stdout().lock();

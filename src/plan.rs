@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 use ropey::Rope;
 
 use crate::config::Config;
-use crate::context::{self, CrossFile, CursorPosition, PositionError};
-use crate::engine::{GenerateParams, ModelInfo, Prompt, StopRules};
+use crate::context::{self, Budget, CrossFile, CursorPosition, PositionError, DEFAULT_CHARS_PER_TOKEN};
+use crate::engine::{EngineError, GenerateParams, ModelInfo, Prompt, StopRules};
 use crate::postprocess::{detect_indent, Surroundings};
 use crate::syntax::{self, Language, SyntaxTree};
 
@@ -133,15 +133,19 @@ pub struct RulesPlan {
 
 impl JobPlan {
     /// The plan for a job at a cursor state, for the loaded model, with other files' chunks in
-    /// front when there are any.
-    pub fn new(state: &CursorState, config: &Config, model: &ModelInfo, cross_file: Option<&CrossFile>) -> Result<JobPlan, PlanError> {
+    /// front when there are any; `chars_per_token` is the document's measured text density
+    /// (None until a prompt of it was refused as too long).
+    pub fn new(state: &CursorState, config: &Config, model: &ModelInfo, cross_file: Option<&CrossFile>, chars_per_token: Option<f64>) -> Result<JobPlan, PlanError> {
         let language = state.language();
         let rope = &state.rope;
         let split = LineSplit::new(rope, state.cursor_char_idx, language).ok_or(PlanError::CursorOutside { char_idx: state.cursor_char_idx, len_chars: rope.len_chars() })?;
         let cursor = CursorPosition { line: split.line, column: split.head.chars().count() };
         // The prompt leaves room for the tokens the job may generate (and one spare).
-        let token_budget = (model.context_tokens as usize).saturating_sub(config.max_tokens + 1);
-        let built = context::build_prompt_with(rope, cursor, &config.windows, model.special, cross_file, token_budget)?;
+        let budget = Budget {
+            tokens: (model.context_tokens as usize).saturating_sub(config.max_tokens + 1),
+            chars_per_token: chars_per_token.unwrap_or(DEFAULT_CHARS_PER_TOKEN),
+        };
+        let built = context::build_prompt_with(rope, cursor, &config.windows, model.special, cross_file, budget)?;
         let shape = syntax::Shape { multi_line: config.multi_line, max_lines: config.max_lines, tab_width: crate::postprocess::DEFAULT_TAB_WIDTH };
         let plain = syntax::plain_stop_rules(&split.head, &split.tail, shape);
         let params = GenerateParams { max_tokens: config.max_tokens, stop: plain.clone(), ..GenerateParams::default() };
@@ -159,6 +163,14 @@ impl JobPlan {
             "stop": format!("{stop:?}"),
         })
     }
+}
+
+/// The characters per token a refused prompt measured (with a tenth to spare), for planning the
+/// job again within its budget; None for any other error.
+pub fn density_after(err: &EngineError, prompt: &Prompt) -> Option<f64> {
+    let EngineError::PromptTooLong { prompt_tokens, .. } = err else { return None };
+    let chars = context::text_chars(prompt) as f64;
+    Some((0.9 * chars / (*prompt_tokens).max(1) as f64).clamp(0.1, DEFAULT_CHARS_PER_TOKEN))
 }
 
 impl RulesPlan {

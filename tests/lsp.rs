@@ -630,7 +630,10 @@ fn waiting_requests_are_bounded_and_stats_and_cancel_stay_prompt() {
     client.notify("$/cancelRequest", json!({"id": last}));
     let stats = client.response(stats_id, Duration::from_secs(60));
     let counters = &stats["result"]["counters"];
-    assert_eq!((counters["jobsStarted"].as_u64(), counters["jobsEnded"].as_u64()), (Some(1), Some(0)), "stats came only after the job: {stats}");
+    // The digits tokenize one per token, so the first prompt is refused as too long and planned
+    // again shorter: one job has ended then, and its replacement is still decoding.
+    let (started, ended) = (counters["jobsStarted"].as_u64().unwrap(), counters["jobsEnded"].as_u64().unwrap());
+    assert_eq!(started, ended + 1, "stats came only after the job: {stats}");
     let cancelled = client.response(last, Duration::from_secs(60));
     assert_eq!(cancelled["error"]["code"], -32800, "the waiting request was cancelled: {cancelled}");
     let mut empty = 0;

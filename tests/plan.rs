@@ -98,3 +98,33 @@ fn a_context_far_smaller_than_the_windows_gets_a_whole_fim_prompt_and_a_sensible
     assert!(completion["prompt_tokens"].as_u64().is_some_and(|tokens| tokens < 512), "{completion}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn text_denser_than_the_budget_assumes_is_planned_again_not_cut() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = scratch_dir();
+    let file = dir.join("table.py");
+    // Digits are one token each: 80 lines of numbers are about twice the tokens the budget's
+    // two characters per token assume.
+    let mut text: String = (0..80).map(|idx| format!("row_{idx} = [{}]\n", (0..12).map(|value| (idx * 12 + value).to_string()).collect::<Vec<_>>().join(", "))).collect();
+    text.push_str("total = sum(row_79) + \n");
+    std::fs::write(&file, &text).unwrap();
+    let model = model_path(DEFAULT_MODEL);
+    let location = format!("{}:81:23", file.display());
+    let output = Command::new(env!("CARGO_BIN_EXE_ghostline"))
+        .args(["complete", &location, "--plan", "--json", "--context-tokens", "512", "--model", model.to_str().unwrap()])
+        .output()
+        .expect("the binary runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<Value> = stdout.lines().map(|line| serde_json::from_str(line).expect("JSON lines")).collect();
+    assert_eq!(lines.len(), 3, "a refused plan, the plan again, the completion: {stdout}");
+    let (first, second) = (lines[0]["prompt"].as_str().unwrap(), lines[1]["prompt"].as_str().unwrap());
+    assert!(second.len() < first.len(), "the second plan is shorter");
+    for prompt in [first, second] {
+        assert!(prompt.starts_with("<FimPrefix>") && prompt.ends_with("<FimMiddle>total = sum(row_79) + "), "{prompt}");
+    }
+    assert!(lines[2]["prompt_tokens"].as_u64().is_some_and(|tokens| tokens < 512), "{}", lines[2]);
+    assert!(lines[2]["text"].as_str().is_some_and(|text| !text.trim().is_empty()), "{}", lines[2]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

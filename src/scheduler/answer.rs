@@ -179,10 +179,14 @@ impl Scheduler {
             let typed = typed_ahead(&active.anchor, &state.uri, &split).unwrap_or_default().to_string();
             let (answer, waiter, finished_elsewhere) = self.wait_on(&active, &request, typed).await;
             // A job that finished with text the user did not type (it was followed while still
-            // running) is replaced once by a job for this very state.
-            if finished_elsewhere && !restarted {
+            // running), or whose prompt was refused as too long, is replaced once by a job for
+            // this very state (planned with the measured density; the job's watcher may have
+            // started that one already).
+            let refused = self.replace_refused(&active);
+            let refused = refused.is_some() || self.densities.learn(&active);
+            if (finished_elsewhere || refused) && !restarted {
                 restarted = true;
-                match self.start_job(state, &config) {
+                match self.covering_job(state, &split, &config).or_else(|| self.start_job(state, &config)) {
                     Some(next) => {
                         active = next;
                         continue;

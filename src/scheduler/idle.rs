@@ -46,6 +46,9 @@ impl Scheduler {
         runtime.spawn(async move {
             let Ok(progress) = progress.wait_for(|progress| progress.done.is_some()).await else { return };
             let progress = progress.clone();
+            // A prompt refused as too long is planned again with the density it measured, if
+            // the user is still there; the replacement counts as started before this job ends.
+            scheduler.replace_refused(&origin);
             // Idle work is counted before the job counts as ended, so no one sees the server
             // idle between the two.
             if kind == JobKind::Asked {
@@ -85,7 +88,7 @@ impl Scheduler {
             // next keystroke wants it.
             let cross_file = self.cross_files.for_prompt_in(&origin.state.uri, ring_size(&config));
             if let Some(accepted) = accepted_state(&origin.state, &completion.text) {
-                if let Ok(plan) = JobPlan::new(&accepted, &config, engine.info(), cross_file.as_ref()) {
+                if let Ok(plan) = JobPlan::new(&accepted, &config, engine.info(), cross_file.as_ref(), self.densities.get(&accepted.uri)) {
                     let params = GenerateParams { late_stop: self.plan_stop_rules(&plan, "prefetch"), ..plan.params.clone() };
                     work.push(StandbyWork::Prefetch { anchor: Anchor::new(&accepted.uri, &plan.split), state: accepted, prompt: plan.prompt, params });
                 }
@@ -131,7 +134,7 @@ impl Scheduler {
                 }
                 let config = self.config();
                 let cross_file = self.cross_files.for_prompt_in(&origin.state.uri, ring_size(&config));
-                let plan = JobPlan::new(&origin.state, &config, engine.info(), cross_file.as_ref()).ok()?;
+                let plan = JobPlan::new(&origin.state, &config, engine.info(), cross_file.as_ref(), self.densities.get(&origin.state.uri)).ok()?;
                 let params = origin.params.clone();
                 count();
                 let job = engine.submit(plan.prompt.clone(), params.clone());

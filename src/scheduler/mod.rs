@@ -93,8 +93,38 @@ impl Keystrokes {
     }
 }
 
+/// Per document, the characters per token that a refused prompt measured (text denser than a
+/// budget assumes, such as digits); its next plans are budgeted with it.
+#[derive(Default)]
+struct Densities {
+    by_uri: Mutex<std::collections::HashMap<String, f64>>,
+}
+
+impl Densities {
+    fn get(&self, uri: &str) -> Option<f64> {
+        self.by_uri.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(uri).copied()
+    }
+
+    /// Learns from a job that ended; whether its prompt was refused as too long (so the job is
+    /// worth planning again).
+    fn learn(&self, job: &ActiveJob) -> bool {
+        let receiver = job.job.subscribe();
+        let progress = receiver.borrow();
+        let crate::engine::JobOutcome::Failed(err) = progress.outcome() else { return false };
+        let Some(density) = crate::plan::density_after(err, &job.prompt) else { return false };
+        let mut by_uri = self.by_uri.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let known = by_uri.entry(job.state.uri.clone()).or_insert(f64::MAX);
+        if density < *known {
+            *known = density;
+            tracing::info!(uri = %job.state.uri, chars_per_token = density, %err, "the prompt was too long for the context; planning again with the measured density");
+        }
+        true
+    }
+}
+
 pub struct Scheduler {
     engine: RwLock<EngineState>,
+    densities: Densities,
     /// Shared, not copied: a change of settings swaps in a new one.
     config: RwLock<Arc<Config>>,
     slot: JobSlot,
@@ -114,6 +144,7 @@ impl Scheduler {
     pub fn new(config: Config) -> Arc<Scheduler> {
         Arc::new_cyclic(|me| Scheduler {
             engine: RwLock::new(EngineState::NotStarted),
+            densities: Densities::default(),
             config: RwLock::new(Arc::new(config)),
             slot: JobSlot::default(),
             speed: TokenSpeed::default(),
@@ -227,9 +258,28 @@ impl Scheduler {
     /// Plans a job for this state and makes it the active one; None without an engine or a
     /// plan (a cursor outside the document).
     fn start_job(&self, state: &CursorState, config: &Config) -> Option<Arc<ActiveJob>> {
+        self.start_job_replacing(state, config, None)
+    }
+
+    /// A job for the state of `refused`, whose prompt was refused as too long, planned with the
+    /// density it measured; only while `refused` is still the active job (None otherwise: the
+    /// user moved on, or someone replaced it already).
+    fn replace_refused(&self, refused: &Arc<ActiveJob>) -> Option<Arc<ActiveJob>> {
+        if !self.densities.learn(refused) {
+            return None;
+        }
+        self.start_job_replacing(&refused.state, &self.config(), Some(refused))
+    }
+
+    fn start_job_replacing(&self, state: &CursorState, config: &Config, replacing: Option<&Arc<ActiveJob>>) -> Option<Arc<ActiveJob>> {
         let engine = self.ready_engine()?;
+        // A job replacing one whose prompt was refused (before its watcher saw it) is planned
+        // with the density that prompt measured.
+        if let Some(active) = self.slot.active() {
+            self.densities.learn(&active);
+        }
         let cross_file = self.cross_files.for_prompt_in(&state.uri, ring_size(config));
-        let plan = match JobPlan::new(state, config, engine.info(), cross_file.as_ref()) {
+        let plan = match JobPlan::new(state, config, engine.info(), cross_file.as_ref(), self.densities.get(&state.uri)) {
             Ok(plan) => plan,
             Err(err) => {
                 tracing::warn!(%err, uri = %state.uri, "no job for this state");
@@ -237,11 +287,11 @@ impl Scheduler {
             }
         };
         let alternatives = if config.prefetch { ALTERNATIVES } else { 0 };
-        let started = self.slot.start(|| {
+        let started = self.slot.start_replacing(replacing, || {
             let params = GenerateParams { alternatives, late_stop: self.plan_stop_rules(&plan, "job"), ..plan.params.clone() };
             let job = engine.submit(plan.prompt.clone(), params.clone());
             ActiveJob { anchor: Anchor::new(&state.uri, &plan.split), job, state: state.clone(), prompt: plan.prompt, params }
-        });
+        })?;
         let mut stats = self.stats_mut();
         stats.counters.jobs_started += 1;
         if started.superseded_running {

@@ -63,12 +63,27 @@ impl JobSlot {
     /// the same lock) can never supersede this one, and the stop-rule plans that `submit` queues
     /// reach the planning thread in the order their jobs reach the engine.
     pub fn start(&self, submit: impl FnOnce() -> ActiveJob) -> Started {
+        self.start_replacing(None, submit).expect("a start that replaces whatever is active always starts")
+    }
+
+    pub fn active(&self) -> Option<Arc<ActiveJob>> {
+        self.lock().active.clone()
+    }
+
+    /// As `start`, but only while `previous` (when given) is still the active job: two who
+    /// replace the same job start one job between them.
+    pub fn start_replacing(&self, previous: Option<&Arc<ActiveJob>>, submit: impl FnOnce() -> ActiveJob) -> Option<Started> {
         let mut jobs = self.lock();
+        if let Some(previous) = previous {
+            if !jobs.active.as_ref().is_some_and(|active| Arc::ptr_eq(active, previous)) {
+                return None;
+            }
+        }
         let active = Arc::new(submit());
         let previous = jobs.active.replace(active.clone());
         jobs.standby.clear();
         let superseded_running = previous.is_some_and(|previous| matches!(previous.job.snapshot().outcome(), JobOutcome::Running));
-        Started { job: active, superseded_running }
+        Some(Started { job: active, superseded_running })
     }
 
     /// Runs `submit` and keeps its job on standby, only while `origin` is the active job;

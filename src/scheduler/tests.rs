@@ -205,9 +205,36 @@ async fn a_small_context_gets_a_whole_fill_in_the_middle_prompt_within_its_budge
     let specials: Vec<&Piece> = job.prompt.pieces.iter().filter(|piece| matches!(piece, Piece::Special(_))).collect();
     assert_eq!(specials, [&Piece::Special(Special::FimPrefix), &Piece::Special(Special::FimSuffix), &Piece::Special(Special::FimMiddle)]);
     let n_chars = crate::context::text_chars(&job.prompt);
-    let budget_chars = (512 - Config::default().max_tokens - 1) * crate::context::BUDGET_CHARS_PER_TOKEN;
+    let budget_chars = ((512 - Config::default().max_tokens - 1) as f64 * crate::context::DEFAULT_CHARS_PER_TOKEN) as usize;
     assert!(n_chars <= budget_chars, "{n_chars} characters of text for a budget of {budget_chars}");
     assert!(job.prompt.to_debug_string().contains("value_199 = compute(199"), "the lines nearest the cursor stay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_refused_as_too_long_is_planned_again_with_the_measured_density() {
+    let (scheduler, jobs) = scheduler_with(Config::default(), 512);
+    let above: String = (0..200).map(|idx| format!("row_{idx} = [{}]\n", (0..12).map(|value| (idx * 12 + value).to_string()).collect::<Vec<_>>().join(", "))).collect();
+    let cursor_state = state(&format!("{above}total = |\n"), 2);
+    scheduler.on_change(cursor_state.clone());
+    let refused = next_job(&jobs);
+    let refused_chars = crate::context::text_chars(&refused.prompt);
+    let answer = tokio::spawn({
+        let scheduler = scheduler.clone();
+        let cursor_state = cursor_state.clone();
+        async move { scheduler.complete(cursor_state, Waiting::UntilReady).await.0 }
+    });
+    // The engine counts twice the tokens the budget allowed for (digits are a token each).
+    refused.progress.send_modify(|progress| progress.done = Some(Err(EngineError::PromptTooLong { prompt_tokens: refused_chars, limit: 463 })));
+    let replanned = next_job(&jobs);
+    let replanned_chars = crate::context::text_chars(&replanned.prompt);
+    assert!(replanned_chars <= 463, "{replanned_chars} characters at about one a token, for 463 tokens");
+    assert!(replanned.prompt.to_debug_string().starts_with("<FimPrefix>") && replanned.prompt.to_debug_string().ends_with("<FimMiddle>total = "));
+    finish(&replanned, "sum(row_199)", &[]);
+    assert_eq!(suggestion(&answer.await.unwrap()), "sum(row_199)", "the waiting request is answered from the new plan");
+    // The next job in the document is planned with that density from the start.
+    scheduler.on_change(state(&format!("{above}total = x|\n"), 3));
+    let next = next_job(&jobs);
+    assert!(crate::context::text_chars(&next.prompt) <= 463);
 }
 
 fn progress(text: &str) -> Progress {
