@@ -10,7 +10,7 @@
 //!
 //! `cargo bench --bench replay -- [--cases N] [--seed S] [--cadence human|wait]
 //!  [--interval-ms MS] [--jitter-ms MS] [--model NAME|PATH] [--threads N] [--languages a,b]
-//!  [--no-peer] [--regression] [--variant JSON]... [--siblings N] [--max-keys N] [--settings JSON]
+//!  [--no-peer] [--regression] [--variant JSON]... [--baseline BINARY] [--siblings N] [--max-keys N] [--settings JSON]
 //!  [--out DIR]`
 //!
 //! Each case starts with an arrival: the editor asks at the blanked line (not counted as a
@@ -19,6 +19,8 @@
 //! when it arrives before the next key; `wait` types the next key as soon as the current one has
 //! its answer (Ghostline then runs as a client without the ready notification). `--regression`
 //! adds a Ghostline run with typed-ahead reuse switched off, which must come out visibly worse;
+//! `--baseline BINARY` adds a run of another build of Ghostline (an earlier commit's) with the
+//! same settings, so a change is compared on the same cases in the same run.
 //! Each `--variant JSON` adds a Ghostline run with those settings on top (to compare prompt
 //! layouts and features). `--siblings N` opens the N files next to each case's file (same folder
 //! and extension, nearest by name) before it, as a user with related files open: Ghostline hears
@@ -64,6 +66,8 @@ struct Options {
     regression: bool,
     /// Settings of extra Ghostline runs, compared in the same run.
     variants: Vec<Value>,
+    /// Another build of Ghostline to run on the same cases.
+    baseline: Option<PathBuf>,
     siblings: usize,
     max_keys: Option<usize>,
     /// Extra Ghostline settings (a JSON object), for trying a variant.
@@ -98,6 +102,7 @@ fn parse_options() -> Options {
             .filter(|pair| pair[0] == "--variant")
             .map(|pair| serde_json::from_str(&pair[1]).expect("--variant takes a JSON object"))
             .collect(),
+        baseline: value("--baseline").map(PathBuf::from),
         siblings: number("--siblings", 0.0) as usize,
         max_keys: value("--max-keys").map(|text| text.parse().expect("--max-keys takes a number")).or(quick.then_some(6)),
         settings: value("--settings").map(|text| serde_json::from_str(&text).expect("--settings takes a JSON object")).unwrap_or_else(|| json!({})),
@@ -239,6 +244,11 @@ struct GhostlineDriver {
 
 impl GhostlineDriver {
     fn start(name: &str, model: &Path, threads: usize, cadence: Cadence, typed_ahead: bool, extra: &Value) -> GhostlineDriver {
+        Self::start_program(name, Path::new(env!("CARGO_BIN_EXE_ghostline")), model, threads, cadence, typed_ahead, extra)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_program(name: &str, program: &Path, model: &Path, threads: usize, cadence: Cadence, typed_ahead: bool, extra: &Value) -> GhostlineDriver {
         let notified = matches!(cadence, Cadence::Human { .. });
         let mut settings = json!({
             "model": model.to_string_lossy(),
@@ -250,7 +260,7 @@ impl GhostlineDriver {
         for (key, value) in extra.as_object().into_iter().flatten() {
             settings[key] = value.clone();
         }
-        let (mut client, _) = LspClient::start_logging("warn", settings, json!({"general": {"positionEncodings": ["utf-16"]}}));
+        let (mut client, _) = LspClient::start_program(program, "warn", &[], &[], settings, json!({"general": {"positionEncodings": ["utf-16"]}}));
         let stats = client.wait_engine();
         assert_eq!(stats["engine"]["state"], "ready", "Ghostline's engine did not start: {stats}");
         let cpu_at_start = process_usage(client.pid()).0;
@@ -604,6 +614,9 @@ fn main() {
         }
         let label: Vec<String> = variant.as_object().into_iter().flatten().map(|(key, value)| format!("{key}={value}")).collect();
         drivers.push(Box::new(GhostlineDriver::start(&format!("ghostline {}", label.join(",")), &model, options.threads, options.cadence, true, &settings)));
+    }
+    if let Some(baseline) = &options.baseline {
+        drivers.push(Box::new(GhostlineDriver::start_program("ghostline baseline", baseline, &model, options.threads, options.cadence, true, &options.settings)));
     }
     if options.regression {
         drivers.push(Box::new(GhostlineDriver::start("ghostline typedAhead=off", &model, options.threads, options.cadence, false, &options.settings)));

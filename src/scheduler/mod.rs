@@ -287,7 +287,7 @@ impl Scheduler {
             }
         };
         let alternatives = if config.prefetch { ALTERNATIVES } else { 0 };
-        let started = self.slot.start_replacing(replacing, || {
+        let started = self.slot.start(replacing, || {
             let params = GenerateParams { alternatives, late_stop: self.plan_stop_rules(&plan, "job"), ..plan.params.clone() };
             let job = engine.submit(plan.prompt.clone(), params.clone());
             ActiveJob { anchor: Anchor::new(&state.uri, &plan.split), job, state: state.clone(), prompt: plan.prompt, params }

@@ -58,21 +58,17 @@ impl JobSlot {
         self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Submits a job (`submit` runs under the lock) and makes it the active one, dropping the
-    /// standby jobs. Under the lock, a job submitted for standby (which checks its origin under
-    /// the same lock) can never supersede this one, and the stop-rule plans that `submit` queues
-    /// reach the planning thread in the order their jobs reach the engine.
-    pub fn start(&self, submit: impl FnOnce() -> ActiveJob) -> Started {
-        self.start_replacing(None, submit).expect("a start that replaces whatever is active always starts")
-    }
-
     pub fn active(&self) -> Option<Arc<ActiveJob>> {
         self.lock().active.clone()
     }
 
-    /// As `start`, but only while `previous` (when given) is still the active job: two who
-    /// replace the same job start one job between them.
-    pub fn start_replacing(&self, previous: Option<&Arc<ActiveJob>>, submit: impl FnOnce() -> ActiveJob) -> Option<Started> {
+    /// Submits a job (`submit` runs under the lock) and makes it the active one, dropping the
+    /// standby jobs; when `previous` is given, only while it is still the active job (two who
+    /// replace the same job start one job between them). Under the lock, a job submitted for
+    /// standby (which checks its origin under the same lock) can never supersede this one, and
+    /// the stop-rule plans that `submit` queues reach the planning thread in the order their
+    /// jobs reach the engine.
+    pub fn start(&self, previous: Option<&Arc<ActiveJob>>, submit: impl FnOnce() -> ActiveJob) -> Option<Started> {
         let mut jobs = self.lock();
         if let Some(previous) = previous {
             if !jobs.active.as_ref().is_some_and(|active| Arc::ptr_eq(active, previous)) {

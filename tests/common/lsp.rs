@@ -57,7 +57,12 @@ impl RawServer {
 
     /// Starts `ghostline serve` with extra command-line arguments (`--log-file PATH`).
     pub fn start_with_args(log_filter: &str, env: &[(&str, &str)], args: &[&str]) -> RawServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline"))
+        Self::start_program(std::path::Path::new(env!("CARGO_BIN_EXE_ghostline")), log_filter, env, args)
+    }
+
+    /// Starts another build of Ghostline (a benchmark's baseline) as `start_with_args` does.
+    pub fn start_program(program: &std::path::Path, log_filter: &str, env: &[(&str, &str)], args: &[&str]) -> RawServer {
+        let mut child = Command::new(program)
             .arg("serve")
             .args(args)
             .env("GHOSTLINE_LOG", log_filter)
@@ -133,7 +138,12 @@ impl LspClient {
     }
 
     fn start_with_args(log_filter: &str, env: &[(&str, &str)], args: &[&str], initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
-        let RawServer { child, stdin, incoming } = RawServer::start_with_args(log_filter, env, args);
+        Self::start_program(std::path::Path::new(env!("CARGO_BIN_EXE_ghostline")), log_filter, env, args, initialization_options, capabilities)
+    }
+
+    /// Starts another build of Ghostline (a benchmark's baseline) and completes `initialize`.
+    pub fn start_program(program: &std::path::Path, log_filter: &str, env: &[(&str, &str)], args: &[&str], initialization_options: Value, capabilities: Value) -> (LspClient, Value) {
+        let RawServer { child, stdin, incoming } = RawServer::start_program(program, log_filter, env, args);
         let mut client = LspClient { child, stdin, incoming, next_id: 0, responses: HashMap::new(), notifications: VecDeque::new(), versions: HashMap::new() };
         let result = client.request_ok(
             "initialize",
