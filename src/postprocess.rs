@@ -91,6 +91,7 @@ pub fn clean_suggestion(line_head: &str, suggestion: &str, line_tail: &str, surr
     while res.ends_with('\n') {
         res.pop();
     }
+    res = realign_first_line(line_head, &res);
     res = trim_overlap_with_tail(line_head, &res, line_tail, &surroundings.brackets);
     if line_tail.trim().is_empty() {
         res = drop_repeated_next_lines(line_head, &res, &surroundings.next_lines);
@@ -102,6 +103,33 @@ pub fn clean_suggestion(line_head: &str, suggestion: &str, line_tail: &str, surr
         return String::new();
     }
     res
+}
+
+/// At a line whose head is only indentation (an editor's auto-indent), a suggestion that
+/// starts with that indentation again (the model wrote the line from its start) would indent the
+/// line twice: the first line loses the head's width of leading white space. Deeper
+/// indentation than the head's stays deeper.
+fn realign_first_line(line_head: &str, suggestion: &str) -> String {
+    if line_head.is_empty() || !line_head.chars().all(|ch| ch == ' ' || ch == '\t') {
+        return suggestion.to_string();
+    }
+    let head_columns = crate::engine::stop::indent_columns(line_head, DEFAULT_TAB_WIDTH);
+    let first_line = suggestion.split('\n').next().unwrap_or_default();
+    let leading: String = first_line.chars().take_while(|ch| *ch == ' ' || *ch == '\t').collect();
+    if leading.is_empty() || crate::engine::stop::indent_columns(&leading, DEFAULT_TAB_WIDTH) < head_columns {
+        return suggestion.to_string();
+    }
+    // Drop leading characters until the head's width is covered.
+    let mut columns = 0;
+    let mut cut = 0;
+    for ch in leading.chars() {
+        if columns >= head_columns {
+            break;
+        }
+        columns += if ch == '\t' { DEFAULT_TAB_WIDTH } else { 1 };
+        cut += ch.len_utf8();
+    }
+    suggestion[cut..].to_string()
 }
 
 /// Cuts the suggestion where it starts repeating the lines after the cursor: the model has seen
@@ -206,6 +234,11 @@ mod tests {
         ("if a", " == b:", " == b:", ""),
         ("", "\n    return 1\n\n", "", "\n    return 1"),
         ("def f(", "a, b):", "):", "a, b"),
+        ("    ", "    if depth < 0:", "", "if depth < 0:"),
+        ("        ", "        return x\n    y = 1", "", "return x\n    y = 1"),
+        ("    ", "        deeper()", "", "    deeper()"),
+        ("\t", "\tcall()", "", "call()"),
+        ("        ", "  x", "", "  x"),
     ];
 
     const T: Option<Indent> = Some(Indent::Tabs);
