@@ -173,6 +173,47 @@ fn the_syntax_tree_shapes_and_ends_suggestions() {
     client.shutdown();
 }
 
+/// At an auto-indented empty line the model once spelled the indentation out in short runs of
+/// spaces and never stopped (48 tokens of spaces, an empty answer) on the first two cases; a
+/// suggestion that started with the indentation again indented the line twice. The editor
+/// inserts the line break and the indentation in one change, then asks.
+#[test]
+fn an_auto_indented_empty_line_gets_code_at_its_indentation() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({}));
+    let cases = [
+        (
+            "file:///project/brackets.py",
+            "def correct_bracketing(brackets: str):\n    depth = 0\n    for b in brackets:\n        if b == \"<\":\n            depth += 1\n        else:\n        if depth < 0:\n            return False\n    return depth == 0\n",
+            5,
+            "            ",
+            "depth -= 1",
+        ),
+        (
+            "file:///project/factorize.py",
+            "def factorize(n):\n    fact = []\n    i = 2\n    while i <= n:\n        if n % i == 0:\n            fact.append(i)\n        else:\n            i += 1\n    return fact\n",
+            5,
+            "            ",
+            "n",
+        ),
+        (
+            "file:///project/balance.py",
+            "def below_zero(operations):\n    balance = 0\n    for op in operations:\n        balance += op\n            return True\n    return False\n",
+            3,
+            "        ",
+            "if balance < 0",
+        ),
+    ];
+    for (uri, text, line_before, indentation, expected) in cases {
+        client.open(uri, "python", text);
+        let end_of_line = text.lines().nth(line_before).unwrap().encode_utf16().count() as u32;
+        client.insert(uri, line_before as u32, end_of_line, &format!("\n{indentation}"));
+        let suggestion = client.inline_text(uri, line_before as u32 + 1, indentation.len() as u32).unwrap_or_default();
+        assert!(suggestion.starts_with(expected), "{uri}: expected {expected:?} at the indentation, got {suggestion:?}");
+    }
+    client.shutdown();
+}
+
 #[test]
 fn prose_and_comments_get_one_sentence() {
     let _serial = serial();

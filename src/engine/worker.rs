@@ -360,6 +360,15 @@ impl JobRunner<'_, '_> {
                 healed_bytes = self.token_pieces.get(last.0 as usize).cloned().unwrap_or_default();
                 if healed_bytes.is_empty() {
                     tokens.push(last);
+                } else if healed_bytes.len() > 1 && healed_bytes.iter().all(|byte| *byte == b' ' || *byte == b'\t') {
+                    // A run of indentation: code tokenizes it as the run less its last character,
+                    // then that character with the word (`···········` + `·depth`). Rolling back
+                    // the whole run made the model spell it out in short pieces and never stop
+                    // (measured: 48 tokens of spaces at a blank line); the run less one stays in
+                    // the prompt and only the last character is healed.
+                    let kept = healed_bytes.split_off(healed_bytes.len() - 1);
+                    let run = std::mem::replace(&mut healed_bytes, kept);
+                    tokens.extend(self.model.vocab().tokenize(&run, false, false));
                 }
             }
         }
