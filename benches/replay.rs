@@ -10,12 +10,14 @@
 //!
 //! `cargo bench --bench replay -- [--cases N] [--seed S] [--cadence human|wait]
 //!  [--interval-ms MS] [--jitter-ms MS] [--model NAME|PATH] [--threads N] [--languages a,b]
-//!  [--no-peer] [--regression] [--variant JSON]... [--baseline BINARY] [--siblings N] [--max-keys N] [--settings JSON]
+//!  [--no-peer] [--regression] [--variant JSON]... [--baseline BINARY] [--reading-ms MS] [--siblings N]
+//!  [--max-keys N] [--settings JSON]
 //!  [--out DIR]`
 //!
 //! Each case starts with an arrival: the editor asks at the blanked line (not counted as a
 //! keystroke; its time to a first suggestion is the cold-start figure), and the user reads until
-//! the server is idle, then types. Cadences: `human` types a key every interval ± jitter (a fixed seed), and a suggestion counts
+//! the server is idle (or for `--reading-ms`, a fixed reading time, as users do not wait for an
+//! idle server), then types. Cadences: `human` types a key every interval ± jitter (a fixed seed), and a suggestion counts
 //! when it arrives before the next key; `wait` types the next key as soon as the current one has
 //! its answer (Ghostline then runs as a client without the ready notification). `--regression`
 //! adds a Ghostline run with typed-ahead reuse switched off, which must come out visibly worse;
@@ -68,6 +70,9 @@ struct Options {
     variants: Vec<Value>,
     /// Another build of Ghostline to run on the same cases.
     baseline: Option<PathBuf>,
+    /// The user's reading time between arriving at a line and the first key (None: until the
+    /// server is idle).
+    reading: Option<Duration>,
     siblings: usize,
     max_keys: Option<usize>,
     /// Extra Ghostline settings (a JSON object), for trying a variant.
@@ -103,6 +108,7 @@ fn parse_options() -> Options {
             .map(|pair| serde_json::from_str(&pair[1]).expect("--variant takes a JSON object"))
             .collect(),
         baseline: value("--baseline").map(PathBuf::from),
+        reading: value("--reading-ms").map(|text| Duration::from_millis(text.parse().expect("--reading-ms takes milliseconds"))),
         siblings: number("--siblings", 0.0) as usize,
         max_keys: value("--max-keys").map(|text| text.parse().expect("--max-keys takes a number")).or(quick.then_some(6)),
         settings: value("--settings").map(|text| serde_json::from_str(&text).expect("--settings takes a JSON object")).unwrap_or_else(|| json!({})),
@@ -226,7 +232,9 @@ struct Arrival {
 
 trait Driver {
     fn name(&self) -> String;
-    fn run_case(&mut self, case: &Case, case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> (Arrival, Vec<Keystroke>);
+    /// Runs one case: the arrival, then `reading` (None: until the server is idle), then the
+    /// keystrokes.
+    fn run_case(&mut self, case: &Case, case_idx: usize, reading: Option<Duration>, next_interval: &mut dyn FnMut() -> Option<Duration>) -> (Arrival, Vec<Keystroke>);
     /// The user opens these files (name, text) before the case's file.
     fn open_siblings(&mut self, case_idx: usize, siblings: &[(String, String)]);
     /// Totals since the driver was ready.
@@ -294,7 +302,7 @@ impl Driver for GhostlineDriver {
         }
     }
 
-    fn run_case(&mut self, case: &Case, case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> (Arrival, Vec<Keystroke>) {
+    fn run_case(&mut self, case: &Case, case_idx: usize, reading: Option<Duration>, next_interval: &mut dyn FnMut() -> Option<Duration>) -> (Arrival, Vec<Keystroke>) {
         let file_name = case.path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
         let uri = format!("file:///replay/{case_idx}/{file_name}");
         self.client.open(&uri, case.language, &case.blanked_text());
@@ -303,13 +311,20 @@ impl Driver for GhostlineDriver {
         let arrival_start = Instant::now();
         let response = self.inline_completion(&uri, line, column);
         let mut first_suggestion_ms = Self::suggestion_of(&response).map(|_| ms(arrival_start));
+        let reading_until = reading.map(|reading| arrival_start + reading);
         if first_suggestion_ms.is_none() && self.notified {
-            let ready = self.client.wait_notification("ghostline/suggestionReady", Duration::from_secs(120), |params| params["uri"] == uri.as_str());
+            let wait = reading_until.map_or(Duration::from_secs(120), |until| until.saturating_duration_since(Instant::now()));
+            let ready = self.client.wait_notification("ghostline/suggestionReady", wait, |params| params["uri"] == uri.as_str());
             if ready.is_some() && Self::suggestion_of(&self.inline_completion(&uri, line, column)).is_some() {
                 first_suggestion_ms = Some(ms(arrival_start));
             }
         }
-        self.client.wait_idle();
+        match reading_until {
+            Some(until) => std::thread::sleep(until.saturating_duration_since(Instant::now())),
+            None => {
+                self.client.wait_idle();
+            }
+        }
         let mut shown = Self::suggestion_of(&self.inline_completion(&uri, line, column));
         let arrival = Arrival { language: case.language, first_suggestion_ms };
         let mut typist = Typist::new(&case.content);
@@ -451,7 +466,7 @@ impl Driver for PeerDriver {
         }
     }
 
-    fn run_case(&mut self, case: &Case, _case_idx: usize, next_interval: &mut dyn FnMut() -> Option<Duration>) -> (Arrival, Vec<Keystroke>) {
+    fn run_case(&mut self, case: &Case, _case_idx: usize, reading: Option<Duration>, next_interval: &mut dyn FnMut() -> Option<Duration>) -> (Arrival, Vec<Keystroke>) {
         let next_nonblank = case.lines[case.line + 1..].iter().find(|line| !line.trim().is_empty()).map(String::as_str);
         let mut cache = peer::AnswerCache::default();
         let mut in_flight = false;
@@ -460,11 +475,27 @@ impl Driver for PeerDriver {
         let arrival_start = Instant::now();
         let context = peer::infill_context(&case.lines, case.line, &case.indent, "");
         self.ask(context.middle.clone(), peer::infill_body(&context, &self.ring));
-        let (asked, answer) = self.answers.recv().expect("the peer's worker answers");
-        let content = self.content_of(answer);
-        let mut shown = peer::rendered(&content, &case.indent, next_nonblank);
-        cache.insert(&asked, content);
-        let arrival = Arrival { language: case.language, first_suggestion_ms: shown.as_ref().map(|_| ms(arrival_start)) };
+        let reading_until = reading.map(|reading| arrival_start + reading);
+        let first_answer = match reading_until {
+            None => Some(self.answers.recv().expect("the peer's worker answers")),
+            Some(until) => self.answers.recv_timeout(until.saturating_duration_since(Instant::now())).ok(),
+        };
+        let mut shown = None;
+        let mut first_suggestion_ms = None;
+        match first_answer {
+            Some((asked, answer)) => {
+                let content = self.content_of(answer);
+                shown = peer::rendered(&content, &case.indent, next_nonblank);
+                first_suggestion_ms = shown.as_ref().map(|_| ms(arrival_start));
+                cache.insert(&asked, content);
+            }
+            // Still decoding when the user starts typing: the keystrokes find it in flight.
+            None => in_flight = true,
+        }
+        if let Some(until) = reading_until {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        }
+        let arrival = Arrival { language: case.language, first_suggestion_ms };
         let mut typist = Typist::new(&case.content);
         let mut keystrokes = Vec::new();
         while !typist.done() {
@@ -595,7 +626,8 @@ fn main() {
         Cadence::Human { interval_ms, jitter_ms } => format!("human: a key every {interval_ms} ± {jitter_ms} ms"),
         Cadence::Wait => "wait: next key once the current one has its answer".to_string(),
     };
-    println!("model {} ({}), threads {}, {} cases, seed {}, cadence {cadence_text}", options.model, model.display(), options.threads, cases.len(), options.seed);
+    let reading_text = options.reading.map_or("until the server is idle".to_string(), |reading| format!("{} ms", reading.as_millis()));
+    println!("model {} ({}), threads {}, {} cases, seed {}, cadence {cadence_text}, reading after arrival {reading_text}", options.model, model.display(), options.threads, cases.len(), options.seed);
 
     let mut drivers: Vec<Box<dyn Driver>> = vec![Box::new(GhostlineDriver::start("ghostline", &model, options.threads, options.cadence, true, &options.settings))];
     if options.peer {
@@ -634,7 +666,7 @@ fn main() {
             let idx = (case_idx + turn) % drivers.len();
             let mut next_interval = intervals(options.cadence, options.seed, case_idx);
             drivers[idx].open_siblings(case_idx, &siblings);
-            let (arrival, keys) = drivers[idx].run_case(case, case_idx, &mut next_interval);
+            let (arrival, keys) = drivers[idx].run_case(case, case_idx, options.reading, &mut next_interval);
             arrivals[idx].push(arrival);
             keystrokes[idx].extend(keys);
         }
@@ -682,6 +714,7 @@ fn main() {
         "cadence": cadence_text,
         "seed": options.seed,
         "ghostlineSettings": options.settings,
+        "readingMs": options.reading.map(|reading| reading.as_millis() as u64),
         "cases": cases.iter().map(|case| json!({
             "language": case.language,
             "file": case.path.to_string_lossy(),

@@ -44,6 +44,10 @@ pub struct Config {
     /// Chunks of other files in front of the prompt (0: none), and lines per chunk.
     pub cross_file_chunks: usize,
     pub cross_file_lines: usize,
+    /// An arrival's first prompt (a place whose prompt is not in the KV cache) is cut to the
+    /// lines that decode within this many milliseconds at the measured prompt speed; the full
+    /// window follows in a pause. 0: always the full window.
+    pub cold_prompt_ms: u64,
 }
 
 impl Default for Config {
@@ -67,6 +71,7 @@ impl Default for Config {
             prefetch: false,
             cross_file_chunks: 0,
             cross_file_lines: 24,
+            cold_prompt_ms: 1000,
         }
     }
 }
@@ -88,6 +93,7 @@ pub struct RawSettings {
     pub prefetch: Option<serde_json::Value>,
     pub cross_file_chunks: Option<serde_json::Value>,
     pub cross_file_lines: Option<serde_json::Value>,
+    pub cold_prompt_ms: Option<serde_json::Value>,
     pub multi_line: Option<serde_json::Value>,
     pub max_lines: Option<serde_json::Value>,
     pub languages: Option<serde_json::Value>,
@@ -251,6 +257,11 @@ impl Config {
         if let Some(value) = &raw.cross_file_chunks {
             if let Some(chunks) = integer("crossFileChunks", value, 0, 16, errors) {
                 self.cross_file_chunks = chunks as usize;
+            }
+        }
+        if let Some(value) = &raw.cold_prompt_ms {
+            if let Some(ms) = integer("coldPromptMs", value, 0, 60_000, errors) {
+                self.cold_prompt_ms = ms;
             }
         }
         if let Some(value) = &raw.cross_file_lines {

@@ -143,6 +143,9 @@ pub fn build_prompt(
 pub struct Budget {
     pub tokens: usize,
     pub chars_per_token: f64,
+    /// The window starts no higher than this line: an arrival's smaller first window, sized by
+    /// the time its prompt may take (see `scheduler/places.rs`).
+    pub first_line: Option<usize>,
 }
 
 /// Characters per token that a budget assumes until a document shows denser text. Code
@@ -153,7 +156,7 @@ pub struct Budget {
 pub const DEFAULT_CHARS_PER_TOKEN: f64 = 2.0;
 
 impl Budget {
-    pub const UNLIMITED: Budget = Budget { tokens: usize::MAX, chars_per_token: DEFAULT_CHARS_PER_TOKEN };
+    pub const UNLIMITED: Budget = Budget { tokens: usize::MAX, chars_per_token: DEFAULT_CHARS_PER_TOKEN, first_line: None };
 
     /// The characters of text that fit, besides the special tokens and labels.
     pub fn chars(&self) -> usize {
@@ -190,8 +193,7 @@ pub fn build_prompt_with(
     let suffix_in_front = windows.suffix_in_front && special.fim && special.file_separator;
     char_budget = char_budget.saturating_sub(labels + if suffix_in_front { BELOW_LABEL.chars().count() } else { 0 });
     let line_start_idx = rope.line_to_char(cursor.line);
-    let anchor = windows.anchor_lines.max(1);
-    let first_line = cursor.line.saturating_sub(windows.prefix_lines) / anchor * anchor;
+    let first_line = window_first_line(cursor.line, windows).max(budget.first_line.unwrap_or(0).min(cursor.line));
     let window_start_idx = rope.line_to_char(first_line);
 
     let line_head_full = rope.slice(line_start_idx..cursor_idx);
@@ -260,6 +262,13 @@ pub fn build_prompt_with(
         prompt.push_text(line_head.clone());
     }
     Ok(BuiltPrompt { prompt, line_head, line_tail, next_lines })
+}
+
+/// The first line of the window above a cursor line: at least `prefix_lines` up, anchored to a
+/// multiple of `anchor_lines` so it moves rarely.
+pub fn window_first_line(cursor_line: usize, windows: &WindowConfig) -> usize {
+    let anchor = windows.anchor_lines.max(1);
+    cursor_line.saturating_sub(windows.prefix_lines) / anchor * anchor
 }
 
 /// The characters of a prompt's text pieces (its special tokens left out).
@@ -429,7 +438,7 @@ mod tests {
         let cursor = CursorPosition { line: 100, column: 9 };
         let chunk = Chunk { uri: "file:///p/util.py".into(), label: "util.py".into(), first_line: 0, n_lines: 1, text: "def compute(x): return x\n".repeat(40) };
         let cross_file = CrossFile { repo: Some("p".into()), chunks: Arc::new(vec![chunk]), file_label: "main.py".into() };
-        let budget = Budget { tokens: 120, chars_per_token: DEFAULT_CHARS_PER_TOKEN };
+        let budget = Budget { tokens: 120, chars_per_token: DEFAULT_CHARS_PER_TOKEN, first_line: None };
         let built = build_prompt_with(&doc, cursor, &WindowConfig::default(), FIM, Some(&cross_file), budget).unwrap();
         let shown = built.prompt.to_debug_string();
         assert!(text_chars(&built.prompt) <= 240, "{} characters of text", text_chars(&built.prompt));

@@ -16,7 +16,7 @@ use ghostline::config::Config;
 use ghostline::context::{self, CursorPosition};
 use ghostline::engine::{Engine, EngineConfig, GenerateParams};
 use ghostline::models;
-use ghostline::plan::{CursorState, JobPlan};
+use ghostline::plan::{CursorState, JobPlan, PlanHints};
 use ghostline::syntax::SyntaxTree;
 
 #[derive(Parser)]
@@ -289,7 +289,7 @@ fn complete(args: CompleteArgs) -> Result<(), CliError> {
         // once, with the density of text it measured.
         let mut chars_per_token = None;
         let (plan, mut completion) = loop {
-            let plan = JobPlan::new(&state, &config, engine.info(), None, chars_per_token).map_err(|err| CliError::Internal(err.to_string()))?;
+            let plan = JobPlan::new(&state, &config, engine.info(), &PlanHints { chars_per_token, ..PlanHints::default() }).map_err(|err| CliError::Internal(err.to_string()))?;
             let stop = plan.rules.work_out();
             if args.plan {
                 let described = JobPlan::describe(&plan.prompt.to_debug_string(), plan.params.max_tokens, &stop);

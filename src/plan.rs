@@ -110,6 +110,17 @@ pub enum PlanError {
     Position(#[from] PositionError),
 }
 
+/// What the scheduler knows besides the state and the settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanHints<'a> {
+    /// Other files' chunks for the front of the prompt.
+    pub cross_file: Option<&'a CrossFile>,
+    /// The document's measured text density (None until a prompt of it was refused as too long).
+    pub chars_per_token: Option<f64>,
+    /// The window starts no higher than this line (an arrival's smaller first window).
+    pub first_line: Option<usize>,
+}
+
 /// Everything one job needs.
 #[derive(Debug, Clone)]
 pub struct JobPlan {
@@ -132,10 +143,8 @@ pub struct RulesPlan {
 }
 
 impl JobPlan {
-    /// The plan for a job at a cursor state, for the loaded model, with other files' chunks in
-    /// front when there are any; `chars_per_token` is the document's measured text density
-    /// (None until a prompt of it was refused as too long).
-    pub fn new(state: &CursorState, config: &Config, model: &ModelInfo, cross_file: Option<&CrossFile>, chars_per_token: Option<f64>) -> Result<JobPlan, PlanError> {
+    /// The plan for a job at a cursor state, for the loaded model.
+    pub fn new(state: &CursorState, config: &Config, model: &ModelInfo, hints: &PlanHints) -> Result<JobPlan, PlanError> {
         let language = state.language();
         let rope = &state.rope;
         let split = LineSplit::new(rope, state.cursor_char_idx, language).ok_or(PlanError::CursorOutside { char_idx: state.cursor_char_idx, len_chars: rope.len_chars() })?;
@@ -143,9 +152,10 @@ impl JobPlan {
         // The prompt leaves room for the tokens the job may generate (and one spare).
         let budget = Budget {
             tokens: (model.context_tokens as usize).saturating_sub(config.max_tokens + 1),
-            chars_per_token: chars_per_token.unwrap_or(DEFAULT_CHARS_PER_TOKEN),
+            chars_per_token: hints.chars_per_token.unwrap_or(DEFAULT_CHARS_PER_TOKEN),
+            first_line: hints.first_line,
         };
-        let built = context::build_prompt_with(rope, cursor, &config.windows, model.special, cross_file, budget)?;
+        let built = context::build_prompt_with(rope, cursor, &config.windows, model.special, hints.cross_file, budget)?;
         let shape = syntax::Shape { multi_line: config.multi_line, max_lines: config.max_lines, tab_width: crate::postprocess::DEFAULT_TAB_WIDTH };
         let plain = syntax::plain_stop_rules(&split.head, &split.tail, shape);
         let params = GenerateParams { max_tokens: config.max_tokens, stop: plain.clone(), ..GenerateParams::default() };

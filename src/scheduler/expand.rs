@@ -8,7 +8,7 @@ use super::Scheduler;
 use crate::config::Config;
 use crate::context;
 use crate::engine::{EngineError, GenerateParams, JobOutcome, StopRules};
-use crate::plan::{CursorState, JobPlan};
+use crate::plan::{CursorState, JobPlan, PlanHints};
 use crate::postprocess::clean_suggestion;
 use crate::syntax::{self, Language};
 
@@ -70,7 +70,7 @@ impl Scheduler {
         };
         let config = self.config();
         let config = Config { max_tokens: EXPANSION_MAX_TOKENS, ..(*config).clone() };
-        let plan = JobPlan::new(&state, &config, engine.info(), None, self.densities.get(uri)).map_err(|_| ExpandError::LinesOutOfRange { first_line, last_line, n_lines: rope.len_lines() })?;
+        let plan = JobPlan::new(&state, &config, engine.info(), &PlanHints { chars_per_token: self.densities.get(uri), ..PlanHints::default() }).map_err(|_| ExpandError::LinesOutOfRange { first_line, last_line, n_lines: rope.len_lines() })?;
         let params = GenerateParams { max_tokens: EXPANSION_MAX_TOKENS, stop: StopRules::multi_line(config.max_lines.max(EXPANSION_MIN_LINES)), ..GenerateParams::default() };
         // The expansion replaces the active job and whatever runs on standby (under the slot's
         // lock, so idle-time work cannot supersede it).

@@ -8,15 +8,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::places::{Place, Places};
 use super::slot::{ActiveJob, Anchor};
 use super::{ring_size, Scheduler};
 use crate::engine::{Engine, GenerateParams, JobOutcome, Prompt};
-use crate::plan::{CursorState, JobPlan, LineSplit};
+use crate::plan::{CursorState, JobPlan, LineSplit, PlanHints};
 use crate::postprocess::clean_suggestion;
 use crate::syntax::SyntaxTree;
 
-/// How long the user must have paused before the cross-file snapshot is renewed.
+/// How long the user must have paused before the cross-file snapshot is renewed, or an
+/// arrival's smaller window is replaced by the full one (either moves the start of the prompt:
+/// a keystroke during the warm-up would pay for the whole prompt).
 const RING_PAUSE: Duration = Duration::from_millis(1000);
+const WINDOW_PAUSE: Duration = Duration::from_millis(1000);
 
 /// Who a job is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +34,10 @@ pub(super) enum JobKind {
 /// One piece of idle work that runs a job on standby.
 enum StandbyWork {
     /// A prefetch job for a state the user may reach next.
-    Prefetch { anchor: Anchor, state: CursorState, prompt: Prompt, params: GenerateParams },
+    Prefetch { anchor: Anchor, state: CursorState, prompt: Prompt, params: GenerateParams, place: Place, window_start: Option<usize> },
+    /// The full window at the origin's state, after a job with an arrival's smaller one: it
+    /// decodes the prompt (and one token), and the place is warm from then on.
+    WindowWarmUp,
     /// A new snapshot of the cross-file ring, and a job at the origin's state that decodes
     /// the prompt with it.
     RingWarmUp,
@@ -49,6 +56,9 @@ impl Scheduler {
             // A prompt refused as too long is planned again with the density it measured, if
             // the user is still there; the replacement counts as started before this job ends.
             scheduler.replace_refused(&origin);
+            if let JobOutcome::Finished(completion) = progress.outcome() {
+                scheduler.places.finished(&origin.place, origin.window_start, &origin.prompt, completion);
+            }
             // Idle work is counted before the job counts as ended, so no one sees the server
             // idle between the two.
             if kind == JobKind::Asked {
@@ -88,14 +98,25 @@ impl Scheduler {
             // next keystroke wants it.
             let cross_file = self.cross_files.for_prompt_in(&origin.state.uri, ring_size(&config));
             if let Some(accepted) = accepted_state(&origin.state, &completion.text) {
-                if let Ok(plan) = JobPlan::new(&accepted, &config, engine.info(), cross_file.as_ref(), self.densities.get(&accepted.uri)) {
+                let place = Places::place_of(&accepted.uri, &accepted.rope, accepted.cursor_char_idx, &config);
+                let cursor_line = accepted.rope.char_to_line(accepted.cursor_char_idx);
+                let window_start = self.places.window_start(&place, &accepted.rope, cursor_line, &config);
+                let hints = PlanHints { cross_file: cross_file.as_ref(), chars_per_token: self.densities.get(&accepted.uri), first_line: window_start };
+                if let Ok(plan) = JobPlan::new(&accepted, &config, engine.info(), &hints) {
                     let params = GenerateParams { late_stop: self.plan_stop_rules(&plan, "prefetch"), ..plan.params.clone() };
-                    work.push(StandbyWork::Prefetch { anchor: Anchor::new(&accepted.uri, &plan.split), state: accepted, prompt: plan.prompt, params });
+                    work.push(StandbyWork::Prefetch { anchor: Anchor::new(&accepted.uri, &plan.split), state: accepted, prompt: plan.prompt, params, place, window_start });
                 }
             }
             for alternative in progress.alternatives.iter().filter(|alternative| !completion.text.starts_with(alternative.as_str())) {
                 let params = GenerateParams { forced_prefix: alternative.clone(), alternatives: 0, ..origin.params.clone() };
-                work.push(StandbyWork::Prefetch { anchor: origin.anchor.clone(), state: origin.state.clone(), prompt: origin.prompt.clone(), params });
+                work.push(StandbyWork::Prefetch {
+                    anchor: origin.anchor.clone(),
+                    state: origin.state.clone(),
+                    prompt: origin.prompt.clone(),
+                    params,
+                    place: origin.place.clone(),
+                    window_start: origin.window_start,
+                });
             }
         }
         for item in work {
@@ -103,17 +124,25 @@ impl Scheduler {
                 return;
             }
         }
+        if origin.window_start.is_some() && config.cold_prompt_ms > 0 && self.paused_for(WINDOW_PAUSE).await {
+            self.run_on_standby(&engine, &origin, StandbyWork::WindowWarmUp).await;
+        }
         if config.cross_file_chunks > 0 && self.cross_files.is_changed() {
             // A new snapshot moves the start of every prompt: it is taken only in a pause of the
             // user's (a keystroke during the warm-up would pay for the whole prompt).
-            let since_change = self.keystrokes.since_latest();
-            if since_change < RING_PAUSE {
-                tokio::time::sleep(RING_PAUSE - since_change).await;
-            }
-            if self.keystrokes.since_latest() >= RING_PAUSE {
+            if self.paused_for(RING_PAUSE).await {
                 self.run_on_standby(&engine, &origin, StandbyWork::RingWarmUp).await;
             }
         }
+    }
+
+    /// Waits until `pause` has passed since the latest change; whether no change came since.
+    async fn paused_for(&self, pause: Duration) -> bool {
+        let since_change = self.keystrokes.since_latest();
+        if since_change < pause {
+            tokio::time::sleep(pause - since_change).await;
+        }
+        self.keystrokes.since_latest() >= pause
     }
 
     /// Runs a piece of idle work on standby and waits for its job, if `origin` is still the
@@ -123,10 +152,22 @@ impl Scheduler {
         // while the slot is locked elsewhere), so whoever sees the job sees it counted.
         let count = || self.stats_mut().counters.prefetch_jobs += 1;
         let submit = || match work {
-            StandbyWork::Prefetch { anchor, state, prompt, params } => {
+            StandbyWork::Prefetch { anchor, state, prompt, params, place, window_start } => {
                 count();
                 let job = engine.submit(prompt.clone(), params.clone());
-                Some(ActiveJob { anchor, job, state, prompt, params })
+                self.places.started(&place, window_start);
+                Some(ActiveJob { anchor, job, state, prompt, params, place, window_start })
+            }
+            StandbyWork::WindowWarmUp => {
+                let config = self.config();
+                let cross_file = self.cross_files.for_prompt_in(&origin.state.uri, ring_size(&config));
+                let hints = PlanHints { cross_file: cross_file.as_ref(), chars_per_token: self.densities.get(&origin.state.uri), first_line: None };
+                let plan = JobPlan::new(&origin.state, &config, engine.info(), &hints).ok()?;
+                let params = GenerateParams { max_tokens: 1, ..plan.params.clone() };
+                count();
+                let job = engine.submit(plan.prompt.clone(), params.clone());
+                self.places.started(&origin.place, None);
+                Some(ActiveJob { anchor: origin.anchor.clone(), job, state: origin.state.clone(), prompt: plan.prompt, params, place: origin.place.clone(), window_start: None })
             }
             StandbyWork::RingWarmUp => {
                 if !self.cross_files.renew_snapshot() {
@@ -134,11 +175,21 @@ impl Scheduler {
                 }
                 let config = self.config();
                 let cross_file = self.cross_files.for_prompt_in(&origin.state.uri, ring_size(&config));
-                let plan = JobPlan::new(&origin.state, &config, engine.info(), cross_file.as_ref(), self.densities.get(&origin.state.uri)).ok()?;
+                let hints = PlanHints { cross_file: cross_file.as_ref(), chars_per_token: self.densities.get(&origin.state.uri), first_line: origin.window_start };
+                let plan = JobPlan::new(&origin.state, &config, engine.info(), &hints).ok()?;
                 let params = origin.params.clone();
                 count();
                 let job = engine.submit(plan.prompt.clone(), params.clone());
-                Some(ActiveJob { anchor: origin.anchor.clone(), job, state: origin.state.clone(), prompt: plan.prompt, params })
+                self.places.started(&origin.place, origin.window_start);
+                Some(ActiveJob {
+                    anchor: origin.anchor.clone(),
+                    job,
+                    state: origin.state.clone(),
+                    prompt: plan.prompt,
+                    params,
+                    place: origin.place.clone(),
+                    window_start: origin.window_start,
+                })
             }
         };
         let Some(standby) = self.slot.start_standby_after(origin, submit) else { return false };

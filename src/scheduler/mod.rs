@@ -20,6 +20,7 @@ mod answer;
 mod cross_file;
 mod expand;
 mod idle;
+mod places;
 mod slot;
 #[cfg(test)]
 mod tests;
@@ -33,7 +34,7 @@ use ropey::Rope;
 use crate::background::LatestWins;
 use crate::config::Config;
 use crate::engine::{Engine, GenerateParams, LateStopRules};
-use crate::plan::{JobPlan, LineSplit};
+use crate::plan::{JobPlan, LineSplit, PlanHints};
 use crate::probe::LoadFailure;
 use crate::stats::Stats;
 
@@ -44,6 +45,7 @@ pub use expand::{ExpandError, Expanded};
 use answer::TokenSpeed;
 use cross_file::{CrossFiles, RingSize};
 use idle::JobKind;
+use places::Places;
 use slot::{ActiveJob, Anchor, JobSlot};
 
 /// Where the model is.
@@ -134,6 +136,7 @@ pub struct Scheduler {
     /// Rounds of idle-time work pending or running (for `ghostline/stats`: idle means none).
     idle_work: AtomicUsize,
     cross_files: CrossFiles,
+    places: Places,
     /// The thread that works out jobs' stop rules from the syntax tree (parsing it when the
     /// tree is behind), off the LSP loop.
     planner: LatestWins<&'static str>,
@@ -152,6 +155,7 @@ impl Scheduler {
             keystrokes: Keystrokes::default(),
             idle_work: AtomicUsize::new(0),
             cross_files: CrossFiles::default(),
+            places: Places::default(),
             planner: LatestWins::start("ghostline-plan"),
             me: me.clone(),
         })
@@ -279,7 +283,11 @@ impl Scheduler {
             self.densities.learn(&active);
         }
         let cross_file = self.cross_files.for_prompt_in(&state.uri, ring_size(config));
-        let plan = match JobPlan::new(state, config, engine.info(), cross_file.as_ref(), self.densities.get(&state.uri)) {
+        let place = Places::place_of(&state.uri, &state.rope, state.cursor_char_idx, config);
+        let cursor_line = state.rope.char_to_line(state.cursor_char_idx.min(state.rope.len_chars()));
+        let window_start = self.places.window_start(&place, &state.rope, cursor_line, config);
+        let hints = PlanHints { cross_file: cross_file.as_ref(), chars_per_token: self.densities.get(&state.uri), first_line: window_start };
+        let plan = match JobPlan::new(state, config, engine.info(), &hints) {
             Ok(plan) => plan,
             Err(err) => {
                 tracing::warn!(%err, uri = %state.uri, "no job for this state");
@@ -290,7 +298,8 @@ impl Scheduler {
         let started = self.slot.start(replacing, || {
             let params = GenerateParams { alternatives, late_stop: self.plan_stop_rules(&plan, "job"), ..plan.params.clone() };
             let job = engine.submit(plan.prompt.clone(), params.clone());
-            ActiveJob { anchor: Anchor::new(&state.uri, &plan.split), job, state: state.clone(), prompt: plan.prompt, params }
+            self.places.started(&place, window_start);
+            ActiveJob { anchor: Anchor::new(&state.uri, &plan.split), job, state: state.clone(), prompt: plan.prompt, params, place, window_start }
         })?;
         let mut stats = self.stats_mut();
         stats.counters.jobs_started += 1;

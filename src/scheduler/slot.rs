@@ -9,6 +9,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::engine::{GenerateParams, Job, JobOutcome, Prompt};
+use super::places::Place;
 use crate::plan::{CursorState, LineSplit};
 
 /// The cursor state a job was started for, as far as covering is concerned.
@@ -33,6 +34,10 @@ pub(super) struct ActiveJob {
     pub state: CursorState,
     pub prompt: Prompt,
     pub params: GenerateParams,
+    /// Where the job's prompt puts the KV cache, and the first line of its window when smaller
+    /// than the full one (an arrival's).
+    pub place: Place,
+    pub window_start: Option<usize>,
 }
 
 #[derive(Default)]
