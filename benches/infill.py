@@ -28,7 +28,7 @@ module file is restored after every run.
 
 Usage: python3 benches/infill.py [--tasks N] [--seed S] [--model NAME|PATH] [--threads N]
        [--no-peer] [--quick] [--binary PATH] [--out DIR] [--trace]
-(defaults: 60 tasks, seed 1, qwen2.5-coder-0.5b, physical cores, target/release/ghostline,
+(defaults: 200 tasks, seed 1, qwen2.5-coder-0.5b, physical cores, target/release/ghostline,
 target/infill; --quick: 2 tasks on smollm2-135m, no peer: a check of the harness end to end.)
 The peer is `llama-server` in $GHOSTLINE_PEER_BIN or the cache's `peer/build/bin`, built by
 benches/build-peer.sh.
@@ -451,14 +451,14 @@ class Ghostline:
 
     name = "ghostline"
 
-    def __init__(self, binary, model_path, threads, stderr_path):
+    def __init__(self, binary, model_path, threads, extra_settings, stderr_path):
         self.stderr = open(stderr_path, "wb")
         self.process = subprocess.Popen([binary, "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
         self.lock = threading.Condition()
         self.answers = {}
         self.next_id = 0
         threading.Thread(target=self._reader, daemon=True).start()
-        settings = {"model": str(model_path), "maxWaitMs": 60000, "threads": threads}
+        settings = {"model": str(model_path), "maxWaitMs": 60000, "threads": threads, **extra_settings}
         self.request("initialize", {"processId": os.getpid(), "rootUri": None, "initializationOptions": settings,
                                     "capabilities": {"general": {"positionEncodings": ["utf-16"]}}})
         self.notify("initialized", {})
@@ -728,6 +728,11 @@ def summarize(records, server):
     suggestion_ms = [answer["ms"] for answer in answers if not answer["empty"]]
     all_ms = [answer["ms"] for answer in answers]
     summary["empty"] = sum(answer["empty"] for answer in answers)
+    summary["passed_by_package"] = {}
+    for record in records:
+        counts = summary["passed_by_package"].setdefault(record["package"], {"line": [0, 0], "block": [0, 0]})[record["kind"]]
+        counts[0] += record["answers"][server]["passed"]
+        counts[1] += 1
     summary["time_to_suggestion_ms"] = {"p50": percentile(suggestion_ms, 0.5), "p90": percentile(suggestion_ms, 0.9), "n": len(suggestion_ms)}
     summary["time_to_answer_ms"] = {"p50": percentile(all_ms, 0.5), "p90": percentile(all_ms, 0.9), "n": len(all_ms)}
     return summary
@@ -793,6 +798,17 @@ def physical_cores():
     return len(cores) or os.cpu_count() or 1
 
 
+def git_commit():
+    """The checkout's commit, with "+changes" when the work tree differs from it (the binary is
+    whatever was built last; its time is in the report too)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return head + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def model_path(binary, model):
     if Path(model).is_file():
         return Path(model).resolve()
@@ -805,7 +821,7 @@ def model_path(binary, model):
 
 def parse_options():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=int, help="tasks, kinds alternating (default 60; --quick: 2)")
+    parser.add_argument("--tasks", type=int, help="tasks, kinds alternating (default 200, about 25 minutes with the peer on 2 cores; --quick: 2)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--model", help="registry name or .gguf path (default qwen2.5-coder-0.5b; --quick: smollm2-135m)")
     parser.add_argument("--threads", type=int, default=physical_cores())
@@ -813,10 +829,14 @@ def parse_options():
     parser.add_argument("--quick", action="store_true", help="check the harness end to end: 2 tasks, the tiny model, no peer")
     parser.add_argument("--binary", default=str(REPO / "target" / "release" / "ghostline"))
     parser.add_argument("--out", default=str(REPO / "target" / "infill"))
+    parser.add_argument("--settings", default="{}", help="extra Ghostline settings, a JSON object (to measure a variant)")
     parser.add_argument("--trace", action="store_true", help="print each suggestion")
     options = parser.parse_args()
+    options.settings = json.loads(options.settings)
+    if not isinstance(options.settings, dict):
+        raise SystemExit("--settings takes a JSON object")
     if options.tasks is None:
-        options.tasks = 2 if options.quick else 60
+        options.tasks = 2 if options.quick else 200
     if options.model is None:
         options.model = "smollm2-135m" if options.quick else "qwen2.5-coder-0.5b"
     if options.quick:
@@ -843,7 +863,7 @@ def main():
     log(f"{len(tasks)} tasks chosen in {selection_seconds:.1f} s ({selection['candidates_tried']} candidates tried, "
         f"rejected: {selection['rejected']}); starting the servers")
 
-    servers = [Ghostline(options.binary, model, options.threads, out / "ghostline-stderr.log")]
+    servers = [Ghostline(options.binary, model, options.threads, options.settings, out / "ghostline-stderr.log")]
     if not options.no_peer:
         bin_dir = peer_bin_dir()
         if bin_dir is None:
@@ -900,7 +920,8 @@ def main():
             ratios[key] = first / second if first is not None and second else None
     report = {
         "bench": "infill", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_name(), "model": options.model,
-        "model_file": str(model), "threads": options.threads, "seed": options.seed, "quick": options.quick,
+        "model_file": str(model), "threads": options.threads, "ghostline_settings": options.settings, "commit": git_commit(),
+        "binary": options.binary, "binary_built": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(Path(options.binary).stat().st_mtime)), "seed": options.seed, "quick": options.quick,
         "packages": [f"{p.name}=={p.version}" for p in PACKAGES], "servers": names, "selection": selection,
         "summaries": summaries, "ratios": {"of": f"{names[0]}/{names[1]}", **ratios} if ratios else None,
         "test_runs": runner.runs, "test_seconds": runner.seconds, "elapsed_seconds": elapsed, "tasks": records,
