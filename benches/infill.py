@@ -670,7 +670,7 @@ class Peer:
         status, payload = self._http("POST", "/infill", body, 120)
         seconds = time.monotonic() - started
         if status != 200:
-            raise SystemExit(f"/infill answered {status}: {payload[:500]!r}")
+            raise SystemExit(f"llama-server's /infill answered {status}: {payload[:500]!r}")
         content = json.loads(payload).get("content") or ""
         return rendered(content, task.indent, task.next_nonblank_line()), seconds
 
@@ -844,7 +844,16 @@ def parse_options():
     return options
 
 
+def stop_on_signal(signal_number, _frame):
+    # SystemExit unwinds through the `finally` blocks: the servers are shut down and the
+    # module under test is restored (a background job started by a shell ignores SIGINT, and
+    # SIGTERM's default would leave llama-server running).
+    raise SystemExit(128 + signal_number)
+
+
 def main():
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGINT, stop_on_signal)
     options = parse_options()
     run_started = time.monotonic()
     if not Path(options.binary).is_file():

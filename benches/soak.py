@@ -5,6 +5,9 @@ inlineCompletion request, the next key sent when the answer came. Lines of Pytho
 and, at each line's end, a new line is started; every 10% of the keys the script prints the
 server's RSS, its thread count and the response-time percentiles so far. At the end: every
 request answered exactly once, the RSS growth after the first 10% of keys, the most threads.
+It exits with an error when a request was answered twice, a change was rejected, the thread
+count passed MAX_THREADS, or (from 20,000 keys on, where the first tenth has warmed the
+allocator) the RSS grew by more than 5% after the first tenth.
 
 Usage: python3 benches/soak.py [KEYS] [BINARY] [MODEL]
 (defaults: 100000, target/release/ghostline, qwen2.5-coder-0.5b; 2 threads for the engine)
@@ -12,6 +15,9 @@ Usage: python3 benches/soak.py [KEYS] [BINARY] [MODEL]
 import json, os, subprocess, sys, threading, time
 
 keys = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+# The server's threads: the runtime's workers and blocking pool, the engine, the parse and
+# planning threads, the engine check's reader; none per keystroke.
+MAX_THREADS = 32
 binary = sys.argv[2] if len(sys.argv) > 2 else "target/release/ghostline"
 model = sys.argv[3] if len(sys.argv) > 3 else "qwen2.5-coder-0.5b"
 proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -104,5 +110,12 @@ print(json.dumps({"keys": keys, "answered_twice": len(answered_twice), "rss_grow
 request("shutdown", "shutdown", None)
 send({"jsonrpc": "2.0", "method": "exit"})
 proc.wait(timeout=30)
+failures = []
 if answered_twice or stats.get("rejectedChanges"):
-    raise SystemExit("some requests were answered twice or changes were rejected")
+    failures.append("some requests were answered twice or changes were rejected")
+if max_threads > MAX_THREADS:
+    failures.append(f"the server grew to {max_threads} threads (bound {MAX_THREADS})")
+if keys >= 20_000 and growth > 0.05:
+    failures.append(f"RSS grew by {growth:.1%} after the first tenth of the keys (bound 5%)")
+if failures:
+    raise SystemExit("; ".join(failures))
