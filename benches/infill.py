@@ -27,7 +27,7 @@ This file must never change the packages' pristine copies: tests run in a workin
 module file is restored after every run.
 
 Usage: python3 benches/infill.py [--tasks N] [--seed S] [--model NAME|PATH] [--threads N]
-       [--no-peer] [--quick] [--binary PATH] [--out DIR] [--trace]
+       [--no-peer] [--quick] [--binary PATH] [--out DIR] [--settings JSON] [--trace]
 (defaults: 200 tasks, seed 1, qwen2.5-coder-0.5b, physical cores, target/release/ghostline,
 target/infill; --quick: 2 tasks on smollm2-135m, no peer: a check of the harness end to end.)
 The peer is `llama-server` in $GHOSTLINE_PEER_BIN or the cache's `peer/build/bin`, built by
