@@ -21,7 +21,8 @@ cache_prompt) and llama.vim's rendering of the answer. The suggestion's first li
 tasks) or the whole suggestion (`block` tasks) is put in, the module's test file is run
 (`pytest -x`, with a timeout), and pass/fail, the time to the answer and whether it was empty
 are recorded. Servers take turns task by task, the first of them alternating, so machine noise
-hits both. Results: a table on stdout and `target/infill/infill.json`.
+hits both. Results: a table on stdout and `target/infill/infill.json` (`infill-quick.json` for
+--quick).
 
 This file must never change the packages' pristine copies: tests run in a working copy whose
 module file is restored after every run.
@@ -738,6 +739,16 @@ def summarize(records, server):
     return summary
 
 
+def add_passed_alone(summaries, records, names):
+    """Per kind, the tasks that only this server passed: with one run per task, the pairs show
+    how much of a difference in pass@1 rests on few tasks."""
+    for name in names:
+        for kind in KINDS:
+            summaries[name][kind]["passed_alone"] = sum(
+                record["answers"][name]["passed"] and not any(record["answers"][other]["passed"] for other in names if other != name)
+                for record in records if record["kind"] == kind)
+
+
 def print_table(summaries, names):
     def cell(value, fmt):
         return "-" if value is None else fmt.format(value)
@@ -753,6 +764,9 @@ def print_table(summaries, names):
         cells = [f"{summaries[name][kind]['passed']}/{summaries[name][kind]['tasks']} " + cell(summaries[name][kind]["pass_at_1"], "({:.0%})")
                  for name in names]
         rows.append((label, cells, ratio(values)))
+    if len(names) > 1:
+        for kind, label in (("line", "passed by it alone, lines"), ("block", "passed by it alone, blocks")):
+            rows.append((label, [f"{summaries[name][kind]['passed_alone']}" for name in names], ""))
     for kind, label in (("line", "exact, single lines"), ("block", "exact, blocks")):
         rows.append((label, [f"{summaries[name][kind]['exact']}/{summaries[name][kind]['tasks']}" for name in names],
                      ratio([summaries[name][kind]["exact"] for name in names])))
@@ -906,6 +920,7 @@ def main():
                 for name in names:
                     log(f"    {name}: {answers[name]['inserted']!r}")
         summaries = {name: summarize(records, name) for name in names}
+        add_passed_alone(summaries, records, names)
         for server in servers:
             summaries[server.name]["cpu_seconds"] = server.cpu_seconds()
     finally:
@@ -935,11 +950,13 @@ def main():
         "summaries": summaries, "ratios": {"of": f"{names[0]}/{names[1]}", **ratios} if ratios else None,
         "test_runs": runner.runs, "test_seconds": runner.seconds, "elapsed_seconds": elapsed, "tasks": records,
     }
-    (out / "infill.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {out / 'infill.json'}")
+    # The quick check writes a file of its own, so that it never replaces a real run's results.
+    report_path = out / ("infill-quick.json" if options.quick else "infill.json")
+    report_path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {report_path}")
     if options.quick:
         # The harness check: every task got an answer record per server, and the report holds them.
-        written = json.loads((out / "infill.json").read_text())
+        written = json.loads(report_path.read_text())
         assert len(written["tasks"]) == len(tasks) and all(set(task["answers"]) == set(names) for task in written["tasks"])
         print(f"quick check passed in {elapsed:.1f} s")
 
