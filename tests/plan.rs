@@ -21,8 +21,9 @@ fn scratch_dir() -> PathBuf {
     dir
 }
 
-/// `ghostline complete --plan --json` at a 1-based line and column: the plan and the completion.
-fn complete_with_plan(file: &std::path::Path, line: usize, column: usize, extra: &[&str]) -> (Value, Value) {
+/// `ghostline complete --plan --json` at a 1-based line and column: its JSON lines (each plan
+/// made, then the completion).
+fn complete_with_plans(file: &std::path::Path, line: usize, column: usize, extra: &[&str]) -> Vec<Value> {
     let model = model_path(DEFAULT_MODEL);
     let location = format!("{}:{line}:{column}", file.display());
     let output = Command::new(env!("CARGO_BIN_EXE_ghostline"))
@@ -32,8 +33,13 @@ fn complete_with_plan(file: &std::path::Path, line: usize, column: usize, extra:
         .expect("the binary runs");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).unwrap();
-    let lines: Vec<Value> = stdout.lines().map(|line| serde_json::from_str(line).expect("JSON lines")).collect();
-    assert_eq!(lines.len(), 2, "a plan and a completion: {stdout}");
+    stdout.lines().map(|line| serde_json::from_str(line).expect("JSON lines")).collect()
+}
+
+/// One plan and its completion.
+fn complete_with_plan(file: &std::path::Path, line: usize, column: usize, extra: &[&str]) -> (Value, Value) {
+    let lines = complete_with_plans(file, line, column, extra);
+    assert_eq!(lines.len(), 2, "a plan and a completion: {lines:?}");
     (lines[0].clone(), lines[1].clone())
 }
 
@@ -109,16 +115,8 @@ fn text_denser_than_the_budget_assumes_is_planned_again_not_cut() {
     let mut text: String = (0..80).map(|idx| format!("row_{idx} = [{}]\n", (0..12).map(|value| (idx * 12 + value).to_string()).collect::<Vec<_>>().join(", "))).collect();
     text.push_str("total = sum(row_79) + \n");
     std::fs::write(&file, &text).unwrap();
-    let model = model_path(DEFAULT_MODEL);
-    let location = format!("{}:81:23", file.display());
-    let output = Command::new(env!("CARGO_BIN_EXE_ghostline"))
-        .args(["complete", &location, "--plan", "--json", "--context-tokens", "512", "--model", model.to_str().unwrap()])
-        .output()
-        .expect("the binary runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let lines: Vec<Value> = stdout.lines().map(|line| serde_json::from_str(line).expect("JSON lines")).collect();
-    assert_eq!(lines.len(), 3, "a refused plan, the plan again, the completion: {stdout}");
+    let lines = complete_with_plans(&file, 81, 23, &["--context-tokens", "512"]);
+    assert_eq!(lines.len(), 3, "a refused plan, the plan again, the completion: {lines:?}");
     let (first, second) = (lines[0]["prompt"].as_str().unwrap(), lines[1]["prompt"].as_str().unwrap());
     assert!(second.len() < first.len(), "the second plan is shorter");
     for prompt in [first, second] {

@@ -171,7 +171,8 @@ impl Scheduler {
             Waiting::UntilReady => keystroke + Duration::from_millis(config.max_wait_ms),
         };
         let request = Request { state, waiting, deadline, keystroke, split: &split };
-        let Some(mut active) = self.covering_job(state, &split, &config).or_else(|| self.start_job(state, &config)) else {
+        let start_or_cover = || self.start_job(state, &config).or_else(|| self.covering_job(state, &split, &config));
+        let Some(mut active) = self.covering_job(state, &split, &config).or_else(start_or_cover) else {
             return (Answer::Empty(EmptyReason::BadPosition), None);
         };
         let mut restarted = false;
@@ -182,11 +183,13 @@ impl Scheduler {
             // running), or whose prompt was refused as too long, is replaced once by a job for
             // this very state (planned with the measured density; the job's watcher may have
             // started that one already).
-            let refused = self.replace_refused(&active);
-            let refused = refused.is_some() || self.densities.learn(&active);
+            let refused = self.densities.learn(&active);
+            if refused {
+                self.replace_refused(&active);
+            }
             if (finished_elsewhere || refused) && !restarted {
                 restarted = true;
-                match self.covering_job(state, &split, &config).or_else(|| self.start_job(state, &config)) {
+                match self.covering_job(state, &split, &config).or_else(start_or_cover) {
                     Some(next) => {
                         active = next;
                         continue;

@@ -55,7 +55,9 @@ impl Scheduler {
             let progress = progress.clone();
             // A prompt refused as too long is planned again with the density it measured, if
             // the user is still there; the replacement counts as started before this job ends.
-            scheduler.replace_refused(&origin);
+            if scheduler.densities.learn(&origin) {
+                scheduler.replace_refused(&origin);
+            }
             if let JobOutcome::Finished(completion) = progress.outcome() {
                 scheduler.places.finished(&origin.place, origin.window_start, &origin.prompt, completion);
             }

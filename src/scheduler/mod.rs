@@ -260,28 +260,26 @@ impl Scheduler {
     }
 
     /// Plans a job for this state and makes it the active one; None without an engine or a
-    /// plan (a cursor outside the document).
+    /// plan (a cursor outside the document), or when the active job was a refused one that
+    /// someone else has replaced meanwhile.
     fn start_job(&self, state: &CursorState, config: &Config) -> Option<Arc<ActiveJob>> {
         self.start_job_replacing(state, config, None)
     }
 
-    /// A job for the state of `refused`, whose prompt was refused as too long, planned with the
-    /// density it measured; only while `refused` is still the active job (None otherwise: the
-    /// user moved on, or someone replaced it already).
+    /// A job for the state of `refused`, whose prompt was refused as too long (its density
+    /// learned already), only while `refused` is still the active job (None otherwise: the user
+    /// moved on, or someone replaced it already).
     fn replace_refused(&self, refused: &Arc<ActiveJob>) -> Option<Arc<ActiveJob>> {
-        if !self.densities.learn(refused) {
-            return None;
-        }
         self.start_job_replacing(&refused.state, &self.config(), Some(refused))
     }
 
     fn start_job_replacing(&self, state: &CursorState, config: &Config, replacing: Option<&Arc<ActiveJob>>) -> Option<Arc<ActiveJob>> {
         let engine = self.ready_engine()?;
-        // A job replacing one whose prompt was refused (before its watcher saw it) is planned
-        // with the density that prompt measured.
-        if let Some(active) = self.slot.active() {
-            self.densities.learn(&active);
-        }
+        // A job that follows one whose prompt was refused before anyone saw it (a request that
+        // arrives after the refusal) is planned with the density that prompt measured, and
+        // replaces it only if no one else did meanwhile (the refused job's watcher does too).
+        let refused = self.slot.active().filter(|active| self.densities.learn(active));
+        let replacing = replacing.or(refused.as_ref());
         let cross_file = self.cross_files.for_prompt_in(&state.uri, ring_size(config));
         let place = Places::place_of(&state.uri, &state.rope, state.cursor_char_idx, config);
         let cursor_line = state.rope.char_to_line(state.cursor_char_idx.min(state.rope.len_chars()));

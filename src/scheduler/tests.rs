@@ -64,6 +64,12 @@ fn finish(job: &ScriptedJob, text: &str, alternatives: &[&str]) {
     });
 }
 
+/// A request waiting for the whole suggestion, answered while the test plays the engine.
+fn spawn_complete(scheduler: &Arc<Scheduler>, cursor_state: CursorState) -> tokio::task::JoinHandle<Answer> {
+    let scheduler = scheduler.clone();
+    tokio::spawn(async move { scheduler.complete(cursor_state, Waiting::UntilReady).await.0 })
+}
+
 fn counter(scheduler: &Scheduler, name: &str) -> u64 {
     scheduler.stats_json()["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {}", scheduler.stats_json()))
 }
@@ -139,10 +145,7 @@ async fn a_client_without_notifications_waits_for_the_whole_suggestion() {
     let (scheduler, jobs) = scheduler_with(Config { budget_ms: 1, ..Config::default() }, 4096);
     scheduler.on_change(state("x = |\n", 2));
     let job = next_job(&jobs);
-    let answer = tokio::spawn({
-        let scheduler = scheduler.clone();
-        async move { scheduler.complete(state("x = |\n", 2), Waiting::UntilReady).await.0 }
-    });
+    let answer = spawn_complete(&scheduler, state("x = |\n", 2));
     job.progress.send_modify(|progress| {
         progress.text = "compute(".into();
         progress.generated_tokens = 2;
@@ -186,10 +189,7 @@ async fn a_job_that_finished_with_other_text_is_replaced_once_for_the_requests_s
     // `c` was typed while the job ran; the job then finished with text that does not start so.
     scheduler.on_change(state("x = c|\n", 3));
     finish(&job, "value", &[]);
-    let answer = tokio::spawn({
-        let scheduler = scheduler.clone();
-        async move { scheduler.complete(state("x = c|\n", 3), Waiting::UntilReady).await.0 }
-    });
+    let answer = spawn_complete(&scheduler, state("x = c|\n", 3));
     let replacement = next_job(&jobs);
     assert!(replacement.prompt.to_debug_string().ends_with("<FimMiddle>x = c"));
     finish(&replacement, "ompute(1)", &[]);
@@ -218,11 +218,7 @@ async fn a_prompt_refused_as_too_long_is_planned_again_with_the_measured_density
     scheduler.on_change(cursor_state.clone());
     let refused = next_job(&jobs);
     let refused_chars = crate::context::text_chars(&refused.prompt);
-    let answer = tokio::spawn({
-        let scheduler = scheduler.clone();
-        let cursor_state = cursor_state.clone();
-        async move { scheduler.complete(cursor_state, Waiting::UntilReady).await.0 }
-    });
+    let answer = spawn_complete(&scheduler, cursor_state.clone());
     // The engine counts twice the tokens the budget allowed for (digits are a token each).
     refused.progress.send_modify(|progress| progress.done = Some(Err(EngineError::PromptTooLong { prompt_tokens: refused_chars, limit: 463 })));
     let replanned = next_job(&jobs);
