@@ -8,25 +8,21 @@ Usage: python3 benches/burst.py [BINARY] [MODEL_PATH] [KEYS]
 (defaults: target/release/ghostline, the cached smollm2-135m, 1000)
 """
 import json, subprocess, sys, time, os, threading
+
+from lsp_stdio import read_message, write_message
 args = sys.argv[1:]
 binary = args[0] if len(args) > 0 else "target/release/ghostline"
 model = args[1] if len(args) > 1 else subprocess.run([binary, "models", "path", "smollm2-135m"], capture_output=True, text=True, check=True).stdout.strip()
 keys = int(args[2]) if len(args) > 2 else 1000
 p = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 def send(msg):
-    b = json.dumps(msg).encode(); p.stdin.write(b"Content-Length: %d\r\n\r\n" % len(b) + b); p.stdin.flush()
+    write_message(p.stdin, msg)
 responses = {}
 cv = threading.Condition()
 def reader():
     while True:
-        length = None
-        while True:
-            line = p.stdout.readline()
-            if not line: return
-            line = line.strip()
-            if not line: break
-            if line.lower().startswith(b"content-length:"): length = int(line.split(b":")[1])
-        body = json.loads(p.stdout.read(length))
+        body = read_message(p.stdout)
+        if body is None: return
         if "id" in body and "method" not in body:
             with cv: responses[body["id"]] = body; cv.notify_all()
 threading.Thread(target=reader, daemon=True).start()

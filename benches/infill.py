@@ -54,6 +54,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lsp_stdio import read_message, write_message
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -474,26 +476,15 @@ class Ghostline:
         self.cpu_at_start = process_cpu_seconds(self.process.pid)
 
     def _send(self, message):
-        body = json.dumps(message).encode()
-        self.process.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        self.process.stdin.flush()
+        write_message(self.process.stdin, message)
 
     def _reader(self):
-        stdout = self.process.stdout
         while True:
-            length = None
-            while True:
-                line = stdout.readline()
-                if not line:
-                    with self.lock:
-                        self.lock.notify_all()
-                    return
-                line = line.strip()
-                if not line:
-                    break
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            message = json.loads(stdout.read(length))
+            message = read_message(self.process.stdout)
+            if message is None:
+                with self.lock:
+                    self.lock.notify_all()
+                return
             if "id" in message and "method" not in message:
                 with self.lock:
                     self.answers[message["id"]] = message

@@ -14,6 +14,8 @@ Usage: python3 benches/soak.py [KEYS] [BINARY] [MODEL]
 """
 import json, os, subprocess, sys, threading, time
 
+from lsp_stdio import read_message, write_message
+
 keys = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 # The server's threads: the runtime's workers and blocking pool, the engine, the parse and
 # planning threads, the engine check's reader; none per keystroke.
@@ -26,23 +28,13 @@ answers = {}
 answered_twice = []
 
 def send(message):
-    body = json.dumps(message).encode()
-    proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-    proc.stdin.flush()
+    write_message(proc.stdin, message)
 
 def reader():
     while True:
-        length = None
-        while True:
-            line = proc.stdout.readline()
-            if not line:
-                return
-            line = line.strip()
-            if not line:
-                break
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        message = json.loads(proc.stdout.read(length))
+        message = read_message(proc.stdout)
+        if message is None:
+            return
         if "id" in message and "method" not in message:
             with lock:
                 if message["id"] in answers:
