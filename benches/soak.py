@@ -4,9 +4,10 @@ as an editor that takes ghostline/suggestionReady types: each key is a didChange
 inlineCompletion request, the next key sent when the answer came. Lines of Python are typed
 and, at each line's end, a new line is started; every 10% of the keys the script prints the
 server's RSS, its thread count and the response-time percentiles so far. At the end: every
-request answered exactly once, the RSS growth after the first 10% of keys, the most threads.
-It exits with an error when a request was answered twice, a change was rejected, the thread
-count passed MAX_THREADS, or (from 20,000 keys on, where the first tenth has warmed the
+request answered exactly once, the server's copy of the document (`ghostline/document`) against
+the script's, the RSS growth after the first 10% of keys, the most threads. It exits with an
+error when a request was answered twice, a change was rejected, the server's document differs
+from the script's, the thread count passed MAX_THREADS, or (from 20,000 keys on, where the first tenth has warmed the
 allocator) the RSS grew by more than 5% after the first tenth.
 
 Usage: python3 benches/soak.py [KEYS] [BINARY] [MODEL]
@@ -69,6 +70,7 @@ lines = ["def area(radius):", "    return 3.14159 * radius ** 2", "", "def total
          "    result = 0", "    for value in values:", "        result += value", "    return result", ""]
 send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": ""}}})
 line, column, version, typed_line = 0, 0, 1, 0
+document = [""]  # the editor's copy, line by line
 latencies, rss_at, max_threads = [], [], 0
 start = time.monotonic()
 for key in range(keys):
@@ -81,6 +83,10 @@ for key in range(keys):
     version += 1
     send({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {"textDocument": {"uri": uri, "version": version},
           "contentChanges": [{"range": {"start": {"line": line, "character": column}, "end": {"line": line, "character": column}}, "text": text}]}})
+    if text == "\n":
+        document[line:line + 1] = [document[line][:column], document[line][column:]]
+    else:
+        document[line] = document[line][:column] + text + document[line][column:]
     line, column = new_line, new_column
     sent = time.monotonic()
     request(key, "textDocument/inlineCompletion", {"textDocument": {"uri": uri}, "position": {"line": line, "character": column}, "context": {"triggerKind": 2}})
@@ -95,16 +101,21 @@ for key in range(keys):
                           "response_ms_p50": round(pct(0.5), 2), "p90": round(pct(0.9), 2), "p99": round(pct(0.99), 2),
                           "max": round(ordered[-1], 2), "seconds": round(time.monotonic() - start, 1)}), flush=True)
 stats = request("final", "ghostline/stats", {})["result"]
+server_copy = request("document", "ghostline/document", {"uri": uri})["result"]
+identical = server_copy["text"] == "\n".join(document) and server_copy["version"] == version and not server_copy["diverged"]
 growth = (rss_at[-1] - rss_at[0]) / rss_at[0] if rss_at else 0.0
 print(json.dumps({"keys": keys, "answered_twice": len(answered_twice), "rss_growth_after_first_tenth": round(growth, 4),
                   "max_threads": max_threads, "jobs": stats["counters"]["jobsStarted"], "typed_ahead_hits": stats["counters"]["typedAheadHits"],
-                  "rejected_changes": stats.get("rejectedChanges")}))
+                  "rejected_changes": stats.get("rejectedChanges"), "document_identical": identical,
+                  "document_chars": len("\n".join(document))}))
 request("shutdown", "shutdown", None)
 send({"jsonrpc": "2.0", "method": "exit"})
 proc.wait(timeout=30)
 failures = []
 if answered_twice or stats.get("rejectedChanges"):
     failures.append("some requests were answered twice or changes were rejected")
+if not identical:
+    failures.append(f"the server's copy of the document (version {server_copy['version']}) differs from the editor's (version {version})")
 if max_threads > MAX_THREADS:
     failures.append(f"the server grew to {max_threads} threads (bound {MAX_THREADS})")
 if keys >= 20_000 and growth > 0.05:

@@ -602,6 +602,12 @@ fn a_rejected_change_silences_the_document_until_the_whole_text_comes_again() {
     let stats = client.request_ok("ghostline/stats", json!(null));
     assert_eq!(stats["rejectedChanges"], 1, "{stats}");
     assert_eq!(stats["divergedDocuments"], 1, "{stats}");
+    // `ghostline/document` shows the server's copy and why it may differ.
+    let copy = client.request_ok("ghostline/document", json!({"uri": CIRCLE_URI}));
+    assert_eq!((copy["text"].as_str(), copy["version"].as_i64()), (Some(CIRCLE), Some(1)), "{copy}");
+    assert!(copy["diverged"].as_str().is_some_and(|reason| !reason.is_empty()), "{copy}");
+    let unknown = client.request("ghostline/document", json!({"uri": "file:///project/never-opened.py"}));
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
     let inline = client.inline_completion(CIRCLE_URI, 5, 4);
     assert_eq!(inline["result"]["items"], json!([]), "{inline}");
     let completion = client.completion(CIRCLE_URI, 5, 4);
@@ -621,6 +627,8 @@ fn a_rejected_change_silences_the_document_until_the_whole_text_comes_again() {
     let stats = client.request_ok("ghostline/stats", json!(null));
     assert_eq!(stats["divergedDocuments"], 0, "{stats}");
     assert_eq!(stats["rejectedChanges"], 1, "{stats}");
+    let copy = client.request_ok("ghostline/document", json!({"uri": CIRCLE_URI}));
+    assert_eq!((copy["text"].as_str(), copy["version"].as_i64(), copy["diverged"].is_null()), (Some(CIRCLE), Some(52), true), "{copy}");
     // A version going back is a rejection too.
     client.notify(
         "textDocument/didChange",

@@ -61,6 +61,7 @@ pub async fn serve(config: Config) -> bool {
     let (service, socket) = LspService::build(move |client| Backend::new(client, config, backend_shutdown))
         .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
         .custom_method("ghostline/stats", Backend::stats)
+        .custom_method("ghostline/document", Backend::document)
         .finish();
     let (mut to_protocol, protocol_stdin) = tokio::io::duplex(1 << 16);
     let (protocol_stdout, from_protocol) = tokio::io::duplex(1 << 16);
@@ -296,6 +297,22 @@ impl Backend {
             stats["rejectedChanges"] = json!(self.rejected_changes.load(Ordering::SeqCst));
             stats["divergedDocuments"] = json!(self.documents.diverged_count());
             Ok(stats)
+        })
+        .await
+    }
+
+    /// `ghostline/document` (`{uri}`): the server's copy of a document, its version and why it may
+    /// differ from the editor's, so a client (or a bug report) can check that both agree.
+    async fn document(&self, params: Value) -> Result<Value> {
+        guarded("ghostline/document", async {
+            let uri: Uri = params
+                .get("uri")
+                .and_then(Value::as_str)
+                .and_then(|text| text.parse().ok())
+                .ok_or_else(|| invalid_params("ghostline/document takes {\"uri\": \"<a document's URI>\"}".to_string()))?;
+            let uri = uri.as_str();
+            let document = self.documents.get(uri).ok_or_else(|| invalid_params(format!("document {uri} is not open")))?;
+            Ok(json!({"uri": uri, "version": document.version, "text": document.rope.to_string(), "diverged": document.diverged}))
         })
         .await
     }
