@@ -28,6 +28,7 @@ impl<K: Eq + Hash + Clone + Send + 'static> LatestWins<K> {
         let shared = Arc::new((Mutex::new(Queue { order: VecDeque::new(), tasks: HashMap::new(), stopped: false }), Condvar::new()));
         let worker = shared.clone();
         let spawned = std::thread::Builder::new().name(name.to_string()).spawn(move || {
+            crate::priority::lower_this_thread();
             let (queue, ready) = &*worker;
             loop {
                 let task = {

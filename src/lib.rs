@@ -14,6 +14,7 @@
 //! - `postprocess`: cleaning a raw suggestion (overlap with the text after the cursor, whitespace).
 //! - `expansions`: user-defined triggers served as completion items without the model.
 //! - `background`: one thread for off-loop work where only the latest request per key matters.
+//! - `priority`: the computing threads (model, parses, planning) run below the protocol's.
 //! - `config`: raw client settings and the validated `Config`.
 //! - `probe`: the engine check in a child process, so a crashing llama.cpp build becomes a message.
 //! - `stats`: counters and latency histograms.
@@ -32,6 +33,7 @@ pub mod expansions;
 pub mod models;
 pub mod plan;
 pub mod postprocess;
+pub mod priority;
 pub mod probe;
 pub mod ring;
 pub mod scheduler;

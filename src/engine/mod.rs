@@ -187,30 +187,6 @@ pub struct Job {
     progress: watch::Receiver<Progress>,
 }
 
-/// How much lower the model's threads run than the rest of the process (a nice value).
-pub const ENGINE_NICENESS: i32 = 10;
-
-/// Lowers the calling thread's scheduling priority by [`ENGINE_NICENESS`]; the threads it
-/// starts (llama.cpp's compute threads) inherit it. The model's threads keep every core busy
-/// while they decode; at the same priority as the protocol threads (and the editor), a message
-/// that arrives then waits for the scheduler to take a core from them, which put a few
-/// milliseconds on one answer in a hundred. Linux only: elsewhere a process has one priority.
-fn lower_this_threads_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // On Linux the priority belongs to the thread: `PRIO_PROCESS` with the thread's id.
-        // SAFETY: plain system calls on this thread's own id, no memory passed.
-        let changed = unsafe {
-            let thread_id = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            let current = libc::getpriority(libc::PRIO_PROCESS, thread_id);
-            libc::setpriority(libc::PRIO_PROCESS, thread_id, (current + ENGINE_NICENESS).min(19))
-        };
-        if changed != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "the engine thread keeps its priority");
-        }
-    }
-}
-
 impl Engine {
     /// Starts the engine thread and waits until the model is loaded.
     pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
@@ -221,7 +197,7 @@ impl Engine {
         std::thread::Builder::new()
             .name("ghostline-engine".to_string())
             .spawn(move || {
-                lower_this_threads_priority();
+                crate::priority::lower_this_thread();
                 worker::run(config, receiver, ready_sender, worker_latest_job_id)
             })
             .map_err(|err| EngineError::Backend(format!("cannot start the engine thread: {err}")))?;
