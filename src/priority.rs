@@ -5,7 +5,7 @@
 //! protocol threads (and the editor), a message that arrives then waits until the scheduler
 //! takes a core back, which put several milliseconds on about one answer in a hundred: in
 //! `benches/soak.py` the budgeted answer's p99 was 13.7 ms with everything at one priority,
-//! 9.1 ms with the computing threads lowered (and the budget's timer aimed earlier).
+//! 10.5 ms with the computing threads lowered (and 8.8 ms with the budget's wait ending 3 ms early).
 
 /// How much lower the computing threads run than the rest of the process (a nice value).
 pub const COMPUTE_NICENESS: i32 = 10;
