@@ -7,6 +7,7 @@
 use serde::Deserialize;
 
 use crate::context::WindowConfig;
+use crate::engine::remote::{FimTemplate, RemoteApi, RemoteConfig};
 use crate::expansions::Expansion;
 use crate::models::DEFAULT_MODEL;
 
@@ -48,6 +49,8 @@ pub struct Config {
     /// lines that decode within this many milliseconds at the measured prompt speed; the full
     /// window follows in a pause. 0: always the full window.
     pub cold_prompt_ms: u64,
+    /// Where jobs go: `None` for the embedded model, else a server (see `engine/remote.rs`).
+    pub backend: Option<RemoteConfig>,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             cross_file_chunks: 0,
             cross_file_lines: 24,
             cold_prompt_ms: 1000,
+            backend: None,
         }
     }
 }
@@ -94,6 +98,7 @@ pub struct RawSettings {
     pub cross_file_chunks: Option<serde_json::Value>,
     pub cross_file_lines: Option<serde_json::Value>,
     pub cold_prompt_ms: Option<serde_json::Value>,
+    pub backend: Option<serde_json::Value>,
     pub multi_line: Option<serde_json::Value>,
     pub max_lines: Option<serde_json::Value>,
     pub languages: Option<serde_json::Value>,
@@ -281,23 +286,113 @@ impl Config {
                 _ => errors.push(format!("setting languages must be a list of language ids, got {value}; keeping the previous value")),
             }
         }
+        if let Some(value) = &raw.backend {
+            match parse_backend(value) {
+                Ok(backend) => self.backend = backend,
+                Err(err) => errors.push(format!("setting backend: {err}; keeping the previous value")),
+            }
+        }
         applied.engine_changed = before_engine != self.engine_settings();
         applied
     }
 
     /// The settings the engine is loaded with: a change of any of them reloads it.
-    fn engine_settings(&self) -> (String, Option<usize>, u32, Option<u32>) {
-        (self.model.clone(), self.threads, self.context_tokens, self.gpu_layers)
+    fn engine_settings(&self) -> (String, Option<usize>, u32, Option<u32>, Option<RemoteConfig>) {
+        (self.model.clone(), self.threads, self.context_tokens, self.gpu_layers, self.backend.clone())
     }
 
     /// Takes the engine settings (see `engine_settings`) of `other`, keeping the rest.
     pub fn set_engine_settings(&mut self, other: &Config) {
-        (self.model, self.threads, self.context_tokens, self.gpu_layers) = other.engine_settings();
+        (self.model, self.threads, self.context_tokens, self.gpu_layers, self.backend) = other.engine_settings();
     }
 
     pub fn language_enabled(&self, language_id: &str) -> bool {
         self.languages.is_empty() || self.languages.iter().any(|language| language == language_id)
     }
+}
+
+/// Default time a remote server may take to connect, or between two streamed pieces.
+pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 5000;
+/// Default recent time to the first piece beyond which a fallback answers instead.
+pub const DEFAULT_BACKEND_SLOW_MS: u64 = 1500;
+
+/// The `backend` setting: `"local"` (or null) for the embedded model, or an object naming a
+/// server: `{"kind": "llama-server" | "openai" | "ollama", "url", "model", "template" (a name
+/// or `{"prefix", "suffix", "middle", "fileSeparator"?, "repoName"?}`), "apiKeyEnv",
+/// "timeoutMs", "fallback": "local" | "none", "slowMs"}`.
+pub fn parse_backend(value: &serde_json::Value) -> Result<Option<RemoteConfig>, String> {
+    use serde_json::Value;
+    if value.is_null() || value.as_str() == Some("local") {
+        return Ok(None);
+    }
+    let Some(object) = value.as_object() else {
+        return Err(format!("must be \"local\" or an object with kind and url, got {value}"));
+    };
+    let known = ["kind", "url", "model", "template", "apiKeyEnv", "timeoutMs", "fallback", "slowMs"];
+    if let Some(unknown) = object.keys().find(|key| !known.contains(&key.as_str())) {
+        return Err(format!("unknown field `{unknown}` (fields: {})", known.join(", ")));
+    }
+    let text = |key: &str| -> Result<Option<String>, String> {
+        match object.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
+            Some(other) => Err(format!("{key} must be a non-empty string, got {other}")),
+        }
+    };
+    let kind = text("kind")?.ok_or("kind is required (\"llama-server\", \"openai\" or \"ollama\")")?;
+    if kind == "local" {
+        return Ok(None);
+    }
+    let api = RemoteApi::parse(&kind).ok_or_else(|| format!("kind must be \"local\", \"llama-server\", \"openai\" or \"ollama\", got \"{kind}\""))?;
+    let url = text("url")?.ok_or("url is required (for example \"http://127.0.0.1:8080\")")?;
+    let host = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    if host.is_none_or(|host| host.is_empty() || host.starts_with('/')) {
+        return Err(format!("url must start with http:// or https://, got \"{url}\""));
+    }
+    let model = text("model")?;
+    if model.is_none() && api == RemoteApi::Ollama {
+        return Err("model is required for Ollama (the name `ollama list` shows)".to_string());
+    }
+    let template = match object.get("template") {
+        None | Some(Value::Null) => FimTemplate::named("qwen").expect("a known template"),
+        Some(Value::String(name)) => FimTemplate::named(name).ok_or_else(|| format!("template must be one of {} or an object of strings, got \"{name}\"", FimTemplate::NAMES))?,
+        Some(Value::Object(strings)) => {
+            let string = |key: &str| strings.get(key).and_then(Value::as_str).map(str::to_string);
+            let required = |key: &str| string(key).filter(|text| !text.is_empty()).ok_or_else(|| format!("template needs a non-empty string `{key}`"));
+            FimTemplate {
+                name: "custom".to_string(),
+                prefix: required("prefix")?,
+                suffix: required("suffix")?,
+                middle: required("middle")?,
+                file_separator: string("fileSeparator"),
+                repo_name: string("repoName"),
+            }
+        }
+        Some(other) => return Err(format!("template must be a name or an object, got {other}")),
+    };
+    let api_key_env = text("apiKeyEnv")?;
+    let milliseconds = |key: &str, default: u64| -> Result<u64, String> {
+        match object.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(value) => value.as_u64().filter(|ms| (1..=600_000).contains(ms)).ok_or_else(|| format!("{key} must be a whole number of milliseconds from 1 to 600000, got {value}")),
+        }
+    };
+    let fallback_local = match text("fallback")?.as_deref() {
+        None | Some("none") => false,
+        Some("local") => true,
+        Some(other) => return Err(format!("fallback must be \"local\" or \"none\", got \"{other}\"")),
+    };
+    Ok(Some(RemoteConfig {
+        api,
+        url,
+        model,
+        template,
+        api_key_env,
+        timeout_ms: milliseconds("timeoutMs", DEFAULT_BACKEND_TIMEOUT_MS)?,
+        fallback_local,
+        slow_ms: milliseconds("slowMs", DEFAULT_BACKEND_SLOW_MS)?,
+        context_tokens: 0,
+    }))
 }
 
 #[cfg(test)]
@@ -360,5 +455,34 @@ mod tests {
     fn malformed_settings_object_is_an_error() {
         assert!(RawSettings::from_json(&json!({"model": 5})).is_err());
         assert!(RawSettings::from_json(&json!(null)).is_ok());
+    }
+
+    #[test]
+    fn the_backend_setting_names_a_server_or_the_embedded_model() {
+        let mut config = Config::default();
+        let applied = config.apply(&RawSettings::from_json(&json!({"backend": {"kind": "openai", "url": "http://127.0.0.1:8000", "model": "qwen-7b", "fallback": "local"}})).unwrap());
+        assert!(applied.errors.is_empty() && applied.engine_changed, "{:?}", applied.errors);
+        let backend = config.backend.clone().unwrap();
+        assert_eq!((backend.api, backend.template.name.as_str(), backend.fallback_local, backend.timeout_ms), (RemoteApi::OpenAi, "qwen", true, DEFAULT_BACKEND_TIMEOUT_MS));
+        for (bad, says) in [
+            (json!({"kind": "vllm", "url": "http://x"}), "kind must be"),
+            (json!({"kind": "openai"}), "url is required"),
+            (json!({"kind": "openai", "url": "ftp://x"}), "http://"),
+            (json!({"kind": "ollama", "url": "http://127.0.0.1:11434"}), "model is required"),
+            (json!({"kind": "openai", "url": "http://x", "template": "gpt"}), "template must be one of"),
+            (json!({"kind": "openai", "url": "http://x", "timeoutMs": 0}), "timeoutMs"),
+            (json!({"kind": "openai", "url": "http://x", "fallback": "cloud"}), "fallback must be"),
+            (json!({"kind": "openai", "url": "http://x", "apiKey": "secret"}), "unknown field `apiKey`"),
+            (json!(42), "must be \"local\""),
+        ] {
+            let applied = config.apply(&RawSettings::from_json(&json!({"backend": bad})).unwrap());
+            assert!(applied.errors.len() == 1 && applied.errors[0].contains(says), "{bad}: {:?}", applied.errors);
+            assert!(!applied.engine_changed);
+            assert_eq!(config.backend.as_ref(), Some(&backend), "an invalid value keeps the previous one");
+        }
+        let applied = config.apply(&RawSettings::from_json(&json!({"backend": "local"})).unwrap());
+        assert!(applied.engine_changed && config.backend.is_none());
+        let custom = parse_backend(&json!({"kind": "llama-server", "url": "http://127.0.0.1:8080", "template": {"prefix": "<P>", "suffix": "<S>", "middle": "<M>"}})).unwrap().unwrap();
+        assert_eq!((custom.template.prefix.as_str(), custom.template.file_separator.as_ref()), ("<P>", None));
     }
 }

@@ -52,6 +52,10 @@ enum CliCommand {
         /// Layers to offload to a GPU (default: all when a GPU is present).
         #[arg(long)]
         gpu_layers: Option<u32>,
+        /// Check a remote backend instead, given as the `backend` setting's JSON object:
+        /// reachable, a short completion, its latency.
+        #[arg(long)]
+        backend: Option<String>,
     },
     /// Generation speed of this binary's engine: ms per token after prompts of the given depths,
     /// one JSON line per round (for comparing builds, as benches/portable.sh does).
@@ -161,7 +165,8 @@ fn main() -> ExitCode {
         CliCommand::Serve => serve(),
         CliCommand::Complete(args) => complete(args),
         CliCommand::Models { command } => models_command(command),
-        CliCommand::Doctor { model, gpu_layers } => doctor(&model, gpu_layers),
+        CliCommand::Doctor { backend: Some(backend), .. } => doctor_backend(&backend),
+        CliCommand::Doctor { model, gpu_layers, backend: None } => doctor(&model, gpu_layers),
         CliCommand::ProbeEngine { model, gpu_layers } => probe_engine(&model, gpu_layers),
         CliCommand::DecodeSpeed { model, depths, tokens, rounds, threads } => decode_speed(&model, &depths, tokens, rounds, threads),
     };
@@ -409,6 +414,21 @@ fn doctor(model: &str, gpu_layers: Option<u32>) -> Result<(), CliError> {
         report.prompt_tokens, report.generated_tokens, report.decode_ms, report.text, report.load_ms, report.gpu_layers
     )
     .map_err(write_err)?;
+    Ok(())
+}
+
+fn doctor_backend(setting: &str) -> Result<(), CliError> {
+    let value: serde_json::Value = serde_json::from_str(setting).map_err(|err| CliError::Usage(format!("--backend takes the backend setting as JSON: {err}")))?;
+    let remote = ghostline::config::parse_backend(&value)
+        .map_err(|err| CliError::Usage(format!("--backend: {err}")))?
+        .ok_or_else(|| CliError::Usage("--backend names the embedded model; run `ghostline doctor` without it".to_string()))?;
+    let remote = ghostline::engine::remote::RemoteConfig { context_tokens: Config::default().context_tokens, ..remote };
+    let mut stdout = std::io::stdout().lock();
+    let write_err = |err: std::io::Error| CliError::Internal(err.to_string());
+    writeln!(stdout, "backend check: {} at {}", remote.api.name(), remote.url).map_err(write_err)?;
+    stdout.flush().map_err(write_err)?;
+    let report = ghostline::engine::remote::check(&remote)?;
+    writeln!(stdout, "backend check: ok, {report}").map_err(write_err)?;
     Ok(())
 }
 

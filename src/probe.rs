@@ -328,6 +328,18 @@ impl LoadFailure {
 /// few tokens (`start`); the engine is handed out only when the child succeeded, so a llama.cpp
 /// build that dies on this CPU never takes the server down. Both loads overlap.
 pub fn load_checked_engine(config: &crate::config::Config) -> Result<Engine, LoadFailure> {
+    match &config.backend {
+        None => load_checked_local_engine(config),
+        Some(remote) => {
+            // The embedded model is loaded (and checked) only as a fallback.
+            let fallback = if remote.fallback_local { Some(load_checked_local_engine(config)?) } else { None };
+            let remote = engine::remote::RemoteConfig { context_tokens: config.context_tokens, ..remote.clone() };
+            Ok(Engine::start_remote(remote, fallback))
+        }
+    }
+}
+
+fn load_checked_local_engine(config: &crate::config::Config) -> Result<Engine, LoadFailure> {
     let path = crate::models::resolve(&config.model)?;
     let exe = this_program().map_err(|err| LoadFailure::ThisProgram(err.to_string()))?;
     let mut check = start(&exe, &path, config.gpu_layers, DEFAULT_DEADLINE).map_err(LoadFailure::EngineCheck)?;

@@ -10,6 +10,7 @@
 //! - The engine never sees a rope, a document or an LSP type: it takes a `Prompt` and returns text.
 
 pub mod prompt;
+pub mod remote;
 pub mod stop;
 mod worker;
 
@@ -129,6 +130,8 @@ pub enum EngineError {
     PromptTooLong { prompt_tokens: usize, limit: usize },
     #[error("the engine thread has stopped")]
     Stopped,
+    #[error("the remote backend failed: {0}")]
+    Remote(String),
 }
 
 /// Where a job stands, as its progress says.
@@ -178,6 +181,8 @@ pub struct Engine {
     sender: mpsc::Sender<worker::Command>,
     latest_job_id: Arc<AtomicU64>,
     info: Arc<ModelInfo>,
+    /// A remote backend's settings and what it has done (None: the embedded model).
+    remote: Option<(Arc<remote::RemoteConfig>, Arc<remote::Status>)>,
 }
 
 /// One submitted job: its progress, and a way to cancel it.
@@ -202,7 +207,21 @@ impl Engine {
             })
             .map_err(|err| EngineError::Backend(format!("cannot start the engine thread: {err}")))?;
         let info = ready_receiver.recv().map_err(|_| EngineError::Stopped)??;
-        Ok(Engine { sender, latest_job_id, info: Arc::new(info) })
+        Ok(Engine { sender, latest_job_id, info: Arc::new(info), remote: None })
+    }
+
+    /// A handle whose jobs go to a remote server (see `remote.rs`), answered by `fallback`
+    /// (an embedded engine) while the server fails or is slow, when one is given.
+    pub fn start_remote(config: remote::RemoteConfig, fallback: Option<Engine>) -> Engine {
+        remote::start(config, fallback)
+    }
+
+    /// Which backend answers, and for a remote one what it has done: for `ghostline/stats`.
+    pub fn backend_json(&self) -> serde_json::Value {
+        match &self.remote {
+            Some((config, status)) => status.to_json(config),
+            None => serde_json::json!({"kind": "local"}),
+        }
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -271,7 +290,7 @@ impl Engine {
                 }
             }
         });
-        (Engine { sender, latest_job_id: Arc::new(AtomicU64::new(0)), info: Arc::new(info) }, jobs)
+        (Engine { sender, latest_job_id: Arc::new(AtomicU64::new(0)), info: Arc::new(info), remote: None }, jobs)
     }
 }
 

@@ -289,7 +289,7 @@ impl Backend {
                 EngineState::NotStarted => json!({"state": "not started"}),
                 EngineState::Loading => json!({"state": "loading"}),
                 EngineState::Failed(err) => json!({"state": "failed", "error": err.to_string()}),
-                EngineState::Ready(engine) => json!({"state": "ready", "model": engine.info()}),
+                EngineState::Ready(engine) => json!({"state": "ready", "model": engine.info(), "backend": engine.backend_json()}),
             };
             stats["engine"] = engine;
             stats["config"] = json!({"model": self.scheduler.config().model});

@@ -1,0 +1,204 @@
+//! Remote backends end to end: the real binary over stdio, its jobs sent to llama.cpp's own
+//! `llama-server` (built by `benches/build-peer.sh`, which the test command runs) serving the
+//! default model, through its native API and through its OpenAI-compatible one; the embedded
+//! model answering while the server is unreachable; and, with scripted servers, what a broken
+//! server does (an HTTP error, a stream that is not one) and that a newer keystroke closes the
+//! stream of the request it supersedes.
+
+mod common;
+#[allow(dead_code)]
+#[path = "../benches/replay/peer.rs"]
+mod peer;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::lsp::LspClient;
+use common::{model_path, DEFAULT_MODEL};
+
+static ONE_SERVER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_SERVER_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+const CIRCLE_URI: &str = "file:///project/circle.py";
+const CIRCLE: &str = "import math\n\n\ndef circle_area(radius):\n    \"\"\"Return the area of a circle.\"\"\"\n    \n\n\nprint(circle_area(2.0))\n";
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Ghostline with `backend`, ready.
+fn start(backend: Value, model: &str) -> LspClient {
+    start_with(backend, model, json!({}))
+}
+
+fn start_with(backend: Value, model: &str, extra: Value) -> LspClient {
+    let mut options = json!({"model": model_path(model).to_str().unwrap(), "maxWaitMs": 30000, "backend": backend});
+    options.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let (mut client, _) = LspClient::start(options, json!({}));
+    let stats = client.wait_engine();
+    assert_eq!(stats["engine"]["state"], "ready", "{stats}");
+    client
+}
+
+fn backend_stats(client: &mut LspClient) -> Value {
+    client.request_ok("ghostline/stats", json!(null))["engine"]["backend"].clone()
+}
+
+fn circle_suggestion(client: &mut LspClient) -> String {
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return 3.14159 * ");
+    client.inline_text(CIRCLE_URI, 5, character).unwrap_or_default()
+}
+
+#[test]
+fn llama_server_answers_through_its_own_api_and_its_openai_api() {
+    let _serial = serial();
+    let bin_dir = peer::peer_bin_dir().expect("llama-server, built by benches/build-peer.sh (scripts/test.sh runs it)");
+    let port = free_port();
+    let _server = peer::PeerServer::start(&bin_dir, &model_path(DEFAULT_MODEL), 2, port).expect("llama-server starts");
+    let url = format!("http://127.0.0.1:{port}");
+    for kind in ["llama-server", "openai"] {
+        let mut client = start(json!({"kind": kind, "url": url, "model": "qwen2.5-coder", "template": "qwen"}), DEFAULT_MODEL);
+        let suggestion = circle_suggestion(&mut client);
+        assert!(suggestion.starts_with("radius"), "{kind}: got {suggestion:?}");
+        let backend = backend_stats(&mut client);
+        assert_eq!(backend["kind"], kind, "{backend}");
+        assert!(backend["remoteJobs"].as_u64().unwrap() >= 1, "{backend}");
+        assert_eq!((backend["fallbackJobs"].as_u64(), backend["remoteFailures"].as_u64()), (Some(0), Some(0)), "{backend}");
+        client.shutdown();
+    }
+    let doctor = Command::new(env!("CARGO_BIN_EXE_ghostline"))
+        .args(["doctor", "--backend", &json!({"kind": "openai", "url": url}).to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success() && stdout.contains("backend check: ok"), "{stdout}{}", String::from_utf8_lossy(&doctor.stderr));
+}
+
+#[test]
+fn the_embedded_model_answers_while_the_server_is_unreachable() {
+    let _serial = serial();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let mut client = start(json!({"kind": "openai", "url": url, "fallback": "local", "timeoutMs": 2000}), DEFAULT_MODEL);
+    let suggestion = circle_suggestion(&mut client);
+    assert!(suggestion.starts_with("radius"), "got {suggestion:?}");
+    let backend = backend_stats(&mut client);
+    assert!(backend["remoteFailures"].as_u64().unwrap() >= 1 && backend["fallbackJobs"].as_u64().unwrap() >= 1, "{backend}");
+    assert!(backend["lastError"].as_str().unwrap().contains("cannot reach"), "{backend}");
+    assert_eq!(backend["usingFallback"], true, "{backend}");
+    client.shutdown();
+
+    // Without a fallback the answer is empty, and the server keeps serving.
+    let mut client = start(json!({"kind": "llama-server", "url": url}), DEFAULT_MODEL);
+    assert_eq!(circle_suggestion(&mut client), "");
+    let backend = backend_stats(&mut client);
+    assert_eq!(backend["remoteJobs"], 0, "{backend}");
+    assert!(backend["lastError"].as_str().unwrap().contains("cannot reach"), "{backend}");
+    client.shutdown();
+
+    let doctor = Command::new(env!("CARGO_BIN_EXE_ghostline"))
+        .args(["doctor", "--backend", &json!({"kind": "openai", "url": url}).to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&doctor.stderr);
+    assert_eq!(doctor.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+}
+
+/// A server that answers every request with the head and the pieces `respond` writes;
+/// each request's body arrives on the returned channel.
+fn scripted_server(respond: impl Fn(&mut TcpStream) + Send + Sync + 'static) -> (u16, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (bodies, received) = mpsc::channel();
+    let respond = std::sync::Arc::new(respond);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let respond = respond.clone();
+            let bodies = bodies.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let _ = bodies.send(String::from_utf8_lossy(&body).into_owned());
+                respond(&mut stream);
+            });
+        }
+    });
+    (port, received)
+}
+
+#[test]
+fn a_broken_server_is_reported_and_never_takes_the_language_server_down() {
+    let _serial = serial();
+    let (error_port, _) = scripted_server(|stream| {
+        let _ = stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 15\r\nConnection: close\r\n\r\nloading model..");
+    });
+    let (garbage_port, _) = scripted_server(|stream| {
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\ndata: {this is not json\n\n");
+    });
+    for (port, says) in [(error_port, "HTTP 503: loading model"), (garbage_port, "not a completion stream")] {
+        let mut client = start(json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}")}), DEFAULT_MODEL);
+        assert_eq!(circle_suggestion(&mut client), "");
+        let backend = backend_stats(&mut client);
+        assert!(backend["lastError"].as_str().unwrap().contains(says), "{backend}");
+        // Still serving.
+        assert_eq!(client.request_ok("ghostline/stats", json!(null))["engine"]["state"], "ready");
+        client.shutdown();
+    }
+}
+
+#[test]
+fn a_newer_keystroke_closes_the_stream_of_the_request_it_supersedes() {
+    let _serial = serial();
+    // A server that streams a piece every 20 ms for as long as the client reads, and says on
+    // `closed` when a stream was closed by the client.
+    let (closed_sender, closed) = mpsc::channel::<()>();
+    let closed_sender = Mutex::new(closed_sender);
+    let (port, bodies) = scripted_server(move |stream| {
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+        for _ in 0..1500 {
+            let piece = format!("data: {}\n\n", json!({"content": "x", "stop": false}));
+            if stream.write_all(piece.as_bytes()).and_then(|()| stream.flush()).is_err() {
+                let _ = closed_sender.lock().unwrap().send(());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    // 1,000 tokens at 20 ms: the first request would stream for 20 s if nothing closed it.
+    let mut client = start_with(json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}")}), DEFAULT_MODEL, json!({"maxTokens": 1000}));
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    client.type_text(CIRCLE_URI, 5, 4, "r");
+    let first = bodies.recv_timeout(Duration::from_secs(30)).expect("the first keystroke's request");
+    assert!(first.contains("<|fim_prefix|>") && first.contains("\"stream\":true"), "{first}");
+    client.type_text(CIRCLE_URI, 5, 5, "e");
+    bodies.recv_timeout(Duration::from_secs(30)).expect("the second keystroke's request");
+    // The first stream is closed long before its 20 s of pieces are over.
+    closed.recv_timeout(Duration::from_secs(5)).expect("the superseded request's stream was closed");
+    client.shutdown();
+}
