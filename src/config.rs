@@ -49,6 +49,8 @@ pub struct Config {
     /// lines that decode within this many milliseconds at the measured prompt speed; the full
     /// window follows in a pause. 0: always the full window.
     pub cold_prompt_ms: u64,
+    /// Lines below the cursor in the suffix at a line of only whitespace (0: `suffixLines`).
+    pub blank_line_suffix_lines: usize,
     /// Where jobs go: `None` for the embedded model, else a server (see `engine/remote.rs`).
     pub backend: Option<RemoteConfig>,
 }
@@ -75,6 +77,7 @@ impl Default for Config {
             cross_file_chunks: 0,
             cross_file_lines: 24,
             cold_prompt_ms: 1000,
+            blank_line_suffix_lines: 16,
             backend: None,
         }
     }
@@ -104,6 +107,7 @@ pub struct RawSettings {
     pub languages: Option<serde_json::Value>,
     pub prefix_lines: Option<serde_json::Value>,
     pub suffix_lines: Option<serde_json::Value>,
+    pub blank_line_suffix_lines: Option<serde_json::Value>,
     pub anchor_lines: Option<serde_json::Value>,
     pub suffix_in_front: Option<serde_json::Value>,
     pub typed_ahead: Option<serde_json::Value>,
@@ -242,6 +246,11 @@ impl Config {
         if let Some(value) = &raw.suffix_lines {
             if let Some(lines) = integer("suffixLines", value, 0, 500, errors) {
                 self.windows.suffix_lines = lines as usize;
+            }
+        }
+        if let Some(value) = &raw.blank_line_suffix_lines {
+            if let Some(lines) = integer("blankLineSuffixLines", value, 0, 500, errors) {
+                self.blank_line_suffix_lines = lines as usize;
             }
         }
         if let Some(value) = experimental.typed_ahead.as_ref().or(raw.typed_ahead.as_ref()) {

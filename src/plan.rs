@@ -121,6 +121,27 @@ pub struct PlanHints<'a> {
     pub first_line: Option<usize>,
 }
 
+/// The lines below the cursor line that go into the suffix at a cursor: on a line that holds
+/// only whitespace (an empty, auto-indented line in the middle of code) the lines below often
+/// say what the line must do, and `blankLineSuffixLines` of them go in; elsewhere `suffixLines`.
+/// Measured both ways: at a blank line 16 lines below gave 28% of single lines passing the
+/// tests against 19% with 4 (`benches/infill.py`); on a line being typed, 16 lines kept for the
+/// whole line cost 7% of the replay's correct characters per keystroke. So the first typed
+/// character goes back to the short suffix (one re-decode of the suffix, the window above
+/// stays in the KV cache), while typed-ahead keeps serving the blank line's suggestion.
+pub fn suffix_lines_at(rope: &Rope, cursor_char_idx: usize, config: &Config) -> usize {
+    if config.blank_line_suffix_lines == 0 || cursor_char_idx > rope.len_chars() {
+        return config.windows.suffix_lines;
+    }
+    let line = rope.char_to_line(cursor_char_idx);
+    let blank = rope.line(line).chars().all(char::is_whitespace);
+    if blank {
+        config.blank_line_suffix_lines
+    } else {
+        config.windows.suffix_lines
+    }
+}
+
 /// Everything one job needs.
 #[derive(Debug, Clone)]
 pub struct JobPlan {
@@ -155,7 +176,8 @@ impl JobPlan {
             chars_per_token: hints.chars_per_token.unwrap_or(DEFAULT_CHARS_PER_TOKEN),
             first_line: hints.first_line,
         };
-        let built = context::build_prompt_with(rope, cursor, &config.windows, model.special, hints.cross_file, budget)?;
+        let windows = context::WindowConfig { suffix_lines: suffix_lines_at(rope, state.cursor_char_idx, config), ..config.windows.clone() };
+        let built = context::build_prompt_with(rope, cursor, &windows, model.special, hints.cross_file, budget)?;
         let shape = syntax::Shape { multi_line: config.multi_line, max_lines: config.max_lines, tab_width: crate::postprocess::DEFAULT_TAB_WIDTH };
         let plain = syntax::plain_stop_rules(&split.head, &split.tail, shape);
         let params = GenerateParams { max_tokens: config.max_tokens, stop: plain.clone(), ..GenerateParams::default() };

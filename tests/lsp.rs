@@ -214,6 +214,33 @@ fn an_auto_indented_empty_line_gets_code_at_its_indentation() {
     client.shutdown();
 }
 
+/// At an empty line the reason for the line may be further down than the 4 lines a typed line
+/// gets: a collection filled 6 lines below and returned 7 lines below must be created here. With
+/// 4 lines below the model wrote `even_squares = []` and a whole `return [...]`.
+#[test]
+fn an_empty_line_sees_the_lines_below_that_use_what_it_must_define() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({}));
+    let cases = [
+        (
+            "file:///project/squares.py",
+            "def collect_even_squares(numbers):\n    \n    for number in numbers:\n        if number % 2 == 0:\n            square = number * number\n            if square > 100:\n                continue\n            squares.append(square)\n    return squares\n",
+            "squares = []",
+        ),
+        (
+            "file:///project/lengths.py",
+            "def word_lengths(text):\n    \n    for line in text.splitlines():\n        for word in line.split():\n            word = word.strip(\".,;:!?\")\n            if not word:\n                continue\n            lengths[word] = len(word)\n    return lengths\n",
+            "lengths = {}",
+        ),
+    ];
+    for (uri, text, expected) in cases {
+        client.open(uri, "python", text);
+        let suggestion = client.inline_text(uri, 1, 4).unwrap_or_default();
+        assert_eq!(suggestion.lines().next(), Some(expected), "{uri}: got {suggestion:?}");
+    }
+    client.shutdown();
+}
+
 #[test]
 fn prose_and_comments_get_one_sentence() {
     let _serial = serial();

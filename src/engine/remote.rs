@@ -673,10 +673,15 @@ fn parse_line(api: RemoteApi, line: &str) -> Result<Option<StreamPiece>, String>
             let text = value.get("content").and_then(Value::as_str).ok_or("a piece without `content`")?.to_string();
             let stopped = value.get("stop").and_then(Value::as_bool).unwrap_or(false);
             let done = stopped.then(|| if value.get("stop_type").and_then(Value::as_str) == Some("limit") { StopReason::MaxTokens } else { StopReason::EndOfGeneration });
-            let counts = value.get("timings").map(|timings| Counts {
-                prompt_tokens: count(&value, "tokens_evaluated").unwrap_or_default(),
-                reused_tokens: count(&value, "tokens_cached").unwrap_or_default().min(count(&value, "tokens_evaluated").unwrap_or_default()),
-                generated_tokens: count(timings, "predicted_n").unwrap_or_default(),
+            // `timings`: `prompt_n` prompt tokens decoded, `cache_n` taken from the server's cache.
+            let counts = value.get("timings").map(|timings| {
+                let decoded = count(timings, "prompt_n").unwrap_or_default();
+                let reused = count(timings, "cache_n").unwrap_or_default();
+                Counts {
+                    prompt_tokens: count(&value, "tokens_evaluated").unwrap_or(decoded + reused),
+                    reused_tokens: reused,
+                    generated_tokens: count(timings, "predicted_n").unwrap_or_default(),
+                }
             });
             Ok(Some(StreamPiece { text, done, counts }))
         }
@@ -750,12 +755,12 @@ mod tests {
         assert_eq!((piece.text.as_str(), piece.done), ("return", None));
         let last = parse_line(
             RemoteApi::LlamaServer,
-            r#"data: {"content":"","stop":true,"stop_type":"limit","tokens_evaluated":40,"tokens_cached":52,"timings":{"predicted_n":8}}"#,
+            r#"data: {"content":"","stop":true,"stop_type":"limit","tokens_evaluated":40,"tokens_cached":52,"timings":{"cache_n":34,"prompt_n":6,"predicted_n":8}}"#,
         )
         .unwrap()
         .unwrap();
         assert_eq!(last.done, Some(StopReason::MaxTokens));
-        assert_eq!(last.counts, Some(Counts { prompt_tokens: 40, reused_tokens: 40, generated_tokens: 8 }));
+        assert_eq!(last.counts, Some(Counts { prompt_tokens: 40, reused_tokens: 34, generated_tokens: 8 }));
         assert_eq!(parse_line(RemoteApi::LlamaServer, "\n").unwrap(), None);
         assert_eq!(parse_line(RemoteApi::LlamaServer, ": keep-alive\n").unwrap(), None);
         assert!(parse_line(RemoteApi::LlamaServer, "data: {\"error\":{\"message\":\"slot unavailable\"}}").unwrap_err().contains("slot unavailable"));
