@@ -50,6 +50,14 @@ fn start_with(backend: Value, model: &str, extra: Value) -> LspClient {
     client
 }
 
+/// `ghostline doctor --backend` for an OpenAI-compatible server at `url`.
+fn doctor_backend(url: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ghostline"))
+        .args(["doctor", "--backend", &json!({"kind": "openai", "url": url}).to_string()])
+        .output()
+        .unwrap()
+}
+
 fn backend_stats(client: &mut LspClient) -> Value {
     client.request_ok("ghostline/stats", json!(null))["engine"]["backend"].clone()
 }
@@ -77,10 +85,7 @@ fn llama_server_answers_through_its_own_api_and_its_openai_api() {
         assert_eq!((backend["fallbackJobs"].as_u64(), backend["remoteFailures"].as_u64()), (Some(0), Some(0)), "{backend}");
         client.shutdown();
     }
-    let doctor = Command::new(env!("CARGO_BIN_EXE_ghostline"))
-        .args(["doctor", "--backend", &json!({"kind": "openai", "url": url}).to_string()])
-        .output()
-        .unwrap();
+    let doctor = doctor_backend(&url);
     let stdout = String::from_utf8_lossy(&doctor.stdout);
     assert!(doctor.status.success() && stdout.contains("backend check: ok"), "{stdout}{}", String::from_utf8_lossy(&doctor.stderr));
 }
@@ -106,10 +111,7 @@ fn the_embedded_model_answers_while_the_server_is_unreachable() {
     assert!(backend["lastError"].as_str().unwrap().contains("cannot reach"), "{backend}");
     client.shutdown();
 
-    let doctor = Command::new(env!("CARGO_BIN_EXE_ghostline"))
-        .args(["doctor", "--backend", &json!({"kind": "openai", "url": url}).to_string()])
-        .output()
-        .unwrap();
+    let doctor = doctor_backend(&url);
     let stderr = String::from_utf8_lossy(&doctor.stderr);
     assert_eq!(doctor.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("cannot reach"), "{stderr}");

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::worker::{Command, JobRequest};
+use super::worker::{superseded_before_start_with as ended_early, Command, JobRequest};
 use super::{Completion, Engine, EngineError, ModelInfo, Piece, Prompt, Special, SpecialSupport, StopReason};
 
 /// Which HTTP interface the server speaks.
@@ -177,7 +177,8 @@ impl Status {
     /// Counts a failure and leaves the server alone for a while; logged once per outage.
     fn failed(&self, err: &RemoteError) {
         self.remote_failures.fetch_add(1, Ordering::Relaxed);
-        let repeated = self.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).replace(err.to_string()).as_deref() == Some(&err.to_string());
+        let message = err.to_string();
+        let repeated = self.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).replace(message.clone()) == Some(message);
         let mut down_until = self.down_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if repeated && down_until.is_some() {
             tracing::debug!(%err, "the remote backend failed again");
@@ -321,7 +322,7 @@ impl Dispatcher {
     }
 
     fn dispatch(&self, job: JobRequest) {
-        let interrupted = |job: &JobRequest| interruption(job, &self.latest_job_id);
+        let interrupted = |job: &JobRequest| job.interruption(&self.latest_job_id);
         if let Some(fallback) = &self.fallback {
             fallback.cancel_running();
         }
@@ -385,7 +386,7 @@ impl Request {
             }
             Err(err) => {
                 self.status.failed(&err);
-                if let Some(reason) = interruption(&job, &self.latest_job_id) {
+                if let Some(reason) = job.interruption(&self.latest_job_id) {
                     // Nobody waits for this job any more.
                     job.progress.send_modify(|progress| progress.done = Some(Ok(ended_early(reason))));
                     return;
@@ -466,7 +467,7 @@ impl Request {
         let mut first_piece = true;
         let stop_rules = || job.params.late_stop.as_ref().and_then(|late| late.get()).unwrap_or_else(|| job.params.stop.clone());
         loop {
-            if let Some(reason) = interruption(job, &self.latest_job_id) {
+            if let Some(reason) = job.interruption(&self.latest_job_id) {
                 completion.stop_reason = reason;
                 break;
             }
@@ -520,10 +521,10 @@ impl Request {
             if let Some(cut) = stop_rules().check(&text) {
                 text.truncate(cut);
                 completion.stop_reason = StopReason::StopRule;
-                publish(job, &text, completion.generated_tokens);
+                job.publish(&text, completion.generated_tokens);
                 break;
             }
-            publish(job, &text, completion.generated_tokens);
+            job.publish(&text, completion.generated_tokens);
             if let Some(reason) = piece.done {
                 completion.stop_reason = reason;
                 break;
@@ -581,7 +582,7 @@ impl Fallback {
                 if done {
                     return;
                 }
-                if interruption(&job, &latest_job_id).is_some() {
+                if job.interruption(&latest_job_id).is_some() {
                     inner.cancel();
                 }
                 // The embedded engine publishes after every token and when the job ends.
@@ -595,32 +596,6 @@ impl Fallback {
             tracing::error!(%err, "cannot start the fallback's thread");
         }
     }
-}
-
-fn interruption(job: &JobRequest, latest_job_id: &AtomicU64) -> Option<StopReason> {
-    if job.cancel.load(Ordering::Relaxed) {
-        return Some(StopReason::Cancelled);
-    }
-    if latest_job_id.load(Ordering::Relaxed) != job.id {
-        return Some(StopReason::Superseded);
-    }
-    if job.params.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-        return Some(StopReason::Deadline);
-    }
-    None
-}
-
-fn publish(job: &JobRequest, text: &str, generated_tokens: usize) {
-    job.progress.send_modify(|progress| {
-        progress.text.clear();
-        progress.text.push_str(text);
-        progress.generated_tokens = generated_tokens;
-        progress.updated_at = Some(Instant::now());
-    });
-}
-
-fn ended_early(reason: StopReason) -> Completion {
-    Completion { text: String::new(), stop_reason: reason, prompt_tokens: 0, reused_tokens: 0, decoded_tokens: 0, generated_tokens: 0, prompt_ms: 0.0, generation_ms: 0.0 }
 }
 
 fn ms(duration: Duration) -> f64 {

@@ -310,16 +310,7 @@ impl JobRunner<'_, '_> {
 
     /// Why the job must stop now, if it must.
     fn interruption(&self) -> Option<StopReason> {
-        if self.job.cancel.load(Ordering::Relaxed) {
-            return Some(StopReason::Cancelled);
-        }
-        if self.latest_job_id.load(Ordering::Relaxed) != self.job.id {
-            return Some(StopReason::Superseded);
-        }
-        if self.job.params.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-            return Some(StopReason::Deadline);
-        }
-        None
+        self.job.interruption(self.latest_job_id)
     }
 
     fn tokenize_prompt(&mut self) -> Vec<LlamaToken> {
@@ -534,7 +525,29 @@ impl JobRunner<'_, '_> {
     }
 
     fn publish(&self, text: &str, generated_tokens: usize) {
-        self.job.progress.send_modify(|progress| {
+        self.job.publish(text, generated_tokens);
+    }
+}
+
+impl JobRequest {
+    /// Why the job must stop now, if it must: cancelled, superseded by a newer job, or past its
+    /// deadline.
+    pub(super) fn interruption(&self, latest_job_id: &AtomicU64) -> Option<StopReason> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Some(StopReason::Cancelled);
+        }
+        if latest_job_id.load(Ordering::Relaxed) != self.id {
+            return Some(StopReason::Superseded);
+        }
+        if self.params.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Some(StopReason::Deadline);
+        }
+        None
+    }
+
+    /// Publishes the text so far.
+    pub(super) fn publish(&self, text: &str, generated_tokens: usize) {
+        self.progress.send_modify(|progress| {
             progress.text.clear();
             progress.text.push_str(text);
             progress.generated_tokens = generated_tokens;
@@ -543,7 +556,8 @@ impl JobRunner<'_, '_> {
     }
 }
 
-fn superseded_before_start_with(stop_reason: StopReason) -> Completion {
+/// A completion that ended before producing anything, for this reason.
+pub(super) fn superseded_before_start_with(stop_reason: StopReason) -> Completion {
     Completion { stop_reason, ..superseded_before_start() }
 }
 
