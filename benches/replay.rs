@@ -11,7 +11,7 @@
 //! `cargo bench --bench replay -- [--cases N] [--seed S] [--cadence human|wait]
 //!  [--interval-ms MS] [--jitter-ms MS] [--model NAME|PATH] [--threads N] [--languages a,b]
 //!  [--no-peer] [--regression] [--variant JSON]... [--baseline BINARY] [--reading-ms MS] [--siblings N]
-//!  [--max-keys N] [--settings JSON]
+//!  [--max-keys N] [--settings JSON] [--revisit]
 //!  [--out DIR]`
 //!
 //! Each case starts with an arrival: the editor asks at the blanked line (not counted as a
@@ -28,6 +28,10 @@
 //! and extension, nearest by name) before it, as a user with related files open: Ghostline hears
 //! didOpen, the peer gets their first 32 lines as `input_extra` chunks (a ring of 16, as
 //! llama.vim keeps on entering a buffer).
+//! `--revisit` is the arrival-heavy mode: files in pairs, each visited twice (A, B, back to A,
+//! back to B), the return at another line near the first (the same place when one is there);
+//! Ghostline keeps the documents open, as an editor does, and the table adds the cold start of
+//! first visits and of returns.
 //! Under `cargo test` it runs a quick check on the tiny model: a few keystrokes, output well formed.
 
 #[allow(dead_code)]
@@ -74,6 +78,8 @@ struct Options {
     /// server is idle).
     reading: Option<Duration>,
     siblings: usize,
+    /// Visit files in pairs and come back to each (`corpus::with_returns`).
+    revisit: bool,
     max_keys: Option<usize>,
     /// Extra Ghostline settings (a JSON object), for trying a variant.
     settings: Value,
@@ -110,6 +116,7 @@ fn parse_options() -> Options {
         baseline: value("--baseline").map(PathBuf::from),
         reading: value("--reading-ms").map(|text| Duration::from_millis(text.parse().expect("--reading-ms takes milliseconds"))),
         siblings: number("--siblings", 0.0) as usize,
+        revisit: args.iter().any(|arg| arg == "--revisit"),
         max_keys: value("--max-keys").map(|text| text.parse().expect("--max-keys takes a number")).or(quick.then_some(6)),
         settings: value("--settings").map(|text| serde_json::from_str(&text).expect("--settings takes a JSON object")).unwrap_or_else(|| json!({})),
         out: value("--out").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/replay")),
@@ -228,6 +235,8 @@ struct Arrival {
     language: &'static str,
     /// From the arrival request to the first suggestion there (None: none came).
     first_suggestion_ms: Option<f64>,
+    /// A return to a file typed earlier in the run (`--revisit`).
+    revisit: bool,
 }
 
 trait Driver {
@@ -248,6 +257,9 @@ struct GhostlineDriver {
     cpu_at_start: f64,
     /// Inline completion requests sent, to hold against the answers the server counted.
     requests_sent: u64,
+    /// `--revisit`: documents stay open between cases, one per file.
+    keep_open: bool,
+    open_files: std::collections::HashSet<String>,
 }
 
 impl GhostlineDriver {
@@ -272,7 +284,7 @@ impl GhostlineDriver {
         let stats = client.wait_engine();
         assert_eq!(stats["engine"]["state"], "ready", "Ghostline's engine did not start: {stats}");
         let cpu_at_start = process_usage(client.pid()).0;
-        GhostlineDriver { name: name.to_string(), client, notified, cpu_at_start, requests_sent: 0 }
+        GhostlineDriver { name: name.to_string(), client, notified, cpu_at_start, requests_sent: 0, keep_open: false, open_files: Default::default() }
     }
 
     fn stats(&mut self) -> Value {
@@ -304,8 +316,18 @@ impl Driver for GhostlineDriver {
 
     fn run_case(&mut self, case: &Case, case_idx: usize, reading: Option<Duration>, next_interval: &mut dyn FnMut() -> Option<Duration>) -> (Arrival, Vec<Keystroke>) {
         let file_name = case.path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-        let uri = format!("file:///replay/{case_idx}/{file_name}");
-        self.client.open(&uri, case.language, &case.blanked_text());
+        let uri = if self.keep_open { format!("file:///replay/{}", case.path.display()) } else { format!("file:///replay/{case_idx}/{file_name}") };
+        if self.open_files.contains(&uri) {
+            // Back in a file left open: the user goes to the line and clears it.
+            let line = case.line as u32;
+            let full = case.lines[case.line].encode_utf16().count() as u32;
+            self.client.replace(&uri, (line, case.indent.encode_utf16().count() as u32), (line, full), "");
+        } else {
+            self.client.open(&uri, case.language, &case.blanked_text());
+            if self.keep_open {
+                self.open_files.insert(uri.clone());
+            }
+        }
         let line = case.line as u32;
         let mut column = case.indent.encode_utf16().count() as u32;
         let arrival_start = Instant::now();
@@ -326,7 +348,7 @@ impl Driver for GhostlineDriver {
             }
         }
         let mut shown = Self::suggestion_of(&self.inline_completion(&uri, line, column));
-        let arrival = Arrival { language: case.language, first_suggestion_ms };
+        let arrival = Arrival { language: case.language, first_suggestion_ms, revisit: case.revisit };
         let mut typist = Typist::new(&case.content);
         let mut typed_ahead_hits = self.stats()["counters"]["typedAheadHits"].as_u64().unwrap_or(0);
         let mut keystrokes = Vec::new();
@@ -372,7 +394,9 @@ impl Driver for GhostlineDriver {
                 std::thread::sleep(interval.saturating_sub(keystroke.elapsed()));
             }
         }
-        self.client.notify("textDocument/didClose", json!({"textDocument": {"uri": uri}}));
+        if !self.keep_open {
+            self.client.notify("textDocument/didClose", json!({"textDocument": {"uri": uri}}));
+        }
         self.client.wait_idle();
         (arrival, keystrokes)
     }
@@ -386,6 +410,11 @@ impl Driver for GhostlineDriver {
             peak_rss_mib: rss,
             typed_ahead_hits: stats["counters"]["typedAheadHits"].as_u64().unwrap_or(0),
             prefetch_hits: stats["counters"]["prefetchHits"].as_u64().unwrap_or(0),
+            generated_tokens: stats["counters"]["tokensGenerated"].as_u64().unwrap_or(0),
+            generation_ms: stats["counters"]["generationMs"].as_f64().unwrap_or(0.0),
+            drafted_tokens: stats["counters"]["tokensDrafted"].as_u64().unwrap_or(0),
+            accepted_draft_tokens: stats["counters"]["draftsAccepted"].as_u64().unwrap_or(0),
+            restored_tokens: stats["counters"]["tokensRestored"].as_u64().unwrap_or(0),
             requests_sent: self.requests_sent,
             requests_answered: stats["counters"]["requests"].as_u64().unwrap_or(0),
         }
@@ -495,7 +524,7 @@ impl Driver for PeerDriver {
         if let Some(until) = reading_until {
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
         }
-        let arrival = Arrival { language: case.language, first_suggestion_ms };
+        let arrival = Arrival { language: case.language, first_suggestion_ms, revisit: case.revisit };
         let mut typist = Typist::new(&case.content);
         let mut keystrokes = Vec::new();
         while !typist.done() {
@@ -587,6 +616,7 @@ impl Driver for PeerDriver {
             prefetch_hits: 0,
             requests_sent: self.requests_sent,
             requests_answered: self.requests_answered,
+            ..ServerTotals::default()
         }
     }
 }
@@ -616,6 +646,9 @@ fn main() {
         println!("corpus: {language}: {} files", files.len());
     }
     let mut cases = corpus::pick_cases(&sources, options.cases, options.seed);
+    if options.revisit {
+        cases = corpus::with_returns(cases);
+    }
     assert!(!cases.is_empty(), "no source files found for the replay (Python standard library, cargo registry, node_modules)");
     if let Some(max_keys) = options.max_keys {
         for case in &mut cases {
@@ -629,7 +662,11 @@ fn main() {
     let reading_text = options.reading.map_or("until the server is idle".to_string(), |reading| format!("{} ms", reading.as_millis()));
     println!("model {} ({}), threads {}, {} cases, seed {}, cadence {cadence_text}, reading after arrival {reading_text}", options.model, model.display(), options.threads, cases.len(), options.seed);
 
-    let mut drivers: Vec<Box<dyn Driver>> = vec![Box::new(GhostlineDriver::start("ghostline", &model, options.threads, options.cadence, true, &options.settings))];
+    let ghostline = |mut driver: GhostlineDriver| -> Box<dyn Driver> {
+        driver.keep_open = options.revisit;
+        Box::new(driver)
+    };
+    let mut drivers: Vec<Box<dyn Driver>> = vec![ghostline(GhostlineDriver::start("ghostline", &model, options.threads, options.cadence, true, &options.settings))];
     if options.peer {
         match peer::peer_bin_dir() {
             Some(dir) => match PeerDriver::start(&dir, &model, options.threads) {
@@ -645,13 +682,13 @@ fn main() {
             settings[key] = value.clone();
         }
         let label: Vec<String> = variant.as_object().into_iter().flatten().map(|(key, value)| format!("{key}={value}")).collect();
-        drivers.push(Box::new(GhostlineDriver::start(&format!("ghostline {}", label.join(",")), &model, options.threads, options.cadence, true, &settings)));
+        drivers.push(ghostline(GhostlineDriver::start(&format!("ghostline {}", label.join(",")), &model, options.threads, options.cadence, true, &settings)));
     }
     if let Some(baseline) = &options.baseline {
-        drivers.push(Box::new(GhostlineDriver::start_program("ghostline baseline", baseline, &model, options.threads, options.cadence, true, &options.settings)));
+        drivers.push(ghostline(GhostlineDriver::start_program("ghostline baseline", baseline, &model, options.threads, options.cadence, true, &options.settings)));
     }
     if options.regression {
-        drivers.push(Box::new(GhostlineDriver::start("ghostline typedAhead=off", &model, options.threads, options.cadence, false, &options.settings)));
+        drivers.push(ghostline(GhostlineDriver::start("ghostline typedAhead=off", &model, options.threads, options.cadence, false, &options.settings)));
     }
 
     let started = Instant::now();
@@ -690,7 +727,13 @@ fn main() {
             let subset: Vec<&Keystroke> = keystrokes[idx].iter().filter(|key| key.language == *language).collect();
             by_language.insert(language.to_string(), metrics::summarize(&subset, &first_suggestions(Some(language)), chars_in(Some(language)), None));
         }
-        runs.push(json!({"name": name, "all": metrics::summarize(&all, &first_suggestions(None), chars_in(None), Some(&totals[idx])), "languages": by_language}));
+        let mut all_figures = metrics::summarize(&all, &first_suggestions(None), chars_in(None), Some(&totals[idx]));
+        if options.revisit {
+            let of_kind = |revisit: bool| -> Vec<Option<f64>> { arrivals[idx].iter().filter(|arrival| arrival.revisit == revisit).map(|arrival| arrival.first_suggestion_ms).collect() };
+            all_figures["coldStartFirstVisitMs"] = metrics::cold_start(&of_kind(false));
+            all_figures["coldStartReturnMs"] = metrics::cold_start(&of_kind(true));
+        }
+        runs.push(json!({"name": name, "all": all_figures, "languages": by_language}));
     }
 
     let alls: Vec<&Value> = runs.iter().map(|run| &run["all"]).collect();

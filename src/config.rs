@@ -51,6 +51,12 @@ pub struct Config {
     pub cold_prompt_ms: u64,
     /// Lines below the cursor in the suffix at a line of only whitespace (0: `suffixLines`).
     pub blank_line_suffix_lines: usize,
+    /// Tokens drafted per generation step from the context and checked in one batch (0: plain
+    /// decoding); the suggestion is the same either way.
+    pub draft_tokens: usize,
+    /// Memory (MiB) for the KV cache of places the user left, so a switch back does not decode
+    /// its prompt again (0: only the current place is kept).
+    pub saved_kv_mib: usize,
     /// Where jobs go: `None` for the embedded model, else a server (see `engine/remote.rs`).
     pub backend: Option<RemoteConfig>,
 }
@@ -78,6 +84,8 @@ impl Default for Config {
             cross_file_lines: 24,
             cold_prompt_ms: 1000,
             blank_line_suffix_lines: 16,
+            draft_tokens: 0,
+            saved_kv_mib: crate::engine::DEFAULT_SAVED_KV_MIB,
             backend: None,
         }
     }
@@ -101,6 +109,9 @@ pub struct RawSettings {
     pub cross_file_chunks: Option<serde_json::Value>,
     pub cross_file_lines: Option<serde_json::Value>,
     pub cold_prompt_ms: Option<serde_json::Value>,
+    pub draft_tokens: Option<serde_json::Value>,
+    #[serde(rename = "savedKvMiB")]
+    pub saved_kv_mib: Option<serde_json::Value>,
     pub backend: Option<serde_json::Value>,
     pub multi_line: Option<serde_json::Value>,
     pub max_lines: Option<serde_json::Value>,
@@ -278,6 +289,16 @@ impl Config {
                 self.cold_prompt_ms = ms;
             }
         }
+        if let Some(value) = &raw.draft_tokens {
+            if let Some(tokens) = integer("draftTokens", value, 0, 32, errors) {
+                self.draft_tokens = tokens as usize;
+            }
+        }
+        if let Some(value) = &raw.saved_kv_mib {
+            if let Some(mib) = integer("savedKvMiB", value, 0, 65_536, errors) {
+                self.saved_kv_mib = mib as usize;
+            }
+        }
         if let Some(value) = &raw.cross_file_lines {
             if let Some(lines) = integer("crossFileLines", value, 4, 256, errors) {
                 self.cross_file_lines = lines as usize;
@@ -306,13 +327,13 @@ impl Config {
     }
 
     /// The settings the engine is loaded with: a change of any of them reloads it.
-    fn engine_settings(&self) -> (String, Option<usize>, u32, Option<u32>, Option<RemoteConfig>) {
-        (self.model.clone(), self.threads, self.context_tokens, self.gpu_layers, self.backend.clone())
+    fn engine_settings(&self) -> (String, Option<usize>, u32, Option<u32>, usize, Option<RemoteConfig>) {
+        (self.model.clone(), self.threads, self.context_tokens, self.gpu_layers, self.saved_kv_mib, self.backend.clone())
     }
 
     /// Takes the engine settings (see `engine_settings`) of `other`, keeping the rest.
     pub fn set_engine_settings(&mut self, other: &Config) {
-        (self.model, self.threads, self.context_tokens, self.gpu_layers, self.backend) = other.engine_settings();
+        (self.model, self.threads, self.context_tokens, self.gpu_layers, self.saved_kv_mib, self.backend) = other.engine_settings();
     }
 
     pub fn language_enabled(&self, language_id: &str) -> bool {

@@ -113,6 +113,10 @@ struct CompleteArgs {
     /// same warm engine (shows the reuse of the KV cache).
     #[arg(long)]
     then_type: Option<String>,
+    /// Tokens drafted from the context per generation step (0: plain decoding; the suggestion
+    /// is the same either way).
+    #[arg(long)]
+    draft_tokens: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -251,6 +255,9 @@ fn complete(args: CompleteArgs) -> Result<(), CliError> {
     if let Some(context_tokens) = args.context_tokens {
         config.context_tokens = context_tokens;
     }
+    if let Some(draft_tokens) = args.draft_tokens {
+        config.draft_tokens = draft_tokens;
+    }
     context::cursor_char_idx(&rope, cursor)
         .map_err(|err| CliError::Usage(format!("{}:{}:{}: {err}", path.display(), line + 1, column + 1)))?;
 
@@ -325,6 +332,8 @@ fn complete(args: CompleteArgs) -> Result<(), CliError> {
                 "load_ms": load_ms,
                 "prompt_ms": completion.prompt_ms,
                 "generation_ms": completion.generation_ms,
+                "drafted_tokens": completion.drafted_tokens,
+                "accepted_draft_tokens": completion.accepted_draft_tokens,
                 "total_ms": total_ms,
                 "process_ms": total_start.elapsed().as_secs_f64() * 1000.0,
                 "model": engine.info().name,

@@ -180,7 +180,7 @@ impl JobPlan {
         let built = context::build_prompt_with(rope, cursor, &windows, model.special, hints.cross_file, budget)?;
         let shape = syntax::Shape { multi_line: config.multi_line, max_lines: config.max_lines, tab_width: crate::postprocess::DEFAULT_TAB_WIDTH };
         let plain = syntax::plain_stop_rules(&split.head, &split.tail, shape);
-        let params = GenerateParams { max_tokens: config.max_tokens, stop: plain.clone(), ..GenerateParams::default() };
+        let params = GenerateParams { max_tokens: config.max_tokens, stop: plain.clone(), draft_tokens: config.draft_tokens, ..GenerateParams::default() };
         let tree = state.syntax.clone().filter(|_| config.syntax);
         let rules = RulesPlan { tree, split: split.clone(), shape, plain };
         Ok(JobPlan { prompt: built.prompt, params, split, rules })

@@ -353,6 +353,7 @@ fn load_checked_local_engine(config: &crate::config::Config) -> Result<Engine, L
     let mut engine_config = EngineConfig::new(path);
     engine_config.context_tokens = config.context_tokens;
     engine_config.gpu_layers = config.gpu_layers;
+    engine_config.saved_kv_bytes = config.saved_kv_mib << 20;
     if let Some(threads) = config.threads {
         engine_config.threads = threads;
     }

@@ -72,6 +72,14 @@ pub struct Counters {
     pub tokens_reused: u64,
     pub tokens_decoded: u64,
     pub tokens_generated: u64,
+    /// Time spent generating (after the prompt), and the tokens drafted from the context and
+    /// kept by the model (`draftTokens`).
+    pub generation_ms: f64,
+    pub tokens_drafted: u64,
+    pub drafts_accepted: u64,
+    /// Prompt tokens brought back from the saved KV cache of a place the user had left
+    /// (counted in `tokensReused` too).
+    pub tokens_restored: u64,
     /// Jobs run in idle time for states the user may reach next, and how many of them were
     /// reached (a keystroke then answered from one).
     pub prefetch_jobs: u64,

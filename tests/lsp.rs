@@ -723,3 +723,41 @@ fn waiting_requests_are_bounded_and_stats_and_cancel_stay_prompt() {
     assert!(empty >= 200 - 32 - 1, "the oldest requests past the limit were answered empty: {empty}");
     client.shutdown();
 }
+
+/// A module of `count` small functions, as a user's file.
+fn module_text(name: &str, count: usize) -> String {
+    (0..count).map(|idx| format!("def {name}_{idx}(values):\n    total = 0\n    for value in values:\n        total += value * {idx}\n    return total\n\n\n")).collect()
+}
+
+/// Going to another file and coming back: the KV cache of the place left is saved by the engine
+/// and restored on return, so the return decodes a few tokens instead of the whole window; with
+/// `savedKvMiB` 0 the return decodes it again.
+#[test]
+fn coming_back_to_a_file_restores_its_place_instead_of_decoding_it_again() {
+    let _serial = serial();
+    let decoded_on_return = |saved_kv_mib: u64| -> (u64, u64) {
+        let mut client = start(TINY_MODEL, json!({"coldPromptMs": 0, "savedKvMiB": saved_kv_mib}));
+        let (first, second) = ("file:///project/first.py", "file:///project/second.py");
+        client.open(first, "python", &module_text("scale", 12));
+        client.open(second, "python", &module_text("shift", 12));
+        // Line 45 is `    return total` of the seventh function; its place starts at line 32.
+        client.inline_completion(first, 45, 4);
+        client.wait_idle();
+        client.inline_completion(second, 45, 4);
+        let before = client.wait_idle();
+        let character = client.type_text(first, 45, 4, "r");
+        assert!(client.inline_completion(first, 45, character)["result"]["items"].is_array());
+        let after = client.wait_idle();
+        let counter = |stats: &Value, name: &str| stats["counters"][name].as_u64().unwrap_or_else(|| panic!("{name} in {stats}"));
+        let decoded = counter(&after, "tokensDecoded") - counter(&before, "tokensDecoded");
+        let restored = counter(&after, "tokensRestored") - counter(&before, "tokensRestored");
+        client.shutdown();
+        (decoded, restored)
+    };
+    let (decoded_saved, restored) = decoded_on_return(256);
+    let (decoded_unsaved, restored_unsaved) = decoded_on_return(0);
+    eprintln!("on return: {decoded_saved} tokens decoded, {restored} restored; without saving {decoded_unsaved} decoded");
+    assert_eq!(restored_unsaved, 0);
+    assert!(restored >= 100, "the place's window came back: {restored} tokens restored");
+    assert!(decoded_saved * 4 < decoded_unsaved, "the return decoded {decoded_saved} tokens with the saved place, {decoded_unsaved} without");
+}

@@ -17,6 +17,9 @@ pub struct Case {
     pub indent: String,
     /// What is typed: the line after its indentation.
     pub content: String,
+    /// A return to a file typed earlier in the run (`--revisit`): the file is still open there,
+    /// as the user left it.
+    pub revisit: bool,
 }
 
 impl Case {
@@ -192,10 +195,41 @@ fn pick_from_file(path: &Path, language: &'static str, rng: &mut Rng) -> Option<
             let line = &lines[idx];
             let content = line.trim_start().trim_end().to_string();
             let indent = line[..line.len() - line.trim_start().len()].to_string();
-            return Some(Case { path: path.to_path_buf(), language, lines, line: idx, indent, content });
+            return Some(Case { path: path.to_path_buf(), language, lines, line: idx, indent, content, revisit: false });
         }
     }
     None
+}
+
+/// Another line of `case`'s file for a return to it: the nearest good line in the same block of
+/// 16 lines (the same place: the prompt's window starts on the same line), else the nearest
+/// within 16 lines (a move within the file).
+pub fn return_case(case: &Case) -> Option<Case> {
+    let same_block = |idx: usize| idx / 16 == case.line / 16 || idx.max(case.line) < 80;
+    let nearest = (1..=16)
+        .flat_map(|distance| [case.line.checked_sub(distance), Some(case.line + distance)])
+        .flatten()
+        .filter(|&idx| idx < case.lines.len() && good_line(&case.lines, idx));
+    let candidates: Vec<usize> = nearest.collect();
+    let idx = candidates.iter().copied().find(|&idx| same_block(idx)).or_else(|| candidates.first().copied())?;
+    let line = &case.lines[idx];
+    let content = line.trim_start().trim_end().to_string();
+    let indent = line[..line.len() - line.trim_start().len()].to_string();
+    Some(Case { line: idx, indent, content, revisit: true, ..case.clone() })
+}
+
+/// Cases in pairs of files, each file visited twice: A, B, then back to A and back to B at
+/// another line near the first (`return_case`). Pairs without two return lines are left out.
+pub fn with_returns(cases: Vec<Case>) -> Vec<Case> {
+    let mut out = Vec::new();
+    for pair in cases.chunks(2) {
+        if let [first, second] = pair {
+            if let (Some(first_back), Some(second_back)) = (return_case(first), return_case(second)) {
+                out.extend([first.clone(), second.clone(), first_back, second_back]);
+            }
+        }
+    }
+    out
 }
 
 /// `count` cases spread evenly over the languages found, chosen by `seed`.

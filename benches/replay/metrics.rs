@@ -30,6 +30,13 @@ pub struct ServerTotals {
     pub typed_ahead_hits: u64,
     /// Keystrokes answered from a prefetched job (Ghostline).
     pub prefetch_hits: u64,
+    /// Generation (Ghostline): tokens, time, tokens drafted from the context and kept, and prompt
+    /// tokens restored from a saved place.
+    pub generated_tokens: u64,
+    pub generation_ms: f64,
+    pub drafted_tokens: u64,
+    pub accepted_draft_tokens: u64,
+    pub restored_tokens: u64,
     /// Completion requests the client sent, and the answers to them the server counted
     /// (Ghostline) or the client received without an error (peer).
     pub requests_sent: u64,
@@ -51,6 +58,11 @@ pub fn percentile(values: &[Option<f64>], fraction: f64) -> Option<f64> {
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, count) = values.fold((0.0, 0usize), |(sum, count), value| (sum + value, count + 1));
     (count > 0).then(|| sum / count as f64)
+}
+
+/// Time from arriving to the first suggestion, over arrivals (None: none came).
+pub fn cold_start(arrivals: &[Option<f64>]) -> Value {
+    json!({"p50": percentile(arrivals, 0.5), "p90": percentile(arrivals, 0.9), "cases": arrivals.len()})
 }
 
 /// The figures of one run (or one language of it).
@@ -82,7 +94,7 @@ pub fn summarize(keystrokes: &[&Keystroke], arrivals: &[Option<f64>], chars_in_l
         "correctCharsPerKeystroke": if count == 0 { 0.0 } else { correct as f64 / count as f64 },
         "correctCharsPerSuggestion": if with_suggestion == 0 { 0.0 } else { correct as f64 / with_suggestion as f64 },
         "charsSaved": saved,
-        "coldStartMs": {"p50": percentile(arrivals, 0.5), "p90": percentile(arrivals, 0.9), "cases": arrivals.len()},
+        "coldStartMs": cold_start(arrivals),
         "charsSavedShare": if chars_in_lines == 0 { 0.0 } else { saved as f64 / chars_in_lines as f64 },
     });
     if let Some(totals) = totals {
@@ -91,6 +103,12 @@ pub fn summarize(keystrokes: &[&Keystroke], arrivals: &[Option<f64>], chars_in_l
         figures["serverPeakRssMiB"] = json!(totals.peak_rss_mib);
         figures["typedAheadHits"] = json!(totals.typed_ahead_hits);
         figures["prefetchHits"] = json!(totals.prefetch_hits);
+        if totals.generated_tokens > 0 {
+            figures["generationMsPerToken"] = json!(totals.generation_ms / totals.generated_tokens as f64);
+            figures["draftedTokens"] = json!(totals.drafted_tokens);
+            figures["acceptedDraftTokens"] = json!(totals.accepted_draft_tokens);
+            figures["restoredTokens"] = json!(totals.restored_tokens);
+        }
         figures["requestsSent"] = json!(totals.requests_sent);
         figures["requestsAnswered"] = json!(totals.requests_answered);
     }
@@ -117,8 +135,16 @@ pub const ROWS: &[(&str, &str, bool)] = &[
     ("chars saved share", "/charsSavedShare", false),
     ("cold start p50 ms", "/coldStartMs/p50", true),
     ("cold start p90 ms", "/coldStartMs/p90", true),
+    ("cold start, first visit p50", "/coldStartFirstVisitMs/p50", true),
+    ("cold start, first visit p90", "/coldStartFirstVisitMs/p90", true),
+    ("cold start, return p50 ms", "/coldStartReturnMs/p50", true),
+    ("cold start, return p90 ms", "/coldStartReturnMs/p90", true),
     ("prompt tokens / keystroke", "/promptTokensPerKeystroke", true),
     ("prefetch hits", "/prefetchHits", false),
+    ("generation ms / token", "/generationMsPerToken", true),
+    ("tokens drafted", "/draftedTokens", false),
+    ("drafted tokens kept", "/acceptedDraftTokens", false),
+    ("prompt tokens restored", "/restoredTokens", false),
     ("server CPU s", "/serverCpuSeconds", true),
     ("server peak RSS MiB", "/serverPeakRssMiB", true),
 ];

@@ -37,11 +37,16 @@ pub struct EngineConfig {
     /// Layers to offload to a GPU; `None` means all of them when llama.cpp sees a GPU device
     /// (a GPU backend compiled in and a device present), else none.
     pub gpu_layers: Option<u32>,
+    /// Memory for the KV cache of places the user left (0: only the current place is kept).
+    pub saved_kv_bytes: usize,
 }
+
+/// The default memory for saved places: about 20 windows of the default model, 4 of a 7B one.
+pub const DEFAULT_SAVED_KV_MIB: usize = 256;
 
 impl EngineConfig {
     pub fn new(model_path: PathBuf) -> EngineConfig {
-        EngineConfig { model_path, threads: physical_cores(), context_tokens: 4096, prompt_chunk_tokens: 32, gpu_layers: None }
+        EngineConfig { model_path, threads: physical_cores(), context_tokens: 4096, prompt_chunk_tokens: 32, gpu_layers: None, saved_kv_bytes: DEFAULT_SAVED_KV_MIB << 20 }
     }
 }
 
@@ -58,7 +63,14 @@ pub struct ModelInfo {
     pub gpu_layers: u32,
     pub special: SpecialSupport,
     pub load_ms: f64,
+    /// How many places' KV cache the engine keeps (the current one and those saved within
+    /// `saved_kv_bytes`, at `PLACE_TOKENS` each); 1 keeps only the current place.
+    pub kv_places: usize,
 }
+
+/// The tokens of one place's prompt, for sizing how many places the saved memory holds (the
+/// default layout's window is 400-1,500 tokens).
+pub const PLACE_TOKENS: usize = 1536;
 
 /// How to generate for one job.
 #[derive(Debug, Clone)]
@@ -78,11 +90,15 @@ pub struct GenerateParams {
     pub forced_prefix: String,
     /// How many other likely first tokens to report in `Progress::alternatives`.
     pub alternatives: usize,
+    /// At most this many tokens drafted per step from what the context already holds (prompt
+    /// lookup: the tokens that followed the last occurrence of the latest tokens), verified in
+    /// one batch; the agreeing ones are kept. Greedy output is the same as without (0: off).
+    pub draft_tokens: usize,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams { max_tokens: 48, stop: StopRules::default(), late_stop: None, deadline: None, token_healing: true, forced_prefix: String::new(), alternatives: 0 }
+        GenerateParams { max_tokens: 48, stop: StopRules::default(), late_stop: None, deadline: None, token_healing: true, forced_prefix: String::new(), alternatives: 0, draft_tokens: 0 }
     }
 }
 
@@ -114,6 +130,11 @@ pub struct Completion {
     pub generated_tokens: usize,
     pub prompt_ms: f64,
     pub generation_ms: f64,
+    /// Tokens drafted from the context, and how many of them the model agreed with.
+    pub drafted_tokens: usize,
+    pub accepted_draft_tokens: usize,
+    /// Prompt tokens that came back from a saved place (counted in `reused_tokens` too).
+    pub restored_tokens: usize,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

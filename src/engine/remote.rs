@@ -274,6 +274,7 @@ pub(super) fn start(config: RemoteConfig, fallback: Option<Engine>) -> Engine {
         gpu_layers: 0,
         special: config.template.special_support(),
         load_ms: 0.0,
+        kv_places: 1,
     };
     let fallback = fallback.map(|local| Fallback { local, running: Arc::new(Mutex::new(None)) });
     let dispatcher = Dispatcher {

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -122,12 +123,77 @@ pub(super) fn system_info() -> String {
     info.to_string_lossy().into_owned()
 }
 
-/// What is in the KV cache of sequence 0, token by token, and the tokens of the pieces of the
-/// previous prompt (so unchanged pieces are not tokenized again).
+/// What is in the KV cache of sequence 0, token by token, the tokens of the pieces of the
+/// previous prompt (so unchanged pieces are not tokenized again), and the places saved from
+/// the cache.
 #[derive(Default)]
 struct KvState {
     tokens: Vec<LlamaToken>,
     piece_cache: Vec<(Piece, Vec<LlamaToken>)>,
+    saved: SavedPlaces,
+}
+
+/// The KV cache of places the user left, copied out of the context (within `budget_bytes`,
+/// least recently used dropped first), so coming back restores the prompt's prefix instead of
+/// decoding it again. Copies, not other sequences of the context: a sequence kept in the
+/// context would widen the attention of every decode (llama.cpp attends over all used cells).
+#[derive(Default)]
+struct SavedPlaces {
+    places: Vec<SavedPlace>,
+    bytes: usize,
+    budget_bytes: usize,
+    clock: u64,
+}
+
+struct SavedPlace {
+    tokens: Vec<LlamaToken>,
+    state: SeqState,
+    bytes: usize,
+    last_used: u64,
+}
+
+/// A prompt that would discard at least this many cached tokens (and a third of them) moves to
+/// another place: the cache is saved first.
+const MIN_SAVED_TOKENS: usize = 64;
+/// Restoring pays when it brings back at least this many more tokens than the cache keeps.
+const MIN_RESTORED_GAIN: usize = 16;
+
+impl SavedPlaces {
+    /// Saves the cache's `tokens`, dropping older copies of the same place and the least
+    /// recently used places beyond the budget.
+    fn save(&mut self, context: &LlamaContext, tokens: &[LlamaToken]) {
+        let state = match context.state_seq_get(0, LlamaStateSeqFlags::empty()) {
+            Ok(state) => state,
+            Err(err) => {
+                tracing::warn!(%err, "could not copy the KV cache out; the place is not saved");
+                return;
+            }
+        };
+        let bytes = state.byte_len();
+        if bytes > self.budget_bytes {
+            return;
+        }
+        // An older copy that shares most of its tokens with this one is the same place.
+        self.places.retain(|place| common_prefix_len(&place.tokens, tokens) * 2 < place.tokens.len());
+        self.clock += 1;
+        self.places.push(SavedPlace { tokens: tokens.to_vec(), state, bytes, last_used: self.clock });
+        self.bytes = self.places.iter().map(|place| place.bytes).sum();
+        while self.bytes > self.budget_bytes {
+            let Some(oldest) = self.places.iter().enumerate().min_by_key(|(_, place)| place.last_used).map(|(idx, _)| idx) else { break };
+            self.bytes -= self.places.remove(oldest).bytes;
+        }
+    }
+
+    /// The saved place that shares the most tokens with `tokens`, and how many.
+    fn best_for(&self, tokens: &[LlamaToken]) -> Option<(usize, usize)> {
+        self.places.iter().enumerate().map(|(idx, place)| (common_prefix_len(&place.tokens, tokens), idx)).max().map(|(common, idx)| (idx, common))
+    }
+
+    fn take(&mut self, idx: usize) -> SavedPlace {
+        let place = self.places.remove(idx);
+        self.bytes -= place.bytes;
+        place
+    }
 }
 
 pub(super) fn run(
@@ -180,6 +246,7 @@ pub(super) fn run(
         gpu_layers: gpu_layers.min(model.n_layer()),
         special,
         load_ms: load_start.elapsed().as_secs_f64() * 1000.0,
+        kv_places: 1 + config.saved_kv_bytes / (kv_bytes_per_token(&model) * super::PLACE_TOKENS).max(1),
     };
     tracing::info!(name = %info.name, load_ms = info.load_ms, ?special, "model loaded");
     if ready.send(Ok(info)).is_err() {
@@ -199,6 +266,7 @@ pub(super) fn run(
         })
         .collect();
     let mut state = KvState::default();
+    state.saved.budget_bytes = config.saved_kv_bytes;
     let chunk_tokens = config.prompt_chunk_tokens.clamp(1, 512);
     let mut batch = LlamaBatch::new(512, 1);
     while let Ok(command) = commands.recv() {
@@ -236,6 +304,12 @@ pub(super) fn run(
     tracing::debug!("engine thread stopping");
 }
 
+/// The KV cache's bytes per token (keys and values in 16 bits, every layer).
+fn kv_bytes_per_token(model: &LlamaModel) -> usize {
+    let head_dim = model.n_embd().max(1) as usize / model.n_head().max(1) as usize;
+    2 * 2 * model.n_layer() as usize * head_dim * model.n_head_kv().max(1) as usize
+}
+
 fn superseded_before_start() -> Completion {
     Completion {
         text: String::new(),
@@ -246,6 +320,9 @@ fn superseded_before_start() -> Completion {
         generated_tokens: 0,
         prompt_ms: 0.0,
         generation_ms: 0.0,
+        drafted_tokens: 0,
+        accepted_draft_tokens: 0,
+        restored_tokens: 0,
     }
 }
 
@@ -332,6 +409,39 @@ impl JobRunner<'_, '_> {
         tokens
     }
 
+    /// Before a prompt that keeps little of the cache: the cache is saved as a place (when the
+    /// prompt discards enough of it), and the saved place sharing the most with the prompt
+    /// comes back into the cache when that brings back more. The tokens restored beyond what
+    /// the cache shared with the prompt.
+    fn switch_place(&mut self, tokens: &[LlamaToken]) -> Result<usize, EngineError> {
+        if self.state.saved.budget_bytes == 0 {
+            return Ok(0);
+        }
+        let kept = common_prefix_len(&self.state.tokens, tokens);
+        let discarded = self.state.tokens.len() - kept;
+        let best = self.state.saved.best_for(tokens).filter(|&(_, common)| common >= kept + MIN_RESTORED_GAIN);
+        if discarded >= MIN_SAVED_TOKENS && discarded * 3 >= self.state.tokens.len() {
+            let cached = std::mem::take(&mut self.state.tokens);
+            self.state.saved.save(self.context, &cached);
+            self.state.tokens = cached;
+        }
+        let Some((idx, common)) = best else { return Ok(0) };
+        let place = self.state.saved.take(idx);
+        self.context.clear_kv_cache();
+        self.state.tokens.clear();
+        match self.context.state_seq_set(&place.state, 0) {
+            Ok(()) => {
+                self.state.tokens = place.tokens;
+                Ok(common - kept)
+            }
+            Err(err) => {
+                tracing::warn!(%err, "could not restore a saved place; decoding its prompt");
+                self.context.clear_kv_cache();
+                Ok(0)
+            }
+        }
+    }
+
     fn run(mut self) -> Result<Completion, EngineError> {
         let prompt_start = Instant::now();
         let mut tokens = self.tokenize_prompt();
@@ -364,6 +474,7 @@ impl JobRunner<'_, '_> {
             }
         }
 
+        let restored_tokens = self.switch_place(&tokens)?;
         let common = common_prefix_len(&self.state.tokens, &tokens).min(tokens.len() - 1);
         if common < self.state.tokens.len() {
             let removed = self
@@ -388,6 +499,9 @@ impl JobRunner<'_, '_> {
             generated_tokens: 0,
             prompt_ms: 0.0,
             generation_ms: 0.0,
+            drafted_tokens: 0,
+            accepted_draft_tokens: 0,
+            restored_tokens,
         };
 
         let mut logits_idx = 0;
@@ -432,15 +546,16 @@ impl JobRunner<'_, '_> {
     /// Generates greedily. While `healed_bytes` (the rolled-back end of the prompt) and then the
     /// job's forced prefix are not yet reproduced, only tokens consistent with them are allowed;
     /// the healed bytes are not emitted, the forced prefix is.
+    ///
+    /// With `draft_tokens`, each step decodes the chosen token together with the tokens that
+    /// followed the latest tokens' last occurrence in the context (`draft`), and keeps those the
+    /// model would have chosen itself: each is checked with the same choice as plain decoding
+    /// on the logits of the token before it, so the text is the same, in fewer decodes when the
+    /// code repeats what is above or below.
     fn generate(&mut self, completion: &mut Completion, mut logits_idx: i32, healed_bytes: Vec<u8>) -> Result<(), EngineError> {
         let generation_start = Instant::now();
-        let vocab = self.model.vocab();
         let n_ctx = self.context.n_ctx() as usize;
-        let mut pending_bytes: Vec<u8> = Vec::new();
-        let mut text = String::new();
-        let mut hidden = healed_bytes.len();
-        let mut required = healed_bytes;
-        required.extend_from_slice(self.job.params.forced_prefix.as_bytes());
+        let mut output = Output::new(healed_bytes, &self.job.params.forced_prefix);
         let mut alternatives_due = self.job.params.alternatives > 0 && self.job.params.forced_prefix.is_empty();
         completion.stop_reason = StopReason::MaxTokens;
         let stop = match self.late_stop_rules() {
@@ -450,78 +565,124 @@ impl JobRunner<'_, '_> {
                 return Ok(());
             }
         };
-        for _ in 0..self.job.params.max_tokens {
+        // A token chosen from the last batch's logits while checking a draft, not yet decoded.
+        let mut chosen: Option<LlamaToken> = None;
+        'steps: while completion.generated_tokens < self.job.params.max_tokens {
             if let Some(reason) = self.interruption() {
                 completion.stop_reason = reason;
                 break;
             }
-            let logits = self.context.get_logits_ith(logits_idx);
-            let token = if required.is_empty() {
-                argmax(logits)
-            } else {
-                constrained_argmax(logits, self.token_pieces, &required)
-            };
-            if vocab.is_eog(token) || vocab.is_control(token) {
-                completion.stop_reason = StopReason::EndOfGeneration;
-                break;
-            }
-            if alternatives_due {
-                // The first token: other tokens that agree with the healed bytes as well, shown
-                // as the text they add after them.
-                alternatives_due = false;
-                let agrees = |idx: usize| {
-                    let piece = self.token_pieces.get(idx).map(Vec::as_slice).unwrap_or_default();
-                    piece.len() > hidden && (required.is_empty() || agrees_with(piece, &required))
-                };
-                let alternatives: Vec<String> = likely_others(logits, token, self.job.params.alternatives, agrees)
-                    .into_iter()
-                    .filter(|other| !vocab.is_eog(*other) && !vocab.is_control(*other))
-                    .filter_map(|other| std::str::from_utf8(&self.token_pieces.get(other.0 as usize)?[hidden..]).ok().map(str::to_string))
-                    .filter(|shown| !shown.is_empty())
-                    .collect();
-                self.job.progress.send_modify(|progress| progress.alternatives = alternatives);
-            }
-            completion.generated_tokens += 1;
-            let piece = self.token_pieces.get(token.0 as usize).map(Vec::as_slice).unwrap_or_default();
-            let shown_from = hidden.min(piece.len());
-            hidden -= shown_from;
-            pending_bytes.extend_from_slice(&piece[shown_from..]);
-            required.drain(..piece.len().min(required.len()));
-            let n_valid = match std::str::from_utf8(&pending_bytes) {
-                Ok(valid) => valid.len(),
-                Err(err) if err.error_len().is_none() => err.valid_up_to(),
-                // Invalid bytes that no later token can complete: replace them.
-                Err(_) => {
-                    text.push_str(&String::from_utf8_lossy(&pending_bytes));
-                    pending_bytes.clear();
-                    0
+            let token = match chosen.take() {
+                Some(token) => token,
+                None => {
+                    let logits = self.context.get_logits_ith(logits_idx);
+                    let token = output.choose(logits, self.token_pieces);
+                    if alternatives_due && !self.is_end(token) {
+                        alternatives_due = false;
+                        self.report_alternatives(logits, token, &output);
+                    }
+                    token
                 }
             };
-            if n_valid > 0 {
-                text.push_str(std::str::from_utf8(&pending_bytes[..n_valid]).unwrap_or_default());
-                pending_bytes.drain(..n_valid);
-            }
-            if let Some(cut) = stop.check(&text) {
-                text.truncate(cut);
-                completion.stop_reason = StopReason::StopRule;
-                self.publish(&text, completion.generated_tokens);
+            if let Some(reason) = self.take(token, &mut output, completion, &stop) {
+                completion.stop_reason = reason;
                 break;
             }
-            self.publish(&text, completion.generated_tokens);
             if self.state.tokens.len() + 1 >= n_ctx {
                 completion.stop_reason = StopReason::ContextFull;
                 break;
             }
+            let room = (self.job.params.max_tokens - completion.generated_tokens).min(n_ctx - self.state.tokens.len() - 2);
+            let mut history = std::mem::take(&mut self.state.tokens);
+            history.push(token);
+            let drafted = draft(&history, self.job.params.draft_tokens.min(room));
+            history.pop();
+            self.state.tokens = history;
+            let position = self.state.tokens.len();
             self.batch.clear();
-            let position = self.state.tokens.len() as i32;
-            self.batch.add(token, position, &[0], true).map_err(|err| EngineError::Decode(err.to_string()))?;
+            for (offset, token) in std::iter::once(token).chain(drafted.iter().copied()).enumerate() {
+                self.batch.add(token, (position + offset) as i32, &[0], true).map_err(|err| EngineError::Decode(err.to_string()))?;
+            }
             self.context.decode(self.batch).map_err(|err| EngineError::Decode(err.to_string()))?;
             self.state.tokens.push(token);
+            self.state.tokens.extend_from_slice(&drafted);
+            completion.drafted_tokens += drafted.len();
             logits_idx = 0;
+            for (idx, &drafted_token) in drafted.iter().enumerate() {
+                let next = output.choose(self.context.get_logits_ith(idx as i32), self.token_pieces);
+                if next != drafted_token {
+                    // The model disagrees from here: the rest of the draft leaves the cache, and
+                    // its own choice is the next token.
+                    self.forget_from(position + 1 + idx)?;
+                    chosen = Some(next);
+                    continue 'steps;
+                }
+                completion.accepted_draft_tokens += 1;
+                logits_idx = idx as i32 + 1;
+                if let Some(reason) = self.take(next, &mut output, completion, &stop) {
+                    completion.stop_reason = reason;
+                    self.forget_from(position + 2 + idx)?;
+                    break 'steps;
+                }
+            }
         }
-        completion.text = text;
+        completion.text = output.text;
         completion.generation_ms = ms_since(generation_start);
         Ok(())
+    }
+
+    fn is_end(&self, token: LlamaToken) -> bool {
+        let vocab = self.model.vocab();
+        vocab.is_eog(token) || vocab.is_control(token)
+    }
+
+    /// Adds a chosen token to the suggestion and publishes it; the reason to stop, if it ends it.
+    fn take(&self, token: LlamaToken, output: &mut Output, completion: &mut Completion, stop: &StopRules) -> Option<StopReason> {
+        if self.is_end(token) {
+            return Some(StopReason::EndOfGeneration);
+        }
+        completion.generated_tokens += 1;
+        output.push(self.token_pieces.get(token.0 as usize).map(Vec::as_slice).unwrap_or_default());
+        if let Some(cut) = stop.check(&output.text) {
+            output.text.truncate(cut);
+            self.publish(&output.text, completion.generated_tokens);
+            return Some(StopReason::StopRule);
+        }
+        self.publish(&output.text, completion.generated_tokens);
+        None
+    }
+
+    /// Removes the cache's tokens from `position` on.
+    fn forget_from(&mut self, position: usize) -> Result<(), EngineError> {
+        if position >= self.state.tokens.len() {
+            return Ok(());
+        }
+        let removed = self.context.clear_kv_cache_seq(Some(0), Some(position as u32), None).map_err(|err| EngineError::Decode(err.to_string()))?;
+        if removed {
+            self.state.tokens.truncate(position);
+        } else {
+            self.context.clear_kv_cache();
+            self.state.tokens.clear();
+        }
+        Ok(())
+    }
+
+    /// The first token: other tokens that agree with the healed bytes as well, shown as the text
+    /// they add after them.
+    fn report_alternatives(&self, logits: &[f32], token: LlamaToken, output: &Output) {
+        let vocab = self.model.vocab();
+        let hidden = output.hidden;
+        let agrees = |idx: usize| {
+            let piece = self.token_pieces.get(idx).map(Vec::as_slice).unwrap_or_default();
+            piece.len() > hidden && (output.required.is_empty() || agrees_with(piece, &output.required))
+        };
+        let alternatives: Vec<String> = likely_others(logits, token, self.job.params.alternatives, agrees)
+            .into_iter()
+            .filter(|other| !vocab.is_eog(*other) && !vocab.is_control(*other))
+            .filter_map(|other| std::str::from_utf8(&self.token_pieces.get(other.0 as usize)?[hidden..]).ok().map(str::to_string))
+            .filter(|shown| !shown.is_empty())
+            .collect();
+        self.job.progress.send_modify(|progress| progress.alternatives = alternatives);
     }
 
     fn publish(&self, text: &str, generated_tokens: usize) {
@@ -559,6 +720,83 @@ impl JobRequest {
 /// A completion that ended before producing anything, for this reason.
 pub(super) fn superseded_before_start_with(stop_reason: StopReason) -> Completion {
     Completion { stop_reason, ..superseded_before_start() }
+}
+
+/// The suggestion's text as tokens are chosen: the bytes that must come first (the healed end
+/// of the prompt, not shown, then the forced prefix, shown) and the bytes of a character not
+/// yet complete.
+struct Output {
+    text: String,
+    pending_bytes: Vec<u8>,
+    /// How many of the next bytes are the healed ones (not shown).
+    hidden: usize,
+    required: Vec<u8>,
+}
+
+impl Output {
+    fn new(healed_bytes: Vec<u8>, forced_prefix: &str) -> Output {
+        let hidden = healed_bytes.len();
+        let mut required = healed_bytes;
+        required.extend_from_slice(forced_prefix.as_bytes());
+        Output { text: String::new(), pending_bytes: Vec::new(), hidden, required }
+    }
+
+    /// The greedy choice, among the tokens that agree with the required bytes while any are left.
+    fn choose(&self, logits: &[f32], token_pieces: &[Vec<u8>]) -> LlamaToken {
+        if self.required.is_empty() {
+            argmax(logits)
+        } else {
+            constrained_argmax(logits, token_pieces, &self.required)
+        }
+    }
+
+    fn push(&mut self, piece: &[u8]) {
+        let shown_from = self.hidden.min(piece.len());
+        self.hidden -= shown_from;
+        self.pending_bytes.extend_from_slice(&piece[shown_from..]);
+        self.required.drain(..piece.len().min(self.required.len()));
+        let n_valid = match std::str::from_utf8(&self.pending_bytes) {
+            Ok(valid) => valid.len(),
+            Err(err) if err.error_len().is_none() => err.valid_up_to(),
+            // Invalid bytes that no later token can complete: replace them.
+            Err(_) => {
+                self.text.push_str(&String::from_utf8_lossy(&self.pending_bytes));
+                self.pending_bytes.clear();
+                0
+            }
+        };
+        if n_valid > 0 {
+            self.text.push_str(std::str::from_utf8(&self.pending_bytes[..n_valid]).unwrap_or_default());
+            self.pending_bytes.drain(..n_valid);
+        }
+    }
+}
+
+/// The longest run of tokens drafted from the context looks back at most this far.
+const DRAFT_MAX_NGRAM: usize = 4;
+/// Matches shorter than this propose too often to pay for their checking.
+const DRAFT_MIN_NGRAM: usize = 2;
+
+/// Up to `max` tokens that followed the most recent earlier occurrence of the history's last
+/// tokens (the longest such run from `DRAFT_MAX_NGRAM` down to `DRAFT_MIN_NGRAM` tokens), as a
+/// guess of what comes next; empty when the context holds no such run.
+fn draft(history: &[LlamaToken], max: usize) -> Vec<LlamaToken> {
+    if max == 0 {
+        return Vec::new();
+    }
+    for ngram in (DRAFT_MIN_NGRAM..=DRAFT_MAX_NGRAM).rev() {
+        if history.len() <= ngram {
+            continue;
+        }
+        let key = &history[history.len() - ngram..];
+        // The latest occurrence that is followed by at least one token.
+        let found = (0..history.len() - ngram).rev().find(|&start| &history[start..start + ngram] == key);
+        if let Some(start) = found {
+            let from = start + ngram;
+            return history[from..(from + max).min(history.len())].to_vec();
+        }
+    }
+    Vec::new()
 }
 
 fn common_prefix_len(cached: &[LlamaToken], tokens: &[LlamaToken]) -> usize {
@@ -615,4 +853,29 @@ fn constrained_argmax(logits: &[f32], token_pieces: &[Vec<u8>], required: &[u8])
 
 fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(ids: &[i32]) -> Vec<LlamaToken> {
+        ids.iter().copied().map(LlamaToken).collect()
+    }
+
+    #[test]
+    fn a_draft_continues_the_latest_earlier_run_of_the_last_tokens() {
+        // `1 2 3` occurred twice before; the later occurrence (followed by 7 8) wins.
+        let history = tokens(&[1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8, 6, 2, 3]);
+        assert_eq!(draft(&history, 3), tokens(&[7, 8, 6]));
+        // The longest match first: `9 2 3` never occurred, so `2 3` does, latest first.
+        let history = tokens(&[2, 3, 5, 1, 2, 3, 6, 9, 2, 3]);
+        assert_eq!(draft(&history, 2), tokens(&[6, 9]));
+        // Drafts stop at the end of the history and at `max`.
+        assert_eq!(draft(&tokens(&[4, 5, 6, 4, 5]), 8), tokens(&[6, 4, 5]));
+        assert_eq!(draft(&tokens(&[4, 5, 6, 4, 5]), 0), Vec::new());
+        // One token in common is not enough; nothing repeated, no draft.
+        assert_eq!(draft(&tokens(&[1, 2, 3, 4, 9, 4]), 4), Vec::new());
+        assert_eq!(draft(&tokens(&[1]), 4), Vec::new());
+    }
 }

@@ -72,6 +72,10 @@ impl Scheduler {
                 stats.counters.tokens_reused += completion.reused_tokens as u64;
                 stats.counters.tokens_decoded += completion.decoded_tokens as u64;
                 stats.counters.tokens_generated += completion.generated_tokens as u64;
+                stats.counters.generation_ms += completion.generation_ms;
+                stats.counters.tokens_drafted += completion.drafted_tokens as u64;
+                stats.counters.drafts_accepted += completion.accepted_draft_tokens as u64;
+                stats.counters.tokens_restored += completion.restored_tokens as u64;
                 drop(stats);
                 scheduler.speed.record(completion);
             }

@@ -176,6 +176,7 @@ impl Scheduler {
     pub fn set_engine_state(&self, state: EngineState) {
         if let EngineState::Ready(engine) = &state {
             self.stats_mut().model_load_ms = Some(engine.info().load_ms);
+            self.places.reset(engine.info().kv_places);
         }
         self.slot.clear();
         *self.engine.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = state;

@@ -7,7 +7,8 @@
 //! the prompt speed measured on this machine (on 2 cores, 10-20 lines; on a GPU, the whole
 //! window); the later jobs at that place keep the same first line, so they reuse the cache. In
 //! a pause of the user's, a job with the full window warms the cache, and from then on the
-//! place gets the full window.
+//! place gets the full window. The engine keeps the cache of the places the user left (up to
+//! `ModelInfo::kv_places`), so the most recent of them stay warm.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -26,10 +27,14 @@ pub(super) struct Place {
 
 #[derive(Default)]
 struct State {
-    /// The full window of this place is in the KV cache (its job decoded the prompt).
-    warm: Option<Place>,
-    /// A smaller window is in use at this place, from this line.
-    cold: Option<(Place, usize)>,
+    /// Places whose full window is in the KV cache or saved by the engine (their job decoded
+    /// the prompt), least recent first; at most `capacity`.
+    warm: Vec<Place>,
+    /// Places where a smaller window is in use, from this line; least recent first.
+    cold: Vec<(Place, usize)>,
+    /// How many places the engine keeps (`ModelInfo::kv_places`; 0 until an engine is ready,
+    /// taken as 1).
+    capacity: usize,
     /// Measured prompt decoding: ms per prompt token and characters per prompt token (moving
     /// averages; 0 until measured).
     ms_per_prompt_token: f64,
@@ -49,6 +54,14 @@ impl Places {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A new engine: nothing is warm, and it keeps this many places.
+    pub fn reset(&self, capacity: usize) {
+        let mut state = self.lock();
+        state.warm.clear();
+        state.cold.clear();
+        state.capacity = capacity;
+    }
+
     pub fn place_of(uri: &str, rope: &Rope, cursor_char_idx: usize, config: &Config) -> Place {
         let line = rope.char_to_line(cursor_char_idx.min(rope.len_chars()));
         Place { uri: uri.to_string(), first_line: context::window_first_line(line, &config.windows) }
@@ -59,13 +72,11 @@ impl Places {
     /// the lines that decode within `coldPromptMs`, once the speed is known.
     pub fn window_start(&self, place: &Place, rope: &Rope, cursor_line: usize, config: &Config) -> Option<usize> {
         let mut state = self.lock();
-        if state.warm.as_ref() == Some(place) {
+        if state.warm.contains(place) {
             return None;
         }
-        if let Some((cold_place, first_line)) = &state.cold {
-            if cold_place == place {
-                return Some(*first_line);
-            }
+        if let Some((_, first_line)) = state.cold.iter().find(|(cold_place, _)| cold_place == place) {
+            return Some(*first_line);
         }
         if config.cold_prompt_ms == 0 || state.ms_per_prompt_token == 0.0 || state.chars_per_token == 0.0 {
             return None;
@@ -85,15 +96,20 @@ impl Places {
         if first_line <= place.first_line {
             return None;
         }
-        state.cold = Some((place.clone(), first_line));
+        let capacity = state.capacity.max(1);
+        state.cold.push((place.clone(), first_line));
+        if state.cold.len() > capacity {
+            state.cold.remove(0);
+        }
         Some(first_line)
     }
 
     /// A job starts at `place` with this window: the cache holds its prompt from now on.
     pub fn started(&self, place: &Place, window_start: Option<usize>) {
         let mut state = self.lock();
-        if window_start.is_some() || state.warm.as_ref() != Some(place) {
-            state.warm = None;
+        // An engine that keeps one place loses the warm one to any other prompt.
+        if state.capacity <= 1 && (window_start.is_some() || !state.warm.contains(place)) {
+            state.warm.clear();
         }
     }
 
@@ -110,10 +126,13 @@ impl Places {
             state.chars_per_token = if state.chars_per_token == 0.0 { density } else { 0.7 * state.chars_per_token + 0.3 * density };
         }
         if window_start.is_none() {
-            state.warm = Some(place.clone());
-            if state.cold.as_ref().is_some_and(|(cold_place, _)| cold_place == place) {
-                state.cold = None;
+            state.warm.retain(|warm| warm != place);
+            state.warm.push(place.clone());
+            let capacity = state.capacity.max(1);
+            if state.warm.len() > capacity {
+                state.warm.remove(0);
             }
+            state.cold.retain(|(cold_place, _)| cold_place != place);
         }
     }
 }
@@ -132,6 +151,9 @@ mod tests {
             generated_tokens: 1,
             prompt_ms,
             generation_ms: 1.0,
+            drafted_tokens: 0,
+            accepted_draft_tokens: 0,
+            restored_tokens: 0,
         }
     }
 
@@ -162,5 +184,42 @@ mod tests {
         // Switched off: always the full window.
         let elsewhere = Place { uri: "file:///b.py".into(), first_line: 96 };
         assert_eq!(places.window_start(&elsewhere, &rope, 170, &Config { cold_prompt_ms: 0, ..Config::default() }), None);
+    }
+
+    #[test]
+    fn the_places_the_engine_keeps_stay_warm_least_recent_dropped() {
+        let config = Config { cold_prompt_ms: 1000, ..Config::default() };
+        let text: String = (0..400).map(|idx| format!("line_{idx:03} = {idx:05}\n")).collect();
+        let rope = Rope::from_str(&text);
+        let mut prompt = Prompt::default();
+        prompt.push_text("x".repeat(300));
+        let place = |first_line| Place { uri: "file:///a.py".into(), first_line };
+        let is_warm = |places: &Places, first_line: usize| places.window_start(&place(first_line), &rope, first_line + 30, &config).is_none();
+        let warm_up = |places: &Places, first_line: usize| {
+            places.started(&place(first_line), None);
+            places.finished(&place(first_line), None, &prompt, &completion(100, 100, 1000.0));
+        };
+        // An engine that keeps three places: a fourth drops the least recent.
+        let places = Places::default();
+        places.reset(3);
+        for first_line in [0, 64, 128] {
+            warm_up(&places, first_line);
+        }
+        assert!(is_warm(&places, 0) && is_warm(&places, 64) && is_warm(&places, 128));
+        warm_up(&places, 0); // back to the first: now the most recent
+        warm_up(&places, 192);
+        assert!(!is_warm(&places, 64), "the least recently used place is dropped");
+        assert!(is_warm(&places, 0) && is_warm(&places, 128) && is_warm(&places, 192));
+        // A job elsewhere with a smaller window leaves them warm.
+        places.started(&place(256), Some(270));
+        assert!(is_warm(&places, 0));
+        // An engine that keeps one place: any other prompt takes its warmth.
+        let single = Places::default();
+        single.reset(1);
+        warm_up(&single, 0);
+        warm_up(&single, 64);
+        assert!(!is_warm(&single, 0) && is_warm(&single, 64));
+        single.started(&place(128), Some(140));
+        assert!(!is_warm(&single, 64));
     }
 }

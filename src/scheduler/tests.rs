@@ -25,6 +25,7 @@ fn model_info(context_tokens: u32) -> crate::engine::ModelInfo {
         gpu_layers: 0,
         special: SpecialSupport { fim: true, file_separator: true, repo_name: true, bos: false },
         load_ms: 0.0,
+        kv_places: 1,
     }
 }
 
@@ -60,6 +61,9 @@ fn finish(job: &ScriptedJob, text: &str, alternatives: &[&str]) {
             generated_tokens: 3,
             prompt_ms: 1.0,
             generation_ms: 3.0,
+            drafted_tokens: 0,
+            accepted_draft_tokens: 0,
+            restored_tokens: 0,
         }));
     });
 }

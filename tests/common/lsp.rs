@@ -287,10 +287,16 @@ impl LspClient {
 
     /// Inserts `text` at (line, character), as one incremental change.
     pub fn insert(&mut self, uri: &str, line: u32, character: u32, text: &str) {
+        self.replace(uri, (line, character), (line, character), text);
+    }
+
+    /// Replaces the text from `start` to `end` (line, character) with `text`, as one incremental
+    /// change.
+    pub fn replace(&mut self, uri: &str, start: (u32, u32), end: (u32, u32), text: &str) {
         let version = self.versions.get_mut(uri).unwrap_or_else(|| panic!("a change to {uri}, which this client never opened"));
         *version += 1;
         let version = *version;
-        let range = json!({"start": {"line": line, "character": character}, "end": {"line": line, "character": character}});
+        let range = json!({"start": {"line": start.0, "character": start.1}, "end": {"line": end.0, "character": end.1}});
         self.notify(
             "textDocument/didChange",
             json!({"textDocument": {"uri": uri, "version": version}, "contentChanges": [{"range": range, "text": text}]}),
