@@ -57,6 +57,9 @@ pub struct Config {
     /// Memory (MiB) for the KV cache of places the user left, so a switch back does not decode
     /// its prompt again (0: only the current place is kept).
     pub saved_kv_mib: usize,
+    /// Runs of at least this many cached tokens that moved in the prompt are shifted instead of
+    /// decoded again (0: never).
+    pub reuse_min_tokens: usize,
     /// Where jobs go: `None` for the embedded model, else a server (see `engine/remote.rs`).
     pub backend: Option<RemoteConfig>,
 }
@@ -86,6 +89,7 @@ impl Default for Config {
             blank_line_suffix_lines: 16,
             draft_tokens: 0,
             saved_kv_mib: crate::engine::DEFAULT_SAVED_KV_MIB,
+            reuse_min_tokens: crate::engine::DEFAULT_REUSE_MIN_TOKENS,
             backend: None,
         }
     }
@@ -112,6 +116,7 @@ pub struct RawSettings {
     pub draft_tokens: Option<serde_json::Value>,
     #[serde(rename = "savedKvMiB")]
     pub saved_kv_mib: Option<serde_json::Value>,
+    pub reuse_min_tokens: Option<serde_json::Value>,
     pub backend: Option<serde_json::Value>,
     pub multi_line: Option<serde_json::Value>,
     pub max_lines: Option<serde_json::Value>,
@@ -299,6 +304,11 @@ impl Config {
                 self.saved_kv_mib = mib as usize;
             }
         }
+        if let Some(value) = &raw.reuse_min_tokens {
+            if let Some(tokens) = integer("reuseMinTokens", value, 0, 4096, errors) {
+                self.reuse_min_tokens = tokens as usize;
+            }
+        }
         if let Some(value) = &raw.cross_file_lines {
             if let Some(lines) = integer("crossFileLines", value, 4, 256, errors) {
                 self.cross_file_lines = lines as usize;
@@ -327,13 +337,13 @@ impl Config {
     }
 
     /// The settings the engine is loaded with: a change of any of them reloads it.
-    fn engine_settings(&self) -> (String, Option<usize>, u32, Option<u32>, usize, Option<RemoteConfig>) {
-        (self.model.clone(), self.threads, self.context_tokens, self.gpu_layers, self.saved_kv_mib, self.backend.clone())
+    fn engine_settings(&self) -> (String, Option<usize>, u32, Option<u32>, (usize, usize), Option<RemoteConfig>) {
+        (self.model.clone(), self.threads, self.context_tokens, self.gpu_layers, (self.saved_kv_mib, self.reuse_min_tokens), self.backend.clone())
     }
 
     /// Takes the engine settings (see `engine_settings`) of `other`, keeping the rest.
     pub fn set_engine_settings(&mut self, other: &Config) {
-        (self.model, self.threads, self.context_tokens, self.gpu_layers, self.saved_kv_mib, self.backend) = other.engine_settings();
+        (self.model, self.threads, self.context_tokens, self.gpu_layers, (self.saved_kv_mib, self.reuse_min_tokens), self.backend) = other.engine_settings();
     }
 
     pub fn language_enabled(&self, language_id: &str) -> bool {

@@ -354,6 +354,7 @@ fn load_checked_local_engine(config: &crate::config::Config) -> Result<Engine, L
     engine_config.context_tokens = config.context_tokens;
     engine_config.gpu_layers = config.gpu_layers;
     engine_config.saved_kv_bytes = config.saved_kv_mib << 20;
+    engine_config.reuse_min_tokens = config.reuse_min_tokens;
     if let Some(threads) = config.threads {
         engine_config.threads = threads;
     }

@@ -80,6 +80,10 @@ pub struct Counters {
     /// Prompt tokens brought back from the saved KV cache of a place the user had left
     /// (counted in `tokensReused` too).
     pub tokens_restored: u64,
+    /// Jobs started where the editor said the cursor rests (`ghostline/cursorRest`).
+    pub rest_jobs: u64,
+    /// Prompt tokens reused at a new position in the cache (counted in `tokensReused` too).
+    pub tokens_shifted: u64,
     /// Jobs run in idle time for states the user may reach next, and how many of them were
     /// reached (a keystroke then answered from one).
     pub prefetch_jobs: u64,

@@ -207,3 +207,26 @@ fn drafting_from_the_context_keeps_the_text_of_plain_decoding() {
     assert_eq!(plain.drafted_tokens, 0);
     assert!(drafted.accepted_draft_tokens >= 5, "drafted {} tokens, kept {}", drafted.drafted_tokens, drafted.accepted_draft_tokens);
 }
+
+/// A prompt whose start moved (the window went down past an anchor: its first lines dropped)
+/// keeps the rest of the cache at the new positions instead of decoding it again.
+#[test]
+fn a_prompt_whose_start_moved_reuses_the_cache_at_the_new_positions() {
+    let (_turn, engine) = engine(TINY_MODEL);
+    let lines: Vec<String> = (0..80).map(|idx| format!("value_{idx} = compute({idx}, offset={})\n", idx * 3)).collect();
+    let prompt_from = |first_line: usize| {
+        let mut prompt = ghostline::engine::Prompt::default();
+        prompt.push_text(lines[first_line..].concat());
+        prompt
+    };
+    let params = GenerateParams { max_tokens: 8, ..GenerateParams::default() };
+    let whole = engine.complete_blocking(prompt_from(0), params.clone()).expect("completion succeeds");
+    let moved = engine.complete_blocking(prompt_from(16), params).expect("completion succeeds");
+    eprintln!(
+        "whole: {} prompt tokens; moved: {} prompt tokens, {} decoded, {} shifted; {:?} then {:?}",
+        whole.prompt_tokens, moved.prompt_tokens, moved.decoded_tokens, moved.shifted_tokens, whole.text, moved.text
+    );
+    assert!(moved.shifted_tokens * 10 >= moved.prompt_tokens * 9, "most of the prompt moved: {} of {}", moved.shifted_tokens, moved.prompt_tokens);
+    assert!(moved.decoded_tokens <= 8, "only the end is decoded: {}", moved.decoded_tokens);
+    assert!(moved.text.contains("value_80") || moved.text.contains("= compute("), "the continuation still follows the pattern: {:?}", moved.text);
+}

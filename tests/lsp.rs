@@ -761,3 +761,46 @@ fn coming_back_to_a_file_restores_its_place_instead_of_decoding_it_again() {
     assert!(restored >= 100, "the place's window came back: {restored} tokens restored");
     assert!(decoded_saved * 4 < decoded_unsaved, "the return decoded {decoded_saved} tokens with the saved place, {decoded_unsaved} without");
 }
+
+/// Polls `ghostline/stats` until the counter reaches `at_least`; two minutes without is a failure.
+fn wait_counter(client: &mut LspClient, name: &str, at_least: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stats = client.request_ok("ghostline/stats", json!(null));
+        if stats["counters"][name].as_u64().unwrap_or_else(|| panic!("{name} in {stats}")) >= at_least {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "{name} never reached {at_least}: {stats}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The editor says where the cursor rests (`ghostline/cursorRest`): the idle engine starts
+/// there, so the first key at that line decodes a few tokens instead of the window. Bad params
+/// are ignored without harm.
+#[test]
+fn a_resting_cursor_warms_its_place_before_the_first_key() {
+    let _serial = serial();
+    let decoded_by_first_key = |rest: bool| -> u64 {
+        let mut client = start(TINY_MODEL, json!({"coldPromptMs": 0}));
+        let uri = "file:///project/rest.py";
+        client.open(uri, "python", &module_text("scale", 12));
+        client.notify("ghostline/cursorRest", json!({"nonsense": true}));
+        client.notify("ghostline/cursorRest", json!({"textDocument": {"uri": uri}, "position": {"line": 9999, "character": 0}}));
+        client.notify("ghostline/cursorRest", json!({"textDocument": {"uri": "file:///project/never-opened.py"}, "position": {"line": 0, "character": 0}}));
+        if rest {
+            client.notify("ghostline/cursorRest", json!({"textDocument": {"uri": uri}, "position": {"line": 45, "character": 4}}));
+            wait_counter(&mut client, "restJobs", 1);
+        }
+        let before = client.wait_idle();
+        let character = client.type_text(uri, 45, 4, "r");
+        assert!(client.inline_text(uri, 45, character).is_some(), "a suggestion after the first key");
+        let after = client.wait_idle();
+        assert_eq!(after["counters"]["restJobs"], json!(u64::from(rest)), "{after}");
+        client.shutdown();
+        after["counters"]["tokensDecoded"].as_u64().unwrap() - before["counters"]["tokensDecoded"].as_u64().unwrap()
+    };
+    let (rested, unrested) = (decoded_by_first_key(true), decoded_by_first_key(false));
+    eprintln!("the first key decoded {rested} prompt tokens after a rest, {unrested} without");
+    assert!(rested * 4 < unrested, "after a rest {rested} tokens, without {unrested}");
+}

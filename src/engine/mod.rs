@@ -39,14 +39,20 @@ pub struct EngineConfig {
     pub gpu_layers: Option<u32>,
     /// Memory for the KV cache of places the user left (0: only the current place is kept).
     pub saved_kv_bytes: usize,
+    /// Runs of at least this many cached tokens that moved in the prompt are shifted to their
+    /// new positions instead of decoded again (0: never).
+    pub reuse_min_tokens: usize,
 }
+
+/// The shortest run of moved tokens worth shifting.
+pub const DEFAULT_REUSE_MIN_TOKENS: usize = 32;
 
 /// The default memory for saved places: about 20 windows of the default model, 4 of a 7B one.
 pub const DEFAULT_SAVED_KV_MIB: usize = 256;
 
 impl EngineConfig {
     pub fn new(model_path: PathBuf) -> EngineConfig {
-        EngineConfig { model_path, threads: physical_cores(), context_tokens: 4096, prompt_chunk_tokens: 32, gpu_layers: None, saved_kv_bytes: DEFAULT_SAVED_KV_MIB << 20 }
+        EngineConfig { model_path, threads: physical_cores(), context_tokens: 4096, prompt_chunk_tokens: 32, gpu_layers: None, saved_kv_bytes: DEFAULT_SAVED_KV_MIB << 20, reuse_min_tokens: DEFAULT_REUSE_MIN_TOKENS }
     }
 }
 
@@ -135,6 +141,8 @@ pub struct Completion {
     pub accepted_draft_tokens: usize,
     /// Prompt tokens that came back from a saved place (counted in `reused_tokens` too).
     pub restored_tokens: usize,
+    /// Prompt tokens reused from the cache at a new position (counted in `reused_tokens` too).
+    pub shifted_tokens: usize,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

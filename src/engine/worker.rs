@@ -265,6 +265,7 @@ pub(super) fn run(
             }
         })
         .collect();
+    let can_shift = can_shift(&model);
     let mut state = KvState::default();
     state.saved.budget_bytes = config.saved_kv_bytes;
     let chunk_tokens = config.prompt_chunk_tokens.clamp(1, 512);
@@ -282,6 +283,8 @@ pub(super) fn run(
                 } else {
                     let runner = JobRunner {
                         model: &model,
+                        reuse_min_tokens: config.reuse_min_tokens,
+                        can_shift,
                         context: &mut context,
                         batch: &mut batch,
                         state: &mut state,
@@ -304,6 +307,19 @@ pub(super) fn run(
     tracing::debug!("engine thread stopping");
 }
 
+/// Whether cached tokens can be moved to other positions: plain rotary positions, one attention
+/// cache for every layer (llama.cpp aborts on a shift it cannot do, so anything else is left
+/// alone).
+fn can_shift(model: &LlamaModel) -> bool {
+    let architecture = model.meta_val_str("general.architecture").unwrap_or_default();
+    let sliding_window = model.meta_val_str(&format!("{architecture}.attention.sliding_window")).is_ok();
+    matches!(model.rope_type(), Some(llama_cpp_2::model::RopeType::Norm | llama_cpp_2::model::RopeType::NeoX))
+        && !model.is_recurrent()
+        && !model.is_hybrid()
+        && !sliding_window
+        && architecture != "step35"
+}
+
 /// The KV cache's bytes per token (keys and values in 16 bits, every layer).
 fn kv_bytes_per_token(model: &LlamaModel) -> usize {
     let head_dim = model.n_embd().max(1) as usize / model.n_head().max(1) as usize;
@@ -323,6 +339,7 @@ fn superseded_before_start() -> Completion {
         drafted_tokens: 0,
         accepted_draft_tokens: 0,
         restored_tokens: 0,
+        shifted_tokens: 0,
     }
 }
 
@@ -353,8 +370,20 @@ fn special_support(model: &LlamaModel) -> SpecialSupport {
     }
 }
 
+/// What `reuse_moved` kept: the prompt tokens past the common prefix now in the cache, and how
+/// many of them were moved there.
+#[derive(Default)]
+struct Reused {
+    kept: usize,
+    shifted: usize,
+}
+
 struct JobRunner<'run, 'model> {
     model: &'model LlamaModel,
+    /// Runs of at least this many cached tokens are moved to their new positions (0: never).
+    reuse_min_tokens: usize,
+    /// The context's memory can move tokens (rotary positions; not every model's can).
+    can_shift: bool,
     context: &'run mut LlamaContext<'model>,
     batch: &'run mut LlamaBatch<'static>,
     state: &'run mut KvState,
@@ -442,6 +471,45 @@ impl JobRunner<'_, '_> {
         }
     }
 
+    /// Reuses runs of cached tokens that the prompt still holds after its common prefix, at
+    /// their new positions (as llama-server's `--cache-reuse`): the cells between are removed
+    /// and each run of at least `reuse_min_tokens` is shifted to where the prompt has it
+    /// (`llama_memory_seq_add`; the keys' rotary positions are updated before the next decode).
+    /// The window that moved down past an anchor, or the lines below a line the user comes back
+    /// to, then cost only what is new. Afterwards the cache holds the prompt's first
+    /// `common + kept` tokens.
+    fn reuse_moved(&mut self, tokens: &[LlamaToken], common: usize) -> Result<Reused, EngineError> {
+        let min = self.reuse_min_tokens;
+        if min == 0 || common >= self.state.tokens.len() || !self.can_shift {
+            return Ok(Reused::default());
+        }
+        // At least one prompt token is decoded, for the logits.
+        let last = tokens.len() - 1;
+        let (mut head_cache, mut head_prompt) = (common, common);
+        let mut shifted = 0;
+        let map = |err: llama_cpp_2::context::kv_cache::KvCacheConversionError| EngineError::Decode(err.to_string());
+        while head_cache < self.state.tokens.len() && head_prompt < last {
+            let run = self.state.tokens[head_cache..].iter().zip(&tokens[head_prompt..last]).take_while(|(cached, new)| cached == new).count();
+            if run < min {
+                head_cache += 1;
+                continue;
+            }
+            if head_cache > head_prompt {
+                self.context.kv_cache_seq_rm(0, Some(head_prompt as u32), Some(head_cache as u32)).map_err(map)?;
+                self.context.kv_cache_seq_add(0, Some(head_cache as u32), Some((head_cache + run) as u32), head_prompt as i32 - head_cache as i32).map_err(map)?;
+            }
+            shifted += run;
+            head_cache += run;
+            head_prompt += run;
+        }
+        if shifted == 0 {
+            return Ok(Reused::default());
+        }
+        self.context.kv_cache_seq_rm(0, Some(head_prompt as u32), None).map_err(map)?;
+        self.state.tokens = tokens[..head_prompt].to_vec();
+        Ok(Reused { kept: head_prompt - common, shifted })
+    }
+
     fn run(mut self) -> Result<Completion, EngineError> {
         let prompt_start = Instant::now();
         let mut tokens = self.tokenize_prompt();
@@ -476,6 +544,8 @@ impl JobRunner<'_, '_> {
 
         let restored_tokens = self.switch_place(&tokens)?;
         let common = common_prefix_len(&self.state.tokens, &tokens).min(tokens.len() - 1);
+        let shifted_tokens = self.reuse_moved(&tokens, common)?;
+        let common = common + shifted_tokens.kept;
         if common < self.state.tokens.len() {
             let removed = self
                 .context
@@ -502,6 +572,7 @@ impl JobRunner<'_, '_> {
             drafted_tokens: 0,
             accepted_draft_tokens: 0,
             restored_tokens,
+            shifted_tokens: shifted_tokens.shifted,
         };
 
         let mut logits_idx = 0;

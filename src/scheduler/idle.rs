@@ -76,6 +76,7 @@ impl Scheduler {
                 stats.counters.tokens_drafted += completion.drafted_tokens as u64;
                 stats.counters.drafts_accepted += completion.accepted_draft_tokens as u64;
                 stats.counters.tokens_restored += completion.restored_tokens as u64;
+                stats.counters.tokens_shifted += completion.shifted_tokens as u64;
                 drop(stats);
                 scheduler.speed.record(completion);
             }

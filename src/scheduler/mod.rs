@@ -247,6 +247,27 @@ impl Scheduler {
         });
     }
 
+    /// The cursor rests at this state (the editor's `ghostline/cursorRest`): while the engine is
+    /// idle and no job serves the state, its job starts now, as at an arrival (the window an
+    /// arrival gets, the full one after a pause), so the first keystroke there finds the
+    /// prompt in the KV cache. A running job is never replaced for it.
+    pub fn cursor_rests(self: &Arc<Self>, state: CursorState) {
+        let config = self.config();
+        if self.ready_engine().is_none() || !config.language_enabled(&state.language_id) {
+            return;
+        }
+        let Some(split) = LineSplit::new(&state.rope, state.cursor_char_idx, state.language()) else { return };
+        if self.covering_job(&state, &split, &config).is_some() {
+            return;
+        }
+        if self.slot.active().is_some_and(|active| matches!(active.job.snapshot().outcome(), crate::engine::JobOutcome::Running)) {
+            return;
+        }
+        if self.start_job(&state, &config).is_some() {
+            self.stats_mut().counters.rest_jobs += 1;
+        }
+    }
+
     /// The active job, if it can serve this state (now or when it finishes); else a job on
     /// standby that can, which becomes the active job.
     fn covering_job(&self, state: &CursorState, split: &LineSplit, config: &Config) -> Option<Arc<ActiveJob>> {

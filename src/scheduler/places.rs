@@ -154,6 +154,7 @@ mod tests {
             drafted_tokens: 0,
             accepted_draft_tokens: 0,
             restored_tokens: 0,
+            shifted_tokens: 0,
         }
     }
 

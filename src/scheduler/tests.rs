@@ -64,6 +64,7 @@ fn finish(job: &ScriptedJob, text: &str, alternatives: &[&str]) {
             drafted_tokens: 0,
             accepted_draft_tokens: 0,
             restored_tokens: 0,
+            shifted_tokens: 0,
         }));
     });
 }

@@ -62,6 +62,7 @@ pub async fn serve(config: Config) -> bool {
         .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
         .custom_method("ghostline/stats", Backend::stats)
         .custom_method("ghostline/document", Backend::document)
+        .custom_method("ghostline/cursorRest", Backend::cursor_rest)
         .finish();
     let (mut to_protocol, protocol_stdin) = tokio::io::duplex(1 << 16);
     let (protocol_stdout, from_protocol) = tokio::io::duplex(1 << 16);
@@ -313,6 +314,29 @@ impl Backend {
             let uri = uri.as_str();
             let document = self.documents.get(uri).ok_or_else(|| invalid_params(format!("document {uri} is not open")))?;
             Ok(json!({"uri": uri, "version": document.version, "text": document.rope.to_string(), "diverged": document.diverged}))
+        })
+        .await
+    }
+
+    /// `ghostline/cursorRest` (`{textDocument: {uri}, position}`), a notification: the cursor
+    /// rests there without typing (a client sends it after a short pause of the cursor), so the
+    /// engine may start there while it is idle. Bad params are logged and ignored.
+    async fn cursor_rest(&self, params: Value) {
+        guarded_notification("ghostline/cursorRest", async {
+            let params: TextDocumentPositionParams = match serde_json::from_value(params) {
+                Ok(params) => params,
+                Err(err) => {
+                    tracing::warn!(%err, "ghostline/cursorRest takes {{textDocument: {{uri}}, position: {{line, character}}}}; ignored");
+                    return;
+                }
+            };
+            if self.documents.diverged(params.text_document.uri.as_str()).is_some() {
+                return;
+            }
+            match self.cursor_state(&params.text_document.uri, params.position) {
+                Ok(state) => self.scheduler.cursor_rests(state),
+                Err(err) => tracing::debug!(%err, "ghostline/cursorRest ignored"),
+            }
         })
         .await
     }

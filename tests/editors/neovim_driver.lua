@@ -314,6 +314,18 @@ check(stats.counters.answeredWithSuggestion >= 2, 'too few suggestions: ' .. vim
 log(('server counters: %d requests, %d with a suggestion, %d ready notifications, %d accepted'):format(
   stats.counters.requests, stats.counters.answeredWithSuggestion, stats.counters.readyNotifications, stats.counters.accepted))
 
+-- 6b. In normal mode, a cursor that rests on another line is reported (ghostline/cursorRest)
+-- and the idle server starts there.
+wait_for('the server to be idle', suggestion_timeout_ms, function()
+  return server_idle(remote(STATS))
+end)
+local rest_jobs = remote(STATS).counters.restJobs
+input('k')
+wait_for('a job where the cursor rests', 10000, function()
+  return remote(STATS).counters.restJobs > rest_jobs
+end)
+log('cursor rest: the server started where the cursor rests')
+
 -- 7. :checkhealth ghostline reports the binary found, its version, the running client and the
 -- loaded model, and no error.
 local health = remote([[

@@ -126,6 +126,8 @@ class Ghostline implements vscode.Disposable {
   private lastRefreshAt = -Infinity;
   /** Counts start() and stop() calls: a start that finds the binary after a later call gives up. */
   private startSeq = 0;
+  /** Runs out `ghostline.restMs` after the cursor's latest move (see cursorMoved). */
+  private restTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly context: vscode.ExtensionContext) {
     this.status.command = 'ghostline.showStats';
@@ -402,6 +404,35 @@ class Ghostline implements vscode.Disposable {
     this.status.backgroundColor = this.state === 'error' ? new vscode.ThemeColor('statusBarItem.errorBackground') : undefined;
   }
 
+  /** After the cursor moves by keyboard or mouse (not by typing) and rests `ghostline.restMs`
+   * with the document unchanged, tells the server where (ghostline/cursorRest): while idle it
+   * starts there, so the first key typed finds the prompt decoded. */
+  cursorMoved(event: vscode.TextEditorSelectionChangeEvent): void {
+    if (this.restTimer) {
+      clearTimeout(this.restTimer);
+      this.restTimer = undefined;
+    }
+    const client = this.client;
+    const restMs = vscode.workspace.getConfiguration('ghostline').get<number>('restMs', 300);
+    const moved = event.kind === vscode.TextEditorSelectionChangeKind.Keyboard || event.kind === vscode.TextEditorSelectionChangeKind.Mouse;
+    const selection = event.selections[0];
+    if (!client || !client.isRunning() || !moved || restMs <= 0 || event.selections.length !== 1 || !selection.isEmpty) {
+      return;
+    }
+    const document = event.textEditor.document;
+    const version = document.version;
+    this.restTimer = setTimeout(() => {
+      this.restTimer = undefined;
+      if (this.client !== client || !client.isRunning() || document.version !== version || vscode.window.activeTextEditor?.document !== document) {
+        return;
+      }
+      void client.sendNotification('ghostline/cursorRest', {
+        textDocument: { uri: document.uri.toString() },
+        position: client.code2ProtocolConverter.asPosition(selection.active),
+      });
+    }, restMs);
+  }
+
   /** Sends the settings to the running server. */
   sendSettings(overrides: Record<string, unknown> = {}): void {
     if (!this.client || !this.client.isRunning()) {
@@ -498,6 +529,9 @@ class Ghostline implements vscode.Disposable {
   }
 
   dispose(): void {
+    if (this.restTimer) {
+      clearTimeout(this.restTimer);
+    }
     this.endExpand();
     void this.stop();
     this.status.dispose();
@@ -533,6 +567,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand('ghostline.showStats', () => ghostline?.showStats()),
     vscode.commands.registerCommand('ghostline.expand', () => ghostline?.expand()),
     vscode.commands.registerCommand('ghostline.logState', () => ghostline?.logState()),
+    vscode.window.onDidChangeTextEditorSelection((event) => ghostline?.cursorMoved(event)),
     vscode.workspace.onDidChangeConfiguration(async (event) => {
       if (!ghostline || !event.affectsConfiguration('ghostline')) {
         return;

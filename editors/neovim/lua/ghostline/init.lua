@@ -23,6 +23,8 @@ local M = {}
 --- @field completion_menu boolean      also offer the Ghostline item to completion menus
 --- @field keys ghostline.Keys
 --- @field hl_group string              highlight group of the ghost text
+--- @field rest_ms integer|false        after the cursor rests this long in normal mode, tell the
+---                                     server (ghostline/cursorRest) so it can start there; false: never
 
 --- @type ghostline.Options
 M.defaults = {
@@ -39,6 +41,7 @@ M.defaults = {
     dismiss = '<C-]>',
   },
   hl_group = 'GhostlineSuggestion',
+  rest_ms = 300,
 }
 
 --- @type ghostline.Options
@@ -95,7 +98,52 @@ local function map_with_fallback(bufnr, lhs, action, desc)
   end, { buffer = bufnr, desc = desc, silent = true })
 end
 
+--- In normal mode, once the cursor has rested `rest_ms`, sends ghostline/cursorRest with its
+--- position: the server starts there while it is idle, so the first key typed there finds the
+--- prompt decoded. (Insert mode asks for suggestions on every cursor move anyway.)
+local function watch_cursor_rest(client, bufnr)
+  if not M.options.rest_ms then
+    return
+  end
+  local timer = vim.uv.new_timer()
+  local group = vim.api.nvim_create_augroup('ghostline_rest_' .. bufnr, { clear = true })
+  local function stop()
+    if timer and not timer:is_closing() then
+      timer:stop()
+      timer:close()
+    end
+    pcall(vim.api.nvim_del_augroup_by_id, group)
+  end
+  vim.api.nvim_create_autocmd('CursorMoved', {
+    group = group,
+    buffer = bufnr,
+    callback = function()
+      timer:stop()
+      timer:start(M.options.rest_ms, 0, vim.schedule_wrap(function()
+        if client:is_stopped() or not vim.api.nvim_buf_is_valid(bufnr) or vim.api.nvim_get_current_buf() ~= bufnr then
+          return
+        end
+        if vim.api.nvim_get_mode().mode ~= 'n' then
+          return
+        end
+        local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+        client:notify('ghostline/cursorRest', params)
+      end))
+    end,
+  })
+  vim.api.nvim_create_autocmd({ 'BufWipeout', 'LspDetach' }, {
+    group = group,
+    buffer = bufnr,
+    callback = function(args)
+      if args.event == 'BufWipeout' or (args.data and args.data.client_id == client.id) then
+        stop()
+      end
+    end,
+  })
+end
+
 local function on_attach(client, bufnr)
+  watch_cursor_rest(client, bufnr)
   local keys = M.options.keys
   if M.renderer == 'plugin' then
     local ghost = require('ghostline.ghost')
