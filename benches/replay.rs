@@ -11,7 +11,7 @@
 //! `cargo bench --bench replay -- [--cases N] [--seed S] [--cadence human|wait]
 //!  [--interval-ms MS] [--jitter-ms MS] [--model NAME|PATH] [--threads N] [--languages a,b]
 //!  [--no-peer] [--regression] [--variant JSON]... [--baseline BINARY] [--reading-ms MS] [--siblings N]
-//!  [--max-keys N] [--settings JSON] [--revisit]
+//!  [--max-keys N] [--settings JSON] [--revisit] [--rest-ms MS]
 //!  [--out DIR]`
 //!
 //! Each case starts with an arrival: the editor asks at the blanked line (not counted as a
@@ -31,7 +31,10 @@
 //! `--revisit` is the arrival-heavy mode: files in pairs, each visited twice (A, B, back to A,
 //! back to B), the return at another line near the first (the same place when one is there);
 //! Ghostline keeps the documents open, as an editor does, and the table adds the cold start of
-//! first visits and of returns.
+//! first visits and of returns. `--rest-ms MS`: on arriving, Ghostline's client sends
+//! `ghostline/cursorRest` at the line and makes the arrival request MS later (the user looked
+//! before starting, and the editor said where the cursor rests); the cold start is timed from
+//! that request, and the peer arrives as usual.
 //! Under `cargo test` it runs a quick check on the tiny model: a few keystrokes, output well formed.
 
 #[allow(dead_code)]
@@ -80,6 +83,8 @@ struct Options {
     siblings: usize,
     /// Visit files in pairs and come back to each (`corpus::with_returns`).
     revisit: bool,
+    /// Ghostline's client tells where the cursor rests on arriving, and asks this much later.
+    rest: Option<Duration>,
     max_keys: Option<usize>,
     /// Extra Ghostline settings (a JSON object), for trying a variant.
     settings: Value,
@@ -117,6 +122,7 @@ fn parse_options() -> Options {
         reading: value("--reading-ms").map(|text| Duration::from_millis(text.parse().expect("--reading-ms takes milliseconds"))),
         siblings: number("--siblings", 0.0) as usize,
         revisit: args.iter().any(|arg| arg == "--revisit"),
+        rest: value("--rest-ms").map(|text| Duration::from_millis(text.parse().expect("--rest-ms takes milliseconds"))),
         max_keys: value("--max-keys").map(|text| text.parse().expect("--max-keys takes a number")).or(quick.then_some(6)),
         settings: value("--settings").map(|text| serde_json::from_str(&text).expect("--settings takes a JSON object")).unwrap_or_else(|| json!({})),
         out: value("--out").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/replay")),
@@ -260,6 +266,8 @@ struct GhostlineDriver {
     /// `--revisit`: documents stay open between cases, one per file.
     keep_open: bool,
     open_files: std::collections::HashSet<String>,
+    /// `--rest-ms`: the client sends `ghostline/cursorRest` on arriving and asks this much later.
+    rest: Option<Duration>,
 }
 
 impl GhostlineDriver {
@@ -284,7 +292,7 @@ impl GhostlineDriver {
         let stats = client.wait_engine();
         assert_eq!(stats["engine"]["state"], "ready", "Ghostline's engine did not start: {stats}");
         let cpu_at_start = process_usage(client.pid()).0;
-        GhostlineDriver { name: name.to_string(), client, notified, cpu_at_start, requests_sent: 0, keep_open: false, open_files: Default::default() }
+        GhostlineDriver { name: name.to_string(), client, notified, cpu_at_start, requests_sent: 0, keep_open: false, open_files: Default::default(), rest: None }
     }
 
     fn stats(&mut self) -> Value {
@@ -330,6 +338,12 @@ impl Driver for GhostlineDriver {
         }
         let line = case.line as u32;
         let mut column = case.indent.encode_utf16().count() as u32;
+        if let Some(rest) = self.rest {
+            // The editor says where the cursor rests, and the user looks for this long before
+            // the editor asks (on entering insert mode, say).
+            self.client.notify("ghostline/cursorRest", json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": column}}));
+            std::thread::sleep(rest);
+        }
         let arrival_start = Instant::now();
         let response = self.inline_completion(&uri, line, column);
         let mut first_suggestion_ms = Self::suggestion_of(&response).map(|_| ms(arrival_start));
@@ -664,6 +678,7 @@ fn main() {
 
     let ghostline = |mut driver: GhostlineDriver| -> Box<dyn Driver> {
         driver.keep_open = options.revisit;
+        driver.rest = options.rest;
         Box::new(driver)
     };
     let mut drivers: Vec<Box<dyn Driver>> = vec![ghostline(GhostlineDriver::start("ghostline", &model, options.threads, options.cadence, true, &options.settings))];

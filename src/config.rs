@@ -368,7 +368,7 @@ pub fn parse_backend(value: &serde_json::Value) -> Result<Option<RemoteConfig>, 
     let Some(object) = value.as_object() else {
         return Err(format!("must be \"local\" or an object with kind and url, got {value}"));
     };
-    let known = ["kind", "url", "model", "template", "apiKeyEnv", "timeoutMs", "fallback", "slowMs"];
+    let known = ["kind", "url", "model", "template", "infill", "apiKeyEnv", "timeoutMs", "fallback", "slowMs"];
     if let Some(unknown) = object.keys().find(|key| !known.contains(&key.as_str())) {
         return Err(format!("unknown field `{unknown}` (fields: {})", known.join(", ")));
     }
@@ -410,6 +410,14 @@ pub fn parse_backend(value: &serde_json::Value) -> Result<Option<RemoteConfig>, 
         }
         Some(other) => return Err(format!("template must be a name or an object, got {other}")),
     };
+    let infill = match object.get("infill") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(infill)) => *infill,
+        Some(other) => return Err(format!("infill must be true or false, got {other}")),
+    };
+    if infill && api != RemoteApi::LlamaServer {
+        return Err(format!("infill (the server's own fill-in-the-middle, /infill) is llama-server's; kind is \"{kind}\""));
+    }
     let api_key_env = text("apiKeyEnv")?;
     let milliseconds = |key: &str, default: u64| -> Result<u64, String> {
         match object.get(key) {
@@ -427,6 +435,7 @@ pub fn parse_backend(value: &serde_json::Value) -> Result<Option<RemoteConfig>, 
         url,
         model,
         template,
+        infill,
         api_key_env,
         timeout_ms: milliseconds("timeoutMs", DEFAULT_BACKEND_TIMEOUT_MS)?,
         fallback_local,

@@ -69,16 +69,18 @@ fn circle_suggestion(client: &mut LspClient) -> String {
 }
 
 #[test]
-fn llama_server_answers_through_its_own_api_and_its_openai_api() {
+fn llama_server_answers_through_its_own_apis_and_its_openai_api() {
     let _serial = serial();
     let bin_dir = peer::peer_bin_dir().expect("llama-server, built by benches/build-peer.sh (scripts/test.sh runs it)");
     let port = free_port();
     let _server = peer::PeerServer::start(&bin_dir, &model_path(DEFAULT_MODEL), 2, port).expect("llama-server starts");
     let url = format!("http://127.0.0.1:{port}");
-    for kind in ["llama-server", "openai"] {
-        let mut client = start(json!({"kind": kind, "url": url, "model": "qwen2.5-coder", "template": "qwen"}), DEFAULT_MODEL);
+    // llama-server's /completion with Ghostline's prompt, its /infill with the prompt's parts
+    // (the server builds the fill-in-the-middle prompt), and its OpenAI-compatible API.
+    for (kind, infill) in [("llama-server", false), ("llama-server", true), ("openai", false)] {
+        let mut client = start(json!({"kind": kind, "url": url, "model": "qwen2.5-coder", "template": "qwen", "infill": infill}), DEFAULT_MODEL);
         let suggestion = circle_suggestion(&mut client);
-        assert!(suggestion.starts_with("radius"), "{kind}: got {suggestion:?}");
+        assert!(suggestion.starts_with("radius"), "{kind} (infill: {infill}): got {suggestion:?}");
         let backend = backend_stats(&mut client);
         assert_eq!(backend["kind"], kind, "{backend}");
         assert!(backend["remoteJobs"].as_u64().unwrap() >= 1, "{backend}");
@@ -202,5 +204,56 @@ fn a_newer_keystroke_closes_the_stream_of_the_request_it_supersedes() {
     bodies.recv_timeout(Duration::from_secs(30)).expect("the second keystroke's request");
     // The first stream is closed long before its 20 s of pieces are over.
     closed.recv_timeout(Duration::from_secs(5)).expect("the superseded request's stream was closed");
+    client.shutdown();
+}
+
+/// Polls the backend's stats until `done` holds; a minute without is a failure.
+fn wait_backend(client: &mut LspClient, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let backend = backend_stats(client);
+        if done(&backend) {
+            return backend;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {backend}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The server goes away: the embedded model answers; the server comes back on the same port: a
+/// health check notices within seconds and the next jobs go to it again.
+#[test]
+fn a_killed_server_falls_back_to_the_embedded_model_and_is_used_again_once_back() {
+    let _serial = serial();
+    let bin_dir = peer::peer_bin_dir().expect("llama-server, built by benches/build-peer.sh (scripts/test.sh runs it)");
+    let port = free_port();
+    let server = peer::PeerServer::start(&bin_dir, &model_path(DEFAULT_MODEL), 2, port).expect("llama-server starts");
+    let backend = json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}"), "fallback": "local", "timeoutMs": 3000});
+    let mut client = start(backend, DEFAULT_MODEL);
+    assert!(circle_suggestion(&mut client).starts_with("radius"));
+    let before = backend_stats(&mut client);
+    assert!(before["remoteJobs"].as_u64().unwrap() >= 1 && before["fallbackJobs"] == 0, "{before}");
+
+    // Each step types in a file of its own, so each needs a job (no typed-ahead answer).
+    let suggestion_in = |client: &mut LspClient, name: &str, head: &str, typed: &str| {
+        let uri = format!("file:///project/{name}.py");
+        client.open(&uri, "python", &format!("{head}\n    \n"));
+        let character = client.type_text(&uri, 1, 4, typed);
+        client.inline_text(&uri, 1, character).unwrap_or_default()
+    };
+    drop(server);
+    let suggestion = suggestion_in(&mut client, "square", "def square_area(side):", "return side * ");
+    assert!(suggestion.starts_with("side"), "the embedded model answers: {suggestion:?}");
+    let down = backend_stats(&mut client);
+    assert!(down["fallbackJobs"].as_u64().unwrap() >= 1 && down["usingFallback"] == true, "{down}");
+
+    let _server = peer::PeerServer::start(&bin_dir, &model_path(DEFAULT_MODEL), 2, port).expect("llama-server starts again");
+    let back = wait_backend(&mut client, "the health check never found the server back", |backend| backend["healthRecoveries"].as_u64() >= Some(1));
+    assert_eq!(back["usingFallback"], false, "{back}");
+    let remote_jobs = back["remoteJobs"].as_u64().unwrap();
+    let suggestion = suggestion_in(&mut client, "rectangle", "def rectangle_area(width, height):", "return width * ");
+    assert!(suggestion.starts_with("height"), "the server answers again: {suggestion:?}");
+    let after = backend_stats(&mut client);
+    assert!(after["remoteJobs"].as_u64().unwrap() > remote_jobs, "the next job went to the server: {after}");
     client.shutdown();
 }

@@ -59,6 +59,16 @@ impl RemoteApi {
             RemoteApi::Ollama => "/api/generate",
         }
     }
+
+    /// A cheap request that answers 200 when the server is up (llama-server: and its model
+    /// loaded).
+    fn health_path(self) -> &'static str {
+        match self {
+            RemoteApi::LlamaServer => "/health",
+            RemoteApi::OpenAi => "/v1/models",
+            RemoteApi::Ollama => "/api/tags",
+        }
+    }
 }
 
 /// A model family's fill-in-the-middle strings, for a server whose vocabulary cannot be read.
@@ -125,6 +135,9 @@ pub struct RemoteConfig {
     /// The model name sent to the server (required by OpenAI-compatible servers and Ollama).
     pub model: Option<String>,
     pub template: FimTemplate,
+    /// llama-server only: send the prompt's parts to `/infill` and let the server build the
+    /// fill-in-the-middle prompt with its model's own tokens (`template` is then unused).
+    pub infill: bool,
     /// The environment variable holding the API key (sent as a bearer token).
     pub api_key_env: Option<String>,
     /// Connecting, and each wait for the next streamed piece (the first one included), may take
@@ -152,14 +165,18 @@ impl RemoteConfig {
     }
 
     fn endpoint(&self) -> String {
-        format!("{}{}", self.url.trim_end_matches('/'), self.api.path())
+        let path = if self.infill { "/infill" } else { self.api.path() };
+        format!("{}{path}", self.url.trim_end_matches('/'))
     }
 }
 
 /// At most this many requests stream at once.
 pub const MAX_IN_FLIGHT: usize = 2;
-/// After a failure, the server is left alone this long; the next job then tries it again.
+/// After a failure, the server is left alone this long (unless a health check finds it back
+/// sooner); the next job then tries it again.
 const DOWN_FOR: Duration = Duration::from_secs(10);
+/// While the server is down and a fallback answers, its health is checked this often.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 /// What the remote backend has done, for `ghostline/stats`.
 #[derive(Default)]
@@ -171,6 +188,10 @@ pub struct Status {
     /// Moving average of the time to the first streamed piece, in microseconds (0: none yet).
     first_piece_us: AtomicU64,
     down_until: Mutex<Option<Instant>>,
+    /// A health-check thread runs.
+    probing: AtomicBool,
+    /// Outages a health check ended.
+    pub recoveries: AtomicU64,
 }
 
 impl Status {
@@ -192,6 +213,41 @@ impl Status {
     fn succeeded(&self) {
         self.remote_jobs.fetch_add(1, Ordering::Relaxed);
         *self.down_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+
+    /// While the server is down after a failure, checks its health every `HEALTH_EVERY` on a
+    /// thread of its own (one at a time), and ends the outage as soon as it answers, so jobs go
+    /// back to it without one of them trying a dead server first.
+    fn watch_health(status: &Arc<Status>, config: &Arc<RemoteConfig>, agent: &ureq::Agent) {
+        if status.probing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (watched, config, agent) = (Arc::downgrade(status), config.clone(), agent.clone());
+        let url = format!("{}{}", config.url.trim_end_matches('/'), config.api.health_path());
+        let spawned = std::thread::Builder::new().name("ghostline-health".to_string()).spawn(move || loop {
+            std::thread::sleep(HEALTH_EVERY);
+            // The engine is gone, or a job found the server back: nothing to watch.
+            let Some(status) = watched.upgrade() else { return };
+            if status.down_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_none() {
+                status.probing.store(false, Ordering::SeqCst);
+                return;
+            }
+            let mut request = agent.get(&url).timeout(Duration::from_millis(config.timeout_ms.min(2000)));
+            if let Some(key) = config.api_key_env.as_ref().and_then(|variable| std::env::var(variable).ok()) {
+                request = request.set("Authorization", &format!("Bearer {key}"));
+            }
+            if request.call().is_ok_and(|response| response.status() == 200) {
+                *status.down_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+                status.recoveries.fetch_add(1, Ordering::Relaxed);
+                status.probing.store(false, Ordering::SeqCst);
+                tracing::info!(url = %config.url, "the remote backend answers its health check again");
+                return;
+            }
+        });
+        if let Err(err) = spawned {
+            tracing::warn!(%err, "cannot start the health check thread");
+            status.probing.store(false, Ordering::SeqCst);
+        }
     }
 
     fn first_piece(&self, elapsed: Duration) {
@@ -230,13 +286,14 @@ impl Status {
             "kind": config.api.name(),
             "url": config.url,
             "model": config.model,
-            "template": config.template.name,
+            "template": if config.infill { "server (/infill)" } else { config.template.name.as_str() },
             "fallback": if config.fallback_local { "local" } else { "none" },
             "remoteJobs": self.remote_jobs.load(Ordering::Relaxed),
             "fallbackJobs": self.fallback_jobs.load(Ordering::Relaxed),
             "remoteFailures": self.remote_failures.load(Ordering::Relaxed),
             "lastError": *self.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
             "firstPieceMs": (first_piece_us > 0).then(|| first_piece_us as f64 / 1000.0),
+            "healthRecoveries": self.recoveries.load(Ordering::Relaxed),
             "usingFallback": config.fallback_local && self.down_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some_and(|until| Instant::now() < until),
         })
     }
@@ -387,6 +444,9 @@ impl Request {
             }
             Err(err) => {
                 self.status.failed(&err);
+                if self.fallback.is_some() {
+                    Status::watch_health(&self.status, &self.config, &self.agent);
+                }
                 if let Some(reason) = job.interruption(&self.latest_job_id) {
                     // Nobody waits for this job any more.
                     job.progress.send_modify(|progress| progress.done = Some(Ok(ended_early(reason))));
@@ -430,23 +490,46 @@ impl Request {
         }
     }
 
+    /// The body of an `/infill` request: the prompt's parts, and the text before the cursor on
+    /// its line (with the forced prefix) as `prompt`, which llama-server puts at the end of the
+    /// prefix.
+    fn infill_body(&self, job: &JobRequest, parts: &InfillParts, middle: &str) -> Value {
+        let extra: Vec<Value> = parts.extra.iter().map(|(filename, text)| json!({"filename": filename, "text": text})).collect();
+        json!({
+            "input_prefix": parts.prefix, "input_suffix": parts.suffix, "input_extra": extra, "prompt": middle,
+            "n_predict": job.params.max_tokens, "stream": true, "cache_prompt": true,
+            "temperature": 0.0, "top_k": 1, "samplers": ["top_k"],
+        })
+    }
+
     fn stream(&self, job: &JobRequest) -> Result<Completion, RemoteError> {
         let start = Instant::now();
         let url = self.config.endpoint();
         // The forced prefix is part of the suggestion: the server continues after it.
         let forced = &job.params.forced_prefix;
-        let mut prompt = format!("{}{forced}", self.config.template.render(&job.prompt));
+        let ends_in_text = matches!(job.prompt.pieces.last(), Some(Piece::Text(_)));
+        let heal = job.params.token_healing && forced.is_empty() && ends_in_text;
         // Token healing in text: the prompt's partial last token is left for the model to write
         // (the suggestion must start with it; it is not shown).
-        let ends_in_text = matches!(job.prompt.pieces.last(), Some(Piece::Text(_)));
-        let healed = if job.params.token_healing && forced.is_empty() && ends_in_text { prompt.split_off(prompt.len() - healed_len(&prompt)) } else { String::new() };
+        let (body, healed) = if self.config.infill {
+            let parts = InfillParts::of(&job.prompt).ok_or_else(|| RemoteError::Protocol { url: url.clone(), reason: "a prompt without fill-in-the-middle parts cannot go to /infill".into() })?;
+            // No healing here: the server puts the line's start at the end of the prefix and
+            // tokenizes it itself (a partial token left out made the model write another one:
+            // `3.14159 *` then `*` instead of ` radius`).
+            let middle = format!("{}{forced}", parts.middle);
+            (self.infill_body(job, &parts, &middle), String::new())
+        } else {
+            let mut prompt = format!("{}{forced}", self.config.template.render(&job.prompt));
+            let healed = if heal { prompt.split_off(prompt.len() - healed_len(&prompt)) } else { String::new() };
+            (self.body(job, &prompt), healed)
+        };
         let mut request = self.agent.post(&url).set("Content-Type", "application/json");
         if let Some(variable) = &self.config.api_key_env {
             let key = std::env::var(variable).map_err(|_| RemoteError::MissingKey(variable.clone()))?;
             request = request.set("Authorization", &format!("Bearer {key}"));
         }
         let mut completion = ended_early(StopReason::MaxTokens);
-        let response = match request.send_string(&self.body(job, &prompt).to_string()) {
+        let response = match request.send_string(&body.to_string()) {
             Ok(response) => response,
             Err(ureq::Error::Status(status, response)) => {
                 let body: String = response.into_string().unwrap_or_default().chars().take(300).collect();
@@ -547,6 +630,68 @@ impl Request {
 /// when it is a space or a tab (the model's tokens put a space in front of a word, and a run of
 /// indentation is kept less its last character), else the identifier characters it ends with
 /// (the start of a word being typed, at most 24 characters).
+/// A fill-in-the-middle prompt in the parts llama-server's `/infill` takes: other files' chunks
+/// (file name, text), the text before the cursor, the text after it, and the start of the middle
+/// (the cursor's line up to the cursor).
+#[derive(Debug, Default, PartialEq)]
+struct InfillParts {
+    extra: Vec<(String, String)>,
+    prefix: String,
+    suffix: String,
+    middle: String,
+}
+
+impl InfillParts {
+    /// None for a prompt without the fill-in-the-middle markers.
+    fn of(prompt: &Prompt) -> Option<InfillParts> {
+        #[derive(PartialEq)]
+        enum At {
+            Start,
+            Repo,
+            Chunk,
+            Prefix,
+            Suffix,
+            Middle,
+        }
+        let mut parts = InfillParts::default();
+        let mut at = At::Start;
+        for piece in &prompt.pieces {
+            match piece {
+                Piece::Special(Special::Bos) => {}
+                Piece::Special(Special::RepoName) => at = At::Repo,
+                Piece::Special(Special::FileSeparator) => {
+                    at = At::Chunk;
+                    parts.extra.push((String::new(), String::new()));
+                }
+                Piece::Special(Special::FimPrefix) => at = At::Prefix,
+                Piece::Special(Special::FimSuffix) => at = At::Suffix,
+                Piece::Special(Special::FimMiddle) => at = At::Middle,
+                Piece::Text(text) => match at {
+                    At::Start | At::Repo => {}
+                    At::Chunk => {
+                        if let Some((filename, chunk)) = parts.extra.last_mut() {
+                            chunk.push_str(text);
+                            // A chunk is `PATH\nTEXT`: the path is its first line.
+                            if filename.is_empty() {
+                                if let Some((path, rest)) = chunk.clone().split_once('\n') {
+                                    *filename = path.to_string();
+                                    *chunk = rest.to_string();
+                                }
+                            }
+                        }
+                    }
+                    At::Prefix => parts.prefix.push_str(text),
+                    At::Suffix => parts.suffix.push_str(text),
+                    At::Middle => parts.middle.push_str(text),
+                },
+            }
+        }
+        // The last separator names this file, with no text of its own.
+        parts.extra.retain(|(_, text)| !text.is_empty());
+        (at == At::Middle).then_some(parts)
+    }
+}
+
 fn healed_len(prompt: &str) -> usize {
     match prompt.chars().next_back() {
         Some(last @ (' ' | '\t')) => last.len_utf8(),
@@ -789,12 +934,43 @@ mod tests {
     }
 
     #[test]
+    fn a_prompt_splits_into_the_parts_infill_takes() {
+        let mut prompt = Prompt::default();
+        prompt.push_special(Special::RepoName);
+        prompt.push_text("project\n");
+        prompt.push_special(Special::FileSeparator);
+        prompt.push_text("util.py\ndef helper():\n    pass\n");
+        prompt.push_special(Special::FileSeparator);
+        prompt.push_text("main.py\n");
+        prompt.push_special(Special::FimPrefix);
+        prompt.push_text("x = 1\n");
+        prompt.push_special(Special::FimSuffix);
+        prompt.push_text("\nprint(y)\n");
+        prompt.push_special(Special::FimMiddle);
+        prompt.push_text("y = ");
+        let parts = InfillParts::of(&prompt).expect("a fill-in-the-middle prompt");
+        assert_eq!(
+            parts,
+            InfillParts {
+                extra: vec![("util.py".to_string(), "def helper():\n    pass\n".to_string())],
+                prefix: "x = 1\n".to_string(),
+                suffix: "\nprint(y)\n".to_string(),
+                middle: "y = ".to_string(),
+            }
+        );
+        let mut plain = Prompt::default();
+        plain.push_text("x = 1\ny = ");
+        assert_eq!(InfillParts::of(&plain), None);
+    }
+
+    #[test]
     fn only_unencrypted_urls_off_this_machine_are_flagged() {
         let config = |url: &str| RemoteConfig {
             api: RemoteApi::OpenAi,
             url: url.to_string(),
             model: None,
             template: FimTemplate::named("qwen").unwrap(),
+            infill: false,
             api_key_env: None,
             timeout_ms: 1000,
             fallback_local: false,
