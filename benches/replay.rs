@@ -11,7 +11,7 @@
 //! `cargo bench --bench replay -- [--cases N] [--seed S] [--cadence human|wait]
 //!  [--interval-ms MS] [--jitter-ms MS] [--model NAME|PATH] [--threads N] [--languages a,b]
 //!  [--no-peer] [--regression] [--variant JSON]... [--baseline BINARY] [--reading-ms MS] [--siblings N]
-//!  [--max-keys N] [--settings JSON] [--revisit] [--rest-ms MS]
+//!  [--max-keys N] [--settings JSON] [--revisit] [--rest-ms MS] [--backend-peer]
 //!  [--out DIR]`
 //!
 //! Each case starts with an arrival: the editor asks at the blanked line (not counted as a
@@ -34,7 +34,10 @@
 //! first visits and of returns. `--rest-ms MS`: on arriving, Ghostline's client sends
 //! `ghostline/cursorRest` at the line and makes the arrival request MS later (the user looked
 //! before starting, and the editor said where the cursor rests); the cold start is timed from
-//! that request, and the peer arrives as usual.
+//! that request, and the peer arrives as usual. `--backend-peer` adds a Ghostline run whose
+//! backend is the peer's own llama-server (`/completion`): Ghostline's keystroke logic in front
+//! of the same server and model that llama.vim's flow uses, in the same run (its CPU figure is
+//! Ghostline's process only; the peer's figure then holds the server's work for both).
 //! Under `cargo test` it runs a quick check on the tiny model: a few keystrokes, output well formed.
 
 #[allow(dead_code)]
@@ -85,6 +88,8 @@ struct Options {
     revisit: bool,
     /// Ghostline's client tells where the cursor rests on arriving, and asks this much later.
     rest: Option<Duration>,
+    /// A Ghostline run with the peer's server as its backend.
+    backend_peer: bool,
     max_keys: Option<usize>,
     /// Extra Ghostline settings (a JSON object), for trying a variant.
     settings: Value,
@@ -122,6 +127,7 @@ fn parse_options() -> Options {
         reading: value("--reading-ms").map(|text| Duration::from_millis(text.parse().expect("--reading-ms takes milliseconds"))),
         siblings: number("--siblings", 0.0) as usize,
         revisit: args.iter().any(|arg| arg == "--revisit"),
+        backend_peer: args.iter().any(|arg| arg == "--backend-peer"),
         rest: value("--rest-ms").map(|text| Duration::from_millis(text.parse().expect("--rest-ms takes milliseconds"))),
         max_keys: value("--max-keys").map(|text| text.parse().expect("--max-keys takes a number")).or(quick.then_some(6)),
         settings: value("--settings").map(|text| serde_json::from_str(&text).expect("--settings takes a JSON object")).unwrap_or_else(|| json!({})),
@@ -450,6 +456,8 @@ struct PeerDriver {
     cpu_at_start: f64,
     /// Extra context chunks (file name, text), oldest first.
     ring: Vec<(String, String)>,
+    /// The server's port on this machine.
+    port: u16,
 }
 
 impl PeerDriver {
@@ -466,7 +474,7 @@ impl PeerDriver {
             }
         });
         let cpu_at_start = process_usage(server.pid()).0;
-        Ok(PeerDriver { server, requests, answers, prompt_tokens: 0, typed_ahead_hits: 0, errors: 0, requests_sent: 0, requests_answered: 0, cpu_at_start, ring: Vec::new() })
+        Ok(PeerDriver { server, requests, answers, prompt_tokens: 0, typed_ahead_hits: 0, errors: 0, requests_sent: 0, requests_answered: 0, cpu_at_start, ring: Vec::new(), port })
     }
 }
 
@@ -682,14 +690,26 @@ fn main() {
         Box::new(driver)
     };
     let mut drivers: Vec<Box<dyn Driver>> = vec![ghostline(GhostlineDriver::start("ghostline", &model, options.threads, options.cadence, true, &options.settings))];
+    let mut peer_port = None;
     if options.peer {
         match peer::peer_bin_dir() {
             Some(dir) => match PeerDriver::start(&dir, &model, options.threads) {
-                Ok(driver) => drivers.push(Box::new(driver)),
+                Ok(driver) => {
+                    peer_port = Some(driver.port);
+                    drivers.push(Box::new(driver));
+                }
                 Err(err) => eprintln!("no peer in this run: {err}"),
             },
             None => eprintln!("no peer in this run: llama-server not found (run benches/build-peer.sh or set GHOSTLINE_PEER_BIN)"),
         }
+    }
+    if options.backend_peer {
+        // Ghostline in front of the peer's own server: the same server and model as llama.vim's
+        // flow, the keystroke logic in Ghostline.
+        let port = peer_port.expect("--backend-peer needs the peer in the run");
+        let mut settings = options.settings.clone();
+        settings["backend"] = json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}")});
+        drivers.push(ghostline(GhostlineDriver::start("ghostline -> llama-server", &model, options.threads, options.cadence, true, &settings)));
     }
     for variant in &options.variants {
         let mut settings = options.settings.clone();
