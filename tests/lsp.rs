@@ -775,7 +775,7 @@ fn wait_counter(client: &mut LspClient, name: &str, at_least: u64) -> Value {
     }
 }
 
-/// The editor says where the cursor rests (`ghostline/cursorRest`): the idle engine starts
+/// The editor says where the cursor rests (`ghostline/cursorRest`): the engine starts
 /// there, so the first key at that line decodes a few tokens instead of the window. Bad params
 /// are ignored without harm.
 #[test]

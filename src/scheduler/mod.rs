@@ -247,10 +247,10 @@ impl Scheduler {
         });
     }
 
-    /// The cursor rests at this state (the editor's `ghostline/cursorRest`): while the engine is
-    /// idle and no job serves the state, its job starts now, as at an arrival (the window an
-    /// arrival gets, the full one after a pause), so the first keystroke there finds the
-    /// prompt in the KV cache. A running job is never replaced for it.
+    /// The cursor rests at this state (the editor's `ghostline/cursorRest`): unless a job serves
+    /// the state already, its job starts now, as at an arrival (the window an arrival gets, the
+    /// full one after a pause), so the first keystroke there finds the prompt in the KV cache. A
+    /// running job for another place (the one the cursor left) is superseded.
     pub fn cursor_rests(self: &Arc<Self>, state: CursorState) {
         let config = self.config();
         if self.ready_engine().is_none() || !config.language_enabled(&state.language_id) {
@@ -258,9 +258,7 @@ impl Scheduler {
         }
         let Some(split) = LineSplit::new(&state.rope, state.cursor_char_idx, state.language()) else { return };
         if self.covering_job(&state, &split, &config).is_some() {
-            return;
-        }
-        if self.slot.active().is_some_and(|active| matches!(active.job.snapshot().outcome(), crate::engine::JobOutcome::Running)) {
+            tracing::debug!(uri = %state.uri, line = split.line, "cursor rest: a job serves this state already");
             return;
         }
         if self.start_job(&state, &config).is_some() {

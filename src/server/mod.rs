@@ -320,7 +320,7 @@ impl Backend {
 
     /// `ghostline/cursorRest` (`{textDocument: {uri}, position}`), a notification: the cursor
     /// rests there without typing (a client sends it after a short pause of the cursor), so the
-    /// engine may start there while it is idle. Bad params are logged and ignored.
+    /// engine starts there unless a job serves that state. Bad params are logged and ignored.
     async fn cursor_rest(&self, params: Value) {
         guarded_notification("ghostline/cursorRest", async {
             let params: TextDocumentPositionParams = match serde_json::from_value(params) {

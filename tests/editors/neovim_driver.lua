@@ -304,6 +304,15 @@ if #word < #second.ghost then
     'after accepting a word the ghost text is ' .. vim.inspect(after.ghost) .. ', expected ' .. vim.inspect(remaining))
 end
 log('accepted a word: ' .. vim.inspect(word))
+
+-- 5b. With no suggestion shown (dismissed), Tab is the other plugin's Tab (mapped before
+-- Ghostline attached): Ghostline's mapping calls it instead of typing a bare Tab.
+local tabs_before = remote('return _G.other_plugin_tabs')
+input('<C-]><Tab>')
+wait_for("the other plugin's Tab", 5000, function()
+  return remote('return _G.other_plugin_tabs') == tabs_before + 1
+end)
+log("Tab without a suggestion: the other plugin's mapping ran")
 input('<Esc>')
 
 -- 6. The server re-asked after ghostline/suggestionReady (the model is far slower than the
@@ -315,7 +324,7 @@ log(('server counters: %d requests, %d with a suggestion, %d ready notifications
   stats.counters.requests, stats.counters.answeredWithSuggestion, stats.counters.readyNotifications, stats.counters.accepted))
 
 -- 6b. In normal mode, a cursor that rests on another line is reported (ghostline/cursorRest)
--- and the idle server starts there.
+-- and the server starts there.
 wait_for('the server to be idle', suggestion_timeout_ms, function()
   return server_idle(remote(STATS))
 end)

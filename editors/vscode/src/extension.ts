@@ -38,6 +38,15 @@ const SERVER_SETTINGS = [
   'prefetch',
   'crossFileChunks',
   'crossFileLines',
+  'maxWaitMs',
+  'blankLineSuffixLines',
+  'anchorLines',
+  'coldPromptMs',
+  'savedKvMiB',
+  'reuseMinTokens',
+  'draftTokens',
+  'expansions',
+  'backend',
 ] as const;
 
 /** How the Ghostline output and error messages name where the server came from. */
@@ -405,7 +414,7 @@ class Ghostline implements vscode.Disposable {
   }
 
   /** After the cursor moves by keyboard or mouse (not by typing) and rests `ghostline.restMs`
-   * with the document unchanged, tells the server where (ghostline/cursorRest): while idle it
+   * with the document unchanged, tells the server where (ghostline/cursorRest): unless a job serves that state it
    * starts there, so the first key typed finds the prompt decoded. */
   cursorMoved(event: vscode.TextEditorSelectionChangeEvent): void {
     if (this.restTimer) {

@@ -47,6 +47,9 @@ M.defaults = {
 --- @type ghostline.Options
 M.options = vim.deepcopy(M.defaults)
 
+--- How many ghostline/cursorRest notifications were sent (for tests and debugging).
+M.rests_sent = 0
+
 --- The server command in use after setup, nil when no binary was found.
 --- @type string[]?
 M.cmd = nil
@@ -85,21 +88,61 @@ local function choose_renderer(ghost_text)
   return has_builtin and 'builtin' or 'plugin'
 end
 
---- Maps `lhs` in insert mode for one buffer: runs `action`, and types `lhs` itself when the
---- action reports that there was nothing to accept.
+--- What `lhs` did in insert mode before this plugin mapped it in `bufnr` (another plugin's
+--- mapping, such as nvim-cmp's or a snippet engine's Tab), as a function that does it again;
+--- nil when it was not mapped.
+local function previous_mapping(bufnr, lhs)
+  local previous = vim.api.nvim_buf_call(bufnr, function()
+    return vim.fn.maparg(lhs, 'i', false, true)
+  end)
+  if vim.tbl_isempty(previous) or (previous.desc or ''):match('^Ghostline: ') then
+    return nil
+  end
+  local keys = function(text)
+    if previous.replace_keycodes == 1 or previous.expr ~= 1 then
+      text = vim.keycode(text)
+    end
+    -- Typed as that mapping would have typed them: remapped unless it was a noremap mapping.
+    vim.api.nvim_feedkeys(text, previous.noremap == 1 and 'n' or 'm', false)
+  end
+  if previous.callback then
+    return function()
+      local result = previous.callback()
+      if previous.expr == 1 and type(result) == 'string' and result ~= '' then
+        keys(result)
+      end
+    end
+  end
+  if previous.rhs and previous.rhs ~= '' then
+    return function()
+      keys(previous.expr == 1 and vim.api.nvim_eval(previous.rhs) or previous.rhs)
+    end
+  end
+  return nil
+end
+
+--- Maps `lhs` in insert mode for one buffer: runs `action`, and when the action reports that
+--- there was nothing to accept, does what `lhs` did before (the user's or another plugin's
+--- mapping of it, called as it was: a callback runs, keys are typed with its remap setting),
+--- else types `lhs` itself.
 local function map_with_fallback(bufnr, lhs, action, desc)
   if not lhs then
     return
   end
+  local fallback = previous_mapping(bufnr, lhs)
   vim.keymap.set('i', lhs, function()
     if not action() then
-      vim.api.nvim_feedkeys(vim.keycode(lhs), 'n', false)
+      if fallback then
+        fallback()
+      else
+        vim.api.nvim_feedkeys(vim.keycode(lhs), 'n', false)
+      end
     end
   end, { buffer = bufnr, desc = desc, silent = true })
 end
 
 --- In normal mode, once the cursor has rested `rest_ms`, sends ghostline/cursorRest with its
---- position: the server starts there while it is idle, so the first key typed there finds the
+--- position: the server starts there (unless a job serves that state), so the first key typed there finds the
 --- prompt decoded. (Insert mode asks for suggestions on every cursor move anyway.)
 local function watch_cursor_rest(client, bufnr)
   if not M.options.rest_ms then
@@ -128,6 +171,7 @@ local function watch_cursor_rest(client, bufnr)
         end
         local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
         client:notify('ghostline/cursorRest', params)
+        M.rests_sent = M.rests_sent + 1
       end))
     end,
   })
