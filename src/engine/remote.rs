@@ -692,10 +692,15 @@ impl InfillParts {
     }
 }
 
+/// How much of the prompt's end is left for the server's model to write: a trailing space or
+/// tab (a prompt ending in one is a token split the model never saw: `return 3.14159 * ` got
+/// `2.0 ** 2`, healed `radius`). Not a partial word: a server cannot be made to reproduce it (the
+/// embedded engine constrains its first tokens), and a model that starts another word gives an
+/// empty answer (measured: 46% of keystrokes without a suggestion when the word was left out).
 fn healed_len(prompt: &str) -> usize {
     match prompt.chars().next_back() {
         Some(last @ (' ' | '\t')) => last.len_utf8(),
-        _ => prompt.chars().rev().take_while(|ch| ch.is_alphanumeric() || *ch == '_').take(24).map(char::len_utf8).sum(),
+        _ => 0,
     }
 }
 
@@ -908,13 +913,12 @@ mod tests {
     }
 
     #[test]
-    fn the_partial_token_at_the_end_is_left_to_the_model() {
+    fn a_trailing_space_is_left_to_the_model_a_partial_word_is_not() {
         assert_eq!(healed_len("return 3.14159 * "), 1);
         assert_eq!(healed_len("        "), 1);
-        assert_eq!(healed_len("    return rad"), 3);
+        assert_eq!(healed_len("    return rad"), 0);
         assert_eq!(healed_len("x = f("), 0);
-        assert_eq!(healed_len("naïve"), "naïve".len());
-        assert_eq!(healed_len(&"a".repeat(40)), 24);
+        assert_eq!(healed_len("naïve"), 0);
     }
 
     #[test]
