@@ -68,7 +68,11 @@ pub struct Counters {
     /// Jobs that have ended (finished, superseded, cancelled or failed).
     pub jobs_ended: u64,
     pub ready_notifications: u64,
+    /// Suggestions accepted whole, accepted in part (a word, a line), and the characters
+    /// accepted in all.
     pub accepted: u64,
+    pub accepted_partially: u64,
+    pub accepted_chars: u64,
     pub tokens_reused: u64,
     pub tokens_decoded: u64,
     pub tokens_generated: u64,
@@ -99,6 +103,16 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The share of suggestions shown that were accepted (whole or in part), and the characters
+    /// accepted per acceptance.
+    fn acceptance(&self) -> serde_json::Value {
+        let counters = &self.counters;
+        let acceptances = counters.accepted + counters.accepted_partially;
+        let rate = if counters.answered_with_suggestion == 0 { 0.0 } else { acceptances as f64 / counters.answered_with_suggestion as f64 };
+        let chars = if acceptances == 0 { 0.0 } else { counters.accepted_chars as f64 / acceptances as f64 };
+        serde_json::json!({"rate": rate, "charsPerAcceptance": chars})
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let typed_ahead_rate = if self.counters.requests == 0 {
             0.0
@@ -108,6 +122,7 @@ impl Stats {
         serde_json::json!({
             "counters": self.counters,
             "typedAheadHitRate": typed_ahead_rate,
+            "acceptance": self.acceptance(),
             "responseMs": self.response_ms.summary(),
             "timeToSuggestionMs": self.time_to_suggestion_ms.summary(),
             "modelLoadMs": self.model_load_ms,

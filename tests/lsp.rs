@@ -78,6 +78,15 @@ fn typing_gets_inline_completions_and_typed_ahead_answers() {
     client.request_ok("workspace/executeCommand", json!({"command": "ghostline.accept", "arguments": command["arguments"]}));
     let stats = client.request_ok("ghostline/stats", json!(null));
     assert_eq!(stats["counters"]["accepted"], 1, "{stats}");
+    // A client that accepts a word of it says how much.
+    let mut partial = command["arguments"].clone();
+    partial[0]["acceptedChars"] = json!(2);
+    client.request_ok("workspace/executeCommand", json!({"command": "ghostline.accept", "arguments": partial}));
+    let stats = client.request_ok("ghostline/stats", json!(null));
+    assert_eq!((stats["counters"]["accepted"].clone(), stats["counters"]["acceptedPartially"].clone()), (json!(1), json!(1)), "{stats}");
+    let whole_chars = command["arguments"][0]["chars"].as_u64().unwrap();
+    assert_eq!(stats["counters"]["acceptedChars"], json!(whole_chars + 2), "{stats}");
+    assert!(stats["acceptance"]["rate"].as_f64().unwrap() > 0.0, "{stats}");
     client.shutdown();
 }
 

@@ -188,8 +188,16 @@ impl Scheduler {
         json
     }
 
-    pub fn record_accepted(&self) {
-        self.stats_mut().counters.accepted += 1;
+    /// A suggestion of `chars` characters was accepted, `accepted_chars` of them (fewer: a word
+    /// or a line of it).
+    pub fn record_accepted(&self, chars: u64, accepted_chars: u64) {
+        let mut stats = self.stats_mut();
+        if accepted_chars >= chars {
+            stats.counters.accepted += 1;
+        } else {
+            stats.counters.accepted_partially += 1;
+        }
+        stats.counters.accepted_chars += accepted_chars.min(chars);
     }
 
     fn stats_mut(&self) -> MutexGuard<'_, Stats> {

@@ -10,6 +10,8 @@ use super::{proto, Backend, ACCEPT_COMMAND, EXPAND_COMMAND};
 use crate::documents;
 use crate::expansions;
 
+/// The accept command of an item: `{uri, chars}`; a client that accepts part of the suggestion
+/// (a word, a line) sends it with `acceptedChars` too.
 pub(super) fn accept_command(uri: &Uri, text: &str) -> Command {
     Command {
         title: "Ghostline: suggestion accepted".to_string(),

@@ -627,7 +627,12 @@ impl LanguageServer for Backend {
         guarded("workspace/executeCommand", async {
             match params.command.as_str() {
                 ACCEPT_COMMAND => {
-                    self.scheduler.record_accepted();
+                    // `{uri, chars, acceptedChars?}`: the suggestion's length and what was
+                    // accepted of it (all of it when absent).
+                    let argument = params.arguments.first();
+                    let number = |key: &str| argument.and_then(|argument| argument.get(key)).and_then(Value::as_u64);
+                    let chars = number("chars").unwrap_or(0);
+                    self.scheduler.record_accepted(chars, number("acceptedChars").unwrap_or(chars));
                     Ok(None)
                 }
                 EXPAND_COMMAND => self.expand(&params.arguments).await.map(Some),

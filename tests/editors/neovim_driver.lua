@@ -304,6 +304,16 @@ if #word < #second.ghost then
     'after accepting a word the ghost text is ' .. vim.inspect(after.ghost) .. ', expected ' .. vim.inspect(remaining))
 end
 log('accepted a word: ' .. vim.inspect(word))
+if #word < #second.ghost then
+  -- The server counted a partial acceptance of that many characters.
+  local counted = wait_for('the partial acceptance to be counted', 5000, function()
+    local counters = remote(STATS).counters
+    return counters.acceptedPartially == 1 and counters
+  end)
+  check(counted.accepted == 1 and counted.acceptedChars >= vim.fn.strchars(word),
+    'acceptance counters after a whole and a partial accept: ' .. vim.inspect(counted))
+  log(('acceptance counted: %d whole, %d partial, %d characters'):format(counted.accepted, counted.acceptedPartially, counted.acceptedChars))
+end
 
 -- 5b. With no suggestion shown (dismissed), Tab is the other plugin's Tab (mapped before
 -- Ghostline attached): Ghostline's mapping calls it instead of typing a bare Tab.

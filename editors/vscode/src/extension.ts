@@ -383,7 +383,7 @@ class Ghostline implements vscode.Disposable {
       this.modelName = stats.config.model;
     }
     const shown = stats.counters.answeredWithSuggestion;
-    this.acceptanceRate = shown > 0 ? stats.counters.accepted / shown : undefined;
+    this.acceptanceRate = shown > 0 ? (stats.counters.accepted + (stats.counters.acceptedPartially ?? 0)) / shown : undefined;
     this.render();
   }
 

@@ -5,8 +5,8 @@
 -- then this module asks again and replaces the shown text with the longer one.
 -- Characters typed that match the suggestion shorten it at once, before the server answers.
 --
--- Accepting inserts the text with nvim_buf_set_text and, for a whole suggestion, runs the
--- item's `ghostline.accept` command so the server counts it. This module never changes the
+-- Accepting inserts the text with nvim_buf_set_text and runs the item's `ghostline.accept`
+-- command with what was accepted of it (all, a word or a line) so the server counts it. This module never changes the
 -- buffer except on an accept key, and never shows a suggestion made for another buffer
 -- state (the answer's changedtick and cursor must still be the current ones).
 
@@ -387,12 +387,19 @@ function M.accept(kind)
   local end_col = #lines == 1 and col + #part or #lines[#lines]
   api.nvim_win_set_cursor(0, { end_row + 1, end_col })
   local rest = suggestion.text:sub(#part + 1)
+  -- The item's command tells the server what was accepted: all of the suggestion shown, or a
+  -- word or a line of it (`acceptedChars`).
+  local client = vim.lsp.get_client_by_id(suggestion.client_id)
+  if client and suggestion.command then
+    local command = vim.deepcopy(suggestion.command)
+    if type(command.arguments) == 'table' and type(command.arguments[1]) == 'table' then
+      command.arguments[1].chars = vim.fn.strchars(suggestion.text)
+      command.arguments[1].acceptedChars = vim.fn.strchars(part)
+    end
+    client:exec_cmd(command, { bufnr = bufnr }, function() end)
+  end
   if rest == '' then
     clear(bufnr)
-    local client = vim.lsp.get_client_by_id(suggestion.client_id)
-    if client and suggestion.command then
-      client:exec_cmd(suggestion.command, { bufnr = bufnr }, function() end)
-    end
   else
     suggestion.text = rest
     suggestion.row, suggestion.col = end_row, end_col
