@@ -256,7 +256,8 @@ fn complete(args: CompleteArgs) -> Result<(), CliError> {
         config.context_tokens = context_tokens;
     }
     if let Some(draft_tokens) = args.draft_tokens {
-        config.draft_tokens = draft_tokens;
+        // As the setting: a batch holds the chosen token and its drafts.
+        config.draft_tokens = draft_tokens.min(32);
     }
     context::cursor_char_idx(&rope, cursor)
         .map_err(|err| CliError::Usage(format!("{}:{}:{}: {err}", path.display(), line + 1, column + 1)))?;

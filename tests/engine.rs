@@ -230,3 +230,34 @@ fn a_prompt_whose_start_moved_reuses_the_cache_at_the_new_positions() {
     assert!(moved.decoded_tokens <= 8, "only the end is decoded: {}", moved.decoded_tokens);
     assert!(moved.text.contains("value_80") || moved.text.contains("= compute("), "the continuation still follows the pattern: {:?}", moved.text);
 }
+
+/// With room for two saved places, going A, B, C and back to A restores A (the least recently
+/// used place is the one dropped, and the place restored is the one asked for, whatever the
+/// save before it dropped).
+#[test]
+fn a_full_place_memory_drops_the_oldest_and_restores_the_place_asked_for() {
+    let (_turn, _) = engine(TINY_MODEL);
+    let text = |name: &str| -> String { (0..24).map(|idx| format!("{name}_{idx} = compute_{name}({idx}, scale={})\n", idx * 7)).collect() };
+    let prompt_of = |name: &str| {
+        let mut prompt = ghostline::engine::Prompt::default();
+        prompt.push_text(text(name));
+        prompt
+    };
+    let params = GenerateParams { max_tokens: 2, ..GenerateParams::default() };
+    // Measure one place's size first: an engine that may save a lot.
+    let mut config = ghostline::engine::EngineConfig::new(common::model_path(TINY_MODEL));
+    let probe = Engine::start(config.clone()).expect("engine starts");
+    let tokens = probe.complete_blocking(prompt_of("alpha"), params.clone()).expect("completion succeeds").prompt_tokens;
+    drop(probe);
+    // Room for two places of that size (23 KiB a token for this model, and some headroom), not three.
+    config.saved_kv_bytes = tokens * 23_040 * 5 / 2;
+    let engine = Engine::start(config).expect("engine starts");
+    for name in ["alpha", "bravo", "charlie"] {
+        let completion = engine.complete_blocking(prompt_of(name), params.clone()).expect("completion succeeds");
+        assert_eq!(completion.restored_tokens, 0, "{name} is new");
+    }
+    let back = engine.complete_blocking(prompt_of("alpha"), params).expect("completion succeeds");
+    eprintln!("{tokens} tokens a place; back at alpha: {} restored, {} decoded", back.restored_tokens, back.decoded_tokens);
+    assert!(back.restored_tokens + 2 >= back.prompt_tokens, "alpha came back whole: {} of {} restored", back.restored_tokens, back.prompt_tokens);
+    assert!(back.decoded_tokens <= 2, "{} decoded", back.decoded_tokens);
+}

@@ -131,6 +131,8 @@ struct KvState {
     tokens: Vec<LlamaToken>,
     piece_cache: Vec<(Piece, Vec<LlamaToken>)>,
     saved: SavedPlaces,
+    /// Tokens were moved (`reuse_moved`) and no decode has applied the keys' rotation yet.
+    shift_pending: bool,
 }
 
 /// The KV cache of places the user left, copied out of the context (within `budget_bytes`,
@@ -299,6 +301,7 @@ pub(super) fn run(
                     tracing::error!(%err, "job failed; clearing the KV cache");
                     context.clear_kv_cache();
                     state.tokens.clear();
+                    state.shift_pending = false;
                 }
                 job.progress.send_modify(|progress| progress.done = Some(res));
             }
@@ -317,13 +320,17 @@ fn can_shift(model: &LlamaModel) -> bool {
         && !model.is_recurrent()
         && !model.is_hybrid()
         && !sliding_window
-        && architecture != "step35"
+        // Sliding windows these set in llama.cpp's code, not in the file.
+        && !matches!(architecture.as_str(), "step35" | "llama4" | "exaone4")
 }
 
-/// The KV cache's bytes per token (keys and values in 16 bits, every layer).
+/// The KV cache's bytes per token (keys and values in 16 bits, every layer), with the head
+/// sizes the model states (`key_length`, `value_length`), else the embedding over the heads.
 fn kv_bytes_per_token(model: &LlamaModel) -> usize {
-    let head_dim = model.n_embd().max(1) as usize / model.n_head().max(1) as usize;
-    2 * 2 * model.n_layer() as usize * head_dim * model.n_head_kv().max(1) as usize
+    let architecture = model.meta_val_str("general.architecture").unwrap_or_default();
+    let default_head = model.n_embd().max(1) as usize / model.n_head().max(1) as usize;
+    let length = |key: &str| model.meta_val_str(&format!("{architecture}.attention.{key}")).ok().and_then(|value| value.parse::<usize>().ok()).unwrap_or(default_head);
+    2 * model.n_layer() as usize * (length("key_length") + length("value_length")) * model.n_head_kv().max(1) as usize
 }
 
 fn superseded_before_start() -> Completion {
@@ -448,16 +455,20 @@ impl JobRunner<'_, '_> {
         }
         let kept = common_prefix_len(&self.state.tokens, tokens);
         let discarded = self.state.tokens.len() - kept;
+        // Taken out before saving: saving may drop or evict entries and move the indices.
         let best = self.state.saved.best_for(tokens).filter(|&(_, common)| common >= kept + MIN_RESTORED_GAIN);
-        if discarded >= MIN_SAVED_TOKENS && discarded * 3 >= self.state.tokens.len() {
+        let restore = best.map(|(idx, common)| (self.state.saved.take(idx), common));
+        // A shift not yet applied (the keys are rotated at the next decode) must not be saved:
+        // the copy would hold the new positions with keys for the old ones.
+        if discarded >= MIN_SAVED_TOKENS && discarded * 3 >= self.state.tokens.len() && !self.state.shift_pending {
             let cached = std::mem::take(&mut self.state.tokens);
             self.state.saved.save(self.context, &cached);
             self.state.tokens = cached;
         }
-        let Some((idx, common)) = best else { return Ok(0) };
-        let place = self.state.saved.take(idx);
+        let Some((place, common)) = restore else { return Ok(0) };
         self.context.clear_kv_cache();
         self.state.tokens.clear();
+        self.state.shift_pending = false;
         match self.context.state_seq_set(&place.state, 0) {
             Ok(()) => {
                 self.state.tokens = place.tokens;
@@ -501,6 +512,7 @@ impl JobRunner<'_, '_> {
             shifted += run;
             head_cache += run;
             head_prompt += run;
+            self.state.shift_pending = true;
         }
         if shifted == 0 {
             return Ok(Reused::default());
@@ -593,6 +605,7 @@ impl JobRunner<'_, '_> {
                     .map_err(|err| EngineError::Decode(err.to_string()))?;
             }
             self.context.decode(self.batch).map_err(|err| EngineError::Decode(err.to_string()))?;
+            self.state.shift_pending = false;
             self.state.tokens.extend_from_slice(&tokens[start..end]);
             decoded_tokens += end - start;
             logits_idx = (end - start - 1) as i32;

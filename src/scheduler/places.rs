@@ -75,8 +75,12 @@ impl Places {
         if state.warm.contains(place) {
             return None;
         }
-        if let Some((_, first_line)) = state.cold.iter().find(|(cold_place, _)| cold_place == place) {
-            return Some(*first_line);
+        if let Some(idx) = state.cold.iter().position(|(cold_place, _)| cold_place == place) {
+            // The most recent now.
+            let entry = state.cold.remove(idx);
+            let first_line = entry.1;
+            state.cold.push(entry);
+            return Some(first_line);
         }
         if config.cold_prompt_ms == 0 || state.ms_per_prompt_token == 0.0 || state.chars_per_token == 0.0 {
             return None;
