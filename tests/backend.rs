@@ -36,6 +36,12 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// llama.cpp's llama-server serving the default model on `port`, ready.
+fn llama_server(port: u16) -> peer::PeerServer {
+    let bin_dir = peer::peer_bin_dir().expect("llama-server, built by benches/build-peer.sh (scripts/test.sh runs it)");
+    peer::PeerServer::start(&bin_dir, &model_path(DEFAULT_MODEL), 2, port).expect("llama-server starts")
+}
+
 /// Ghostline with `backend`, ready.
 fn start(backend: Value, model: &str) -> LspClient {
     start_with(backend, model, json!({}))
@@ -71,9 +77,8 @@ fn circle_suggestion(client: &mut LspClient) -> String {
 #[test]
 fn llama_server_answers_through_its_own_apis_and_its_openai_api() {
     let _serial = serial();
-    let bin_dir = peer::peer_bin_dir().expect("llama-server, built by benches/build-peer.sh (scripts/test.sh runs it)");
     let port = free_port();
-    let _server = peer::PeerServer::start(&bin_dir, &model_path(DEFAULT_MODEL), 2, port).expect("llama-server starts");
+    let _server = llama_server(port);
     let url = format!("http://127.0.0.1:{port}");
     // llama-server's /completion with Ghostline's prompt, its /infill with the prompt's parts
     // (the server builds the fill-in-the-middle prompt), and its OpenAI-compatible API.
@@ -207,27 +212,13 @@ fn a_newer_keystroke_closes_the_stream_of_the_request_it_supersedes() {
     client.shutdown();
 }
 
-/// Polls the backend's stats until `done` holds; a minute without is a failure.
-fn wait_backend(client: &mut LspClient, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let backend = backend_stats(client);
-        if done(&backend) {
-            return backend;
-        }
-        assert!(std::time::Instant::now() < deadline, "{what}: {backend}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The server goes away: the embedded model answers; the server comes back on the same port: a
 /// health check notices within seconds and the next jobs go to it again.
 #[test]
 fn a_killed_server_falls_back_to_the_embedded_model_and_is_used_again_once_back() {
     let _serial = serial();
-    let bin_dir = peer::peer_bin_dir().expect("llama-server, built by benches/build-peer.sh (scripts/test.sh runs it)");
     let port = free_port();
-    let server = peer::PeerServer::start(&bin_dir, &model_path(DEFAULT_MODEL), 2, port).expect("llama-server starts");
+    let server = llama_server(port);
     let backend = json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}"), "fallback": "local", "timeoutMs": 3000});
     let mut client = start(backend, DEFAULT_MODEL);
     assert!(circle_suggestion(&mut client).starts_with("radius"));
@@ -247,8 +238,8 @@ fn a_killed_server_falls_back_to_the_embedded_model_and_is_used_again_once_back(
     let down = backend_stats(&mut client);
     assert!(down["fallbackJobs"].as_u64().unwrap() >= 1 && down["usingFallback"] == true, "{down}");
 
-    let _server = peer::PeerServer::start(&bin_dir, &model_path(DEFAULT_MODEL), 2, port).expect("llama-server starts again");
-    let back = wait_backend(&mut client, "the health check never found the server back", |backend| backend["healthRecoveries"].as_u64() >= Some(1));
+    let _server = llama_server(port);
+    let back = client.wait_stats("the health check finding the server back", Duration::from_secs(60), |stats| stats["engine"]["backend"]["healthRecoveries"].as_u64() >= Some(1))["engine"]["backend"].clone();
     assert_eq!(back["usingFallback"], false, "{back}");
     let remote_jobs = back["remoteJobs"].as_u64().unwrap();
     let suggestion = suggestion_in(&mut client, "rectangle", "def rectangle_area(width, height):", "return width * ");

@@ -771,19 +771,6 @@ fn coming_back_to_a_file_restores_its_place_instead_of_decoding_it_again() {
     assert!(decoded_saved * 4 < decoded_unsaved, "the return decoded {decoded_saved} tokens with the saved place, {decoded_unsaved} without");
 }
 
-/// Polls `ghostline/stats` until the counter reaches `at_least`; two minutes without is a failure.
-fn wait_counter(client: &mut LspClient, name: &str, at_least: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let stats = client.request_ok("ghostline/stats", json!(null));
-        if stats["counters"][name].as_u64().unwrap_or_else(|| panic!("{name} in {stats}")) >= at_least {
-            return stats;
-        }
-        assert!(Instant::now() < deadline, "{name} never reached {at_least}: {stats}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The editor says where the cursor rests (`ghostline/cursorRest`): the engine starts
 /// there, so the first key at that line decodes a few tokens instead of the window. Bad params
 /// are ignored without harm.
@@ -799,7 +786,7 @@ fn a_resting_cursor_warms_its_place_before_the_first_key() {
         client.notify("ghostline/cursorRest", json!({"textDocument": {"uri": "file:///project/never-opened.py"}, "position": {"line": 0, "character": 0}}));
         if rest {
             client.notify("ghostline/cursorRest", json!({"textDocument": {"uri": uri}, "position": {"line": 45, "character": 4}}));
-            wait_counter(&mut client, "restJobs", 1);
+            client.wait_stats("a job where the cursor rests", Duration::from_secs(120), |stats| stats["counters"]["restJobs"].as_u64().expect("restJobs in the stats") >= 1);
         }
         let before = client.wait_idle();
         let character = client.type_text(uri, 45, 4, "r");

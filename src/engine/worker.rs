@@ -135,23 +135,19 @@ struct KvState {
     shift_pending: bool,
 }
 
-/// The KV cache of places the user left, copied out of the context (within `budget_bytes`,
-/// least recently used dropped first), so coming back restores the prompt's prefix instead of
+/// The KV cache of places the user left, copied out of the context (within `budget_bytes`;
+/// least recently used first, so the first is dropped first), so coming back restores the prompt's prefix instead of
 /// decoding it again. Copies, not other sequences of the context: a sequence kept in the
 /// context would widen the attention of every decode (llama.cpp attends over all used cells).
 #[derive(Default)]
 struct SavedPlaces {
     places: Vec<SavedPlace>,
-    bytes: usize,
     budget_bytes: usize,
-    clock: u64,
 }
 
 struct SavedPlace {
     tokens: Vec<LlamaToken>,
     state: SeqState,
-    bytes: usize,
-    last_used: u64,
 }
 
 /// A prompt that would discard at least this many cached tokens (and a third of them) moves to
@@ -171,18 +167,14 @@ impl SavedPlaces {
                 return;
             }
         };
-        let bytes = state.byte_len();
-        if bytes > self.budget_bytes {
+        if state.byte_len() > self.budget_bytes {
             return;
         }
         // An older copy that shares most of its tokens with this one is the same place.
         self.places.retain(|place| common_prefix_len(&place.tokens, tokens) * 2 < place.tokens.len());
-        self.clock += 1;
-        self.places.push(SavedPlace { tokens: tokens.to_vec(), state, bytes, last_used: self.clock });
-        self.bytes = self.places.iter().map(|place| place.bytes).sum();
-        while self.bytes > self.budget_bytes {
-            let Some(oldest) = self.places.iter().enumerate().min_by_key(|(_, place)| place.last_used).map(|(idx, _)| idx) else { break };
-            self.bytes -= self.places.remove(oldest).bytes;
+        self.places.push(SavedPlace { tokens: tokens.to_vec(), state });
+        while self.places.iter().map(|place| place.state.byte_len()).sum::<usize>() > self.budget_bytes {
+            self.places.remove(0);
         }
     }
 
@@ -192,9 +184,7 @@ impl SavedPlaces {
     }
 
     fn take(&mut self, idx: usize) -> SavedPlace {
-        let place = self.places.remove(idx);
-        self.bytes -= place.bytes;
-        place
+        self.places.remove(idx)
     }
 }
 
@@ -377,14 +367,6 @@ fn special_support(model: &LlamaModel) -> SpecialSupport {
     }
 }
 
-/// What `reuse_moved` kept: the prompt tokens past the common prefix now in the cache, and how
-/// many of them were moved there.
-#[derive(Default)]
-struct Reused {
-    kept: usize,
-    shifted: usize,
-}
-
 struct JobRunner<'run, 'model> {
     model: &'model LlamaModel,
     /// Runs of at least this many cached tokens are moved to their new positions (0: never).
@@ -487,17 +469,16 @@ impl JobRunner<'_, '_> {
     /// and each run of at least `reuse_min_tokens` is shifted to where the prompt has it
     /// (`llama_memory_seq_add`; the keys' rotary positions are updated before the next decode).
     /// The window that moved down past an anchor, or the lines below a line the user comes back
-    /// to, then cost only what is new. Afterwards the cache holds the prompt's first
-    /// `common + kept` tokens.
-    fn reuse_moved(&mut self, tokens: &[LlamaToken], common: usize) -> Result<Reused, EngineError> {
+    /// to, then cost only what is new. Returns how many tokens were moved: afterwards the cache
+    /// holds the prompt's first `common` + that many tokens.
+    fn reuse_moved(&mut self, tokens: &[LlamaToken], common: usize) -> Result<usize, EngineError> {
         let min = self.reuse_min_tokens;
         if min == 0 || common >= self.state.tokens.len() || !self.can_shift {
-            return Ok(Reused::default());
+            return Ok(0);
         }
         // At least one prompt token is decoded, for the logits.
         let last = tokens.len() - 1;
         let (mut head_cache, mut head_prompt) = (common, common);
-        let mut shifted = 0;
         let map = |err: llama_cpp_2::context::kv_cache::KvCacheConversionError| EngineError::Decode(err.to_string());
         while head_cache < self.state.tokens.len() && head_prompt < last {
             let run = self.state.tokens[head_cache..].iter().zip(&tokens[head_prompt..last]).take_while(|(cached, new)| cached == new).count();
@@ -508,18 +489,17 @@ impl JobRunner<'_, '_> {
             if head_cache > head_prompt {
                 self.context.kv_cache_seq_rm(0, Some(head_prompt as u32), Some(head_cache as u32)).map_err(map)?;
                 self.context.kv_cache_seq_add(0, Some(head_cache as u32), Some((head_cache + run) as u32), head_prompt as i32 - head_cache as i32).map_err(map)?;
+                self.state.shift_pending = true;
             }
-            shifted += run;
             head_cache += run;
             head_prompt += run;
-            self.state.shift_pending = true;
         }
-        if shifted == 0 {
-            return Ok(Reused::default());
+        if head_prompt == common {
+            return Ok(0);
         }
         self.context.kv_cache_seq_rm(0, Some(head_prompt as u32), None).map_err(map)?;
         self.state.tokens = tokens[..head_prompt].to_vec();
-        Ok(Reused { kept: head_prompt - common, shifted })
+        Ok(head_prompt - common)
     }
 
     fn run(mut self) -> Result<Completion, EngineError> {
@@ -557,7 +537,7 @@ impl JobRunner<'_, '_> {
         let restored_tokens = self.switch_place(&tokens)?;
         let common = common_prefix_len(&self.state.tokens, &tokens).min(tokens.len() - 1);
         let shifted_tokens = self.reuse_moved(&tokens, common)?;
-        let common = common + shifted_tokens.kept;
+        let common = common + shifted_tokens;
         if common < self.state.tokens.len() {
             let removed = self
                 .context
@@ -584,7 +564,7 @@ impl JobRunner<'_, '_> {
             drafted_tokens: 0,
             accepted_draft_tokens: 0,
             restored_tokens,
-            shifted_tokens: shifted_tokens.shifted,
+            shifted_tokens,
         };
 
         let mut logits_idx = 0;
@@ -677,11 +657,16 @@ impl JobRunner<'_, '_> {
                 break;
             }
             let room = (self.job.params.max_tokens - completion.generated_tokens).min(n_ctx - self.state.tokens.len() - 2);
-            let mut history = std::mem::take(&mut self.state.tokens);
-            history.push(token);
-            let drafted = draft(&history, self.job.params.draft_tokens.min(room));
-            history.pop();
-            self.state.tokens = history;
+            let max_drafted = self.job.params.draft_tokens.min(room);
+            let drafted = if max_drafted == 0 {
+                Vec::new()
+            } else {
+                // The history the draft continues: the cache and the token just chosen.
+                self.state.tokens.push(token);
+                let drafted = draft(&self.state.tokens, max_drafted);
+                self.state.tokens.pop();
+                drafted
+            };
             let position = self.state.tokens.len();
             self.batch.clear();
             for (offset, token) in std::iter::once(token).chain(drafted.iter().copied()).enumerate() {

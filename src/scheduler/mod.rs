@@ -229,13 +229,7 @@ impl Scheduler {
         let (previous_change, change_count) = self.keystrokes.record(&state.uri, state.version, now);
         let config = self.config();
         self.cross_files.note_edit(&state, ring_size(&config));
-        if self.ready_engine().is_none() || !config.language_enabled(&state.language_id) {
-            return;
-        }
-        let Some(split) = LineSplit::new(&state.rope, state.cursor_char_idx, state.language()) else { return };
-        if self.covering_job(&state, &split, &config).is_some() {
-            return;
-        }
+        let Some(split) = self.split_needing_job(&state, &config) else { return };
         // Adaptive debounce: an isolated keystroke starts the engine at once; a burst (a held
         // key, a paste in pieces) waits until it pauses.
         let in_burst = previous_change.is_some_and(|at| now.duration_since(at) < Duration::from_millis(config.debounce_ms * 2));
@@ -261,17 +255,19 @@ impl Scheduler {
     /// running job for another place (the one the cursor left) is superseded.
     pub fn cursor_rests(self: &Arc<Self>, state: CursorState) {
         let config = self.config();
-        if self.ready_engine().is_none() || !config.language_enabled(&state.language_id) {
-            return;
-        }
-        let Some(split) = LineSplit::new(&state.rope, state.cursor_char_idx, state.language()) else { return };
-        if self.covering_job(&state, &split, &config).is_some() {
-            tracing::debug!(uri = %state.uri, line = split.line, "cursor rest: a job serves this state already");
-            return;
-        }
-        if self.start_job(&state, &config).is_some() {
+        if self.split_needing_job(&state, &config).is_some() && self.start_job(&state, &config).is_some() {
             self.stats_mut().counters.rest_jobs += 1;
         }
+    }
+
+    /// The cursor's line split when this state needs a job of its own: an engine is ready, the
+    /// language gets suggestions, and no job serves the state already.
+    fn split_needing_job(&self, state: &CursorState, config: &Config) -> Option<LineSplit> {
+        if self.ready_engine().is_none() || !config.language_enabled(&state.language_id) {
+            return None;
+        }
+        let split = LineSplit::new(&state.rope, state.cursor_char_idx, state.language())?;
+        self.covering_job(state, &split, config).is_none().then_some(split)
     }
 
     /// The active job, if it can serve this state (now or when it finishes); else a job on

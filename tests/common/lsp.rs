@@ -258,6 +258,20 @@ impl LspClient {
         }
     }
 
+    /// Polls `ghostline/stats` until `done` holds for them, and returns them; not within
+    /// `timeout` is a failure (`what` says what was awaited).
+    pub fn wait_stats(&mut self, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.request_ok("ghostline/stats", json!(null));
+            if done(&stats) {
+                return stats;
+            }
+            assert!(Instant::now() < deadline, "{what} within {timeout:?}: {stats}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Polls `ghostline/stats` until every job the server started has ended, idle-time work
     /// included, and returns the stats. Idle must be seen twice in a row, since idle-time work
     /// starts just after a job ends. A server still busy after two minutes is a failure: a test
