@@ -12,7 +12,7 @@
 //!  [--interval-ms MS] [--jitter-ms MS] [--model NAME|PATH] [--threads N] [--languages a,b]
 //!  [--no-peer] [--regression] [--variant JSON]... [--baseline BINARY] [--reading-ms MS] [--siblings N]
 //!  [--max-keys N] [--settings JSON] [--revisit] [--rest-ms MS] [--backend-peer]
-//!  [--out DIR]`
+//!  [--load 1,2,4,8] [--load-cases N] [--out DIR]`
 //!
 //! Each case starts with an arrival: the editor asks at the blanked line (not counted as a
 //! keystroke; its time to a first suggestion is the cold-start figure), and the user reads until
@@ -38,6 +38,13 @@
 //! backend is the peer's own llama-server (`/completion`): Ghostline's keystroke logic in front
 //! of the same server and model that llama.vim's flow uses, in the same run (its CPU figure is
 //! Ghostline's process only; the peer's figure then holds the server's work for both).
+//! `--load 1,2,4,8` is the team mode instead: for each number N, N simulated editors type at the
+//! same time (human cadence, each its own `--load-cases` cases, starts spread over a second)
+//! against one llama-server started with N slots (`-np N`, 4,096 tokens each), first through
+//! llama.vim's flow straight to the server, then each editor through its own Ghostline in front
+//! of a fresh server of the same kind; the table gives, per N and side, the share of keys with a
+//! suggestion before the next key, correct characters per keystroke, time to suggestion and
+//! cold start (`load.json`).
 //! Under `cargo test` it runs a quick check on the tiny model: a few keystrokes, output well formed.
 
 #[allow(dead_code)]
@@ -90,6 +97,9 @@ struct Options {
     rest: Option<Duration>,
     /// A Ghostline run with the peer's server as its backend.
     backend_peer: bool,
+    /// `--load`: numbers of simulated editors sharing one llama-server, and cases per editor.
+    load: Vec<usize>,
+    load_cases: usize,
     max_keys: Option<usize>,
     /// Extra Ghostline settings (a JSON object), for trying a variant.
     settings: Value,
@@ -129,6 +139,8 @@ fn parse_options() -> Options {
         revisit: args.iter().any(|arg| arg == "--revisit"),
         backend_peer: args.iter().any(|arg| arg == "--backend-peer"),
         rest: value("--rest-ms").map(|text| Duration::from_millis(text.parse().expect("--rest-ms takes milliseconds"))),
+        load: value("--load").map(|list| list.split(',').map(|count| count.trim().parse().expect("--load takes numbers of editors, as 1,2,4,8")).collect()).unwrap_or_default(),
+        load_cases: number("--load-cases", 3.0) as usize,
         max_keys: value("--max-keys").map(|text| text.parse().expect("--max-keys takes a number")).or(quick.then_some(6)),
         settings: value("--settings").map(|text| serde_json::from_str(&text).expect("--settings takes a JSON object")).unwrap_or_else(|| json!({})),
         out: value("--out").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/replay")),
@@ -445,7 +457,8 @@ impl Driver for GhostlineDriver {
 type PeerAnswer = (String, Result<peer::InfillAnswer, String>);
 
 struct PeerDriver {
-    server: peer::PeerServer,
+    /// The server this driver started (None: a server shared with other drivers, `--load`).
+    server: Option<peer::PeerServer>,
     requests: mpsc::Sender<(String, String)>,
     answers: mpsc::Receiver<PeerAnswer>,
     prompt_tokens: u64,
@@ -462,8 +475,13 @@ struct PeerDriver {
 
 impl PeerDriver {
     fn start(bin_dir: &Path, model: &Path, threads: usize) -> Result<PeerDriver, String> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map_err(|err| err.to_string())?.port();
-        let server = peer::PeerServer::start(bin_dir, model, threads, port)?;
+        let port = free_port();
+        let server = peer::PeerServer::start(bin_dir, model, threads, port, 1)?;
+        Ok(PeerDriver::connect(port, Some(server)))
+    }
+
+    /// llama.vim's flow to the server on `port`.
+    fn connect(port: u16, server: Option<peer::PeerServer>) -> PeerDriver {
         let (requests, worker_requests) = mpsc::channel::<(String, String)>();
         let (worker_answers, answers) = mpsc::channel();
         std::thread::spawn(move || {
@@ -473,9 +491,13 @@ impl PeerDriver {
                 }
             }
         });
-        let cpu_at_start = process_usage(server.pid()).0;
-        Ok(PeerDriver { server, requests, answers, prompt_tokens: 0, typed_ahead_hits: 0, errors: 0, requests_sent: 0, requests_answered: 0, cpu_at_start, ring: Vec::new(), port })
+        let cpu_at_start = server.as_ref().map_or(0.0, |server| process_usage(server.pid()).0);
+        PeerDriver { server, requests, answers, prompt_tokens: 0, typed_ahead_hits: 0, errors: 0, requests_sent: 0, requests_answered: 0, cpu_at_start, ring: Vec::new(), port }
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("a free port on 127.0.0.1").port()
 }
 
 impl PeerDriver {
@@ -626,7 +648,7 @@ impl Driver for PeerDriver {
     }
 
     fn totals(&mut self) -> ServerTotals {
-        let (cpu, rss) = process_usage(self.server.pid());
+        let (cpu, rss) = self.server.as_ref().map_or((self.cpu_at_start, 0.0), |server| process_usage(server.pid()));
         if self.errors > 0 {
             eprintln!("the peer answered {} requests with errors", self.errors);
         }
@@ -641,6 +663,90 @@ impl Driver for PeerDriver {
             ..ServerTotals::default()
         }
     }
+}
+
+/// `--load`: for each number of editors, both sides (llama.vim's flow straight to the server,
+/// then Ghostline in front of it) against a fresh llama-server with that many slots; each editor
+/// types its own cases on a thread of its own. Returns the rows of `load.json`.
+fn run_load(options: &Options, cases: &[Case], model: &Path, reading: Duration) -> Vec<Value> {
+    let bin_dir = peer::peer_bin_dir().expect("--load needs llama-server: run benches/build-peer.sh or set GHOSTLINE_PEER_BIN");
+    let mut rows = Vec::new();
+    for &editors in &options.load {
+        for fronted in [false, true] {
+            let side = if fronted { "ghostline -> llama-server" } else { "llama.vim flow -> llama-server" };
+            let port = free_port();
+            let server = peer::PeerServer::start(&bin_dir, model, options.threads, port, editors).unwrap_or_else(|err| panic!("llama-server for {editors} editors: {err}"));
+            let mut drivers: Vec<Box<dyn Driver + Send>> = (0..editors)
+                .map(|editor| -> Box<dyn Driver + Send> {
+                    if fronted {
+                        let mut settings = options.settings.clone();
+                        settings["backend"] = json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}")});
+                        Box::new(GhostlineDriver::start(&format!("editor {editor}"), model, options.threads, options.cadence, true, &settings))
+                    } else {
+                        Box::new(PeerDriver::connect(port, None))
+                    }
+                })
+                .collect();
+            let started = Instant::now();
+            let results: Vec<(Vec<Arrival>, Vec<Keystroke>)> = std::thread::scope(|scope| {
+                let threads: Vec<_> = drivers
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(editor, driver)| {
+                        scope.spawn(move || {
+                            // Editors do not start in step: spread their first arrivals over a second.
+                            std::thread::sleep(Duration::from_millis((editor * 1000 / editors) as u64));
+                            let (mut arrivals, mut keys) = (Vec::new(), Vec::new());
+                            for turn in 0..options.load_cases {
+                                let case_idx = (editor * options.load_cases + turn) % cases.len();
+                                let mut next_interval = intervals(options.cadence, options.seed, case_idx);
+                                let (arrival, case_keys) = driver.run_case(&cases[case_idx], case_idx, Some(reading), &mut next_interval);
+                                arrivals.push(arrival);
+                                keys.extend(case_keys);
+                            }
+                            (arrivals, keys)
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|thread| thread.join().expect("an editor's thread")).collect()
+            });
+            let seconds = started.elapsed().as_secs_f64();
+            drop(drivers);
+            drop(server);
+            let keys: Vec<&Keystroke> = results.iter().flat_map(|(_, keys)| keys).collect();
+            let arrivals: Vec<Option<f64>> = results.iter().flat_map(|(arrivals, _)| arrivals.iter().map(|arrival| arrival.first_suggestion_ms)).collect();
+            let chars: usize = (0..editors).flat_map(|editor| (0..options.load_cases).map(move |turn| (editor * options.load_cases + turn) % cases.len())).map(|idx| cases[idx].content.chars().count()).sum();
+            let figures = metrics::summarize(&keys, &arrivals, chars, None);
+            println!("{editors} editors, {side}: {} keys in {seconds:.0} s", keys.len());
+            rows.push(json!({"editors": editors, "side": side, "seconds": seconds, "all": figures}));
+        }
+    }
+    rows
+}
+
+/// The load table: one row per number of editors and side.
+fn load_table(rows: &[Value]) -> String {
+    let columns: [(&str, &str); 6] = [
+        ("keys", "/keystrokes"),
+        ("with suggestion", "/shareWithSuggestion"),
+        ("correct chars/key", "/correctCharsPerKeystroke"),
+        ("suggestion p50 ms", "/suggestionMs/p50"),
+        ("suggestion p90 ms", "/suggestionMs/p90"),
+        ("cold start p50 ms", "/coldStartMs/p50"),
+    ];
+    let mut out = format!("{:<8}{:<32}", "editors", "side");
+    for (label, _) in columns {
+        out.push_str(&format!("{label:>19}"));
+    }
+    out.push('\n');
+    for row in rows {
+        out.push_str(&format!("{:<8}{:<32}", row["editors"].as_u64().unwrap_or_default(), row["side"].as_str().unwrap_or_default()));
+        for (_, pointer) in columns {
+            out.push_str(&format!("{:>19}", metrics::cell(row["all"].pointer(pointer))));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn machine() -> Value {
@@ -684,6 +790,27 @@ fn main() {
     let reading_text = options.reading.map_or("until the server is idle".to_string(), |reading| format!("{} ms", reading.as_millis()));
     println!("model {} ({}), threads {}, {} cases, seed {}, cadence {cadence_text}, reading after arrival {reading_text}", options.model, model.display(), options.threads, cases.len(), options.seed);
 
+    if !options.load.is_empty() {
+        let reading = options.reading.unwrap_or(Duration::from_secs(2));
+        assert!(matches!(options.cadence, Cadence::Human { .. }), "--load types at the human cadence");
+        let rows = run_load(&options, &cases, &model, reading);
+        println!("\nload ({} cases per editor, reading {} ms):\n{}", options.load_cases, reading.as_millis(), load_table(&rows));
+        let report = json!({
+            "machine": machine(),
+            "model": {"name": options.model, "file": model.file_name().map(|name| name.to_string_lossy().into_owned())},
+            "threads": options.threads,
+            "cadence": cadence_text,
+            "seed": options.seed,
+            "readingMs": reading.as_millis() as u64,
+            "casesPerEditor": options.load_cases,
+            "rows": rows,
+        });
+        std::fs::create_dir_all(&options.out).expect("the output folder can be made");
+        let path = options.out.join("load.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("the load report is written");
+        println!("wrote {}", path.display());
+        return;
+    }
     let ghostline = |mut driver: GhostlineDriver| -> Box<dyn Driver> {
         driver.keep_open = options.revisit;
         driver.rest = options.rest;
@@ -834,5 +961,20 @@ fn main() {
         }
         let picture = std::fs::read_to_string(&svg_path).unwrap();
         assert!(picture.starts_with("<svg") && picture.contains("<polyline") && picture.trim_end().ends_with("</svg>"));
+
+        // The load mode on the same cases: 1 and 2 editors, both sides, well formed (on the
+        // default model: the peer's /infill needs a model with fill-in-the-middle tokens).
+        let load = Options { load: vec![1, 2], load_cases: 1, ..options };
+        let fim_model = ghostline::models::resolve(ghostline::models::DEFAULT_MODEL).expect("the default model is fetched");
+        let rows = run_load(&load, &cases, &fim_model, Duration::from_millis(500));
+        println!("{}", load_table(&rows));
+        assert_eq!(rows.len(), 4, "a row per number of editors and side: {rows:?}");
+        for row in &rows {
+            let editors = row["editors"].as_u64().unwrap() as usize;
+            // Every character of each editor's case was typed or taken with Tab.
+            let chars: u64 = cases.iter().take(editors).map(|case| case.content.chars().count() as u64).sum();
+            assert_eq!(row["all"]["keystrokes"].as_u64().unwrap() + row["all"]["charsSaved"].as_u64().unwrap(), chars, "{row}");
+            assert!(row["all"]["shareWithSuggestion"].is_number() && row["all"]["correctCharsPerKeystroke"].is_number(), "{row}");
+        }
     }
 }

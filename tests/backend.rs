@@ -39,7 +39,7 @@ fn free_port() -> u16 {
 /// llama.cpp's llama-server serving the default model on `port`, ready.
 fn llama_server(port: u16) -> peer::PeerServer {
     let bin_dir = peer::peer_bin_dir().expect("llama-server, built by benches/build-peer.sh (scripts/test.sh runs it)");
-    peer::PeerServer::start(&bin_dir, &model_path(DEFAULT_MODEL), 2, port).expect("llama-server starts")
+    peer::PeerServer::start(&bin_dir, &model_path(DEFAULT_MODEL), 2, port, 1).expect("llama-server starts")
 }
 
 /// Ghostline with `backend`, ready.

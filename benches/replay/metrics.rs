@@ -149,7 +149,7 @@ pub const ROWS: &[(&str, &str, bool)] = &[
     ("server peak RSS MiB", "/serverPeakRssMiB", true),
 ];
 
-fn cell(value: Option<&Value>) -> String {
+pub fn cell(value: Option<&Value>) -> String {
     match value {
         Some(Value::Number(number)) if number.is_u64() => number.to_string(),
         Some(Value::Number(number)) => {

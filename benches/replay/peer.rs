@@ -70,13 +70,14 @@ pub struct PeerServer {
 
 impl PeerServer {
     /// Starts `llama-server` with the settings llama.vim recommends for FIM and waits until the
-    /// model is loaded.
-    pub fn start(bin_dir: &Path, model: &Path, threads: usize, port: u16) -> Result<PeerServer, String> {
+    /// model is loaded: `slots` parallel slots (`-np`) of 4,096 tokens each.
+    pub fn start(bin_dir: &Path, model: &Path, threads: usize, port: u16, slots: usize) -> Result<PeerServer, String> {
         let child = Command::new(bin_dir.join("llama-server"))
             .arg("-m")
             .arg(model)
             .args(["--host", "127.0.0.1", "--port", &port.to_string(), "-t", &threads.to_string()])
-            .args(["-c", "4096", "-np", "1", "-b", "1024", "-ub", "1024", "--cache-reuse", "256", "--no-webui"])
+            .args(["-c", &(4096 * slots).to_string(), "-np", &slots.to_string()])
+            .args(["-b", "1024", "-ub", "1024", "--cache-reuse", "256", "--no-webui"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
