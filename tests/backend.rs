@@ -2,7 +2,7 @@
 //! `llama-server` (built by `benches/build-peer.sh`, which the test command runs) serving the
 //! default model, through its native API and through its OpenAI-compatible one; the embedded
 //! model answering while the server is unreachable; and, with scripted servers, what a broken
-//! server does (an HTTP error, a stream that is not one) and that a newer keystroke closes the
+//! server does (an HTTP error, a stream that is not one, a stream cut before its end) and that a newer keystroke closes the
 //! stream of the request it supersedes.
 
 mod common;
@@ -179,6 +179,34 @@ fn a_broken_server_is_reported_and_never_takes_the_language_server_down() {
         assert_eq!(client.request_ok("ghostline/stats", json!(null))["engine"]["state"], "ready");
         client.shutdown();
     }
+}
+
+/// A server that dies in the middle of a stream (a few pieces, then the connection drops without
+/// the last piece): its text is not shown as a suggestion; the embedded model answers the job
+/// with a fallback, and without one the answer is empty and the error is reported.
+#[test]
+fn a_stream_cut_before_its_end_falls_back_and_is_never_shown_cut() {
+    let _serial = serial();
+    let (port, _) = scripted_server(|stream| {
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+        for piece in [" pi", " *", " rad"] {
+            let _ = stream.write_all(format!("data: {}\n\n", json!({"content": piece, "stop": false})).as_bytes());
+        }
+        // The connection drops here, as when the server is killed.
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    let mut client = start(json!({"kind": "llama-server", "url": url, "fallback": "local"}), DEFAULT_MODEL);
+    let suggestion = circle_suggestion(&mut client);
+    let backend = backend_stats(&mut client);
+    assert!(suggestion.starts_with("radius"), "the embedded model answers the whole job: {suggestion:?} {}", client.request_ok("ghostline/stats", json!(null)));
+    assert!(backend["fallbackJobs"].as_u64().unwrap() >= 1 && backend["remoteFailures"].as_u64().unwrap() >= 1, "{backend}");
+    assert!(backend["lastError"].as_str().unwrap().contains("before the server said it was done"), "{backend}");
+    client.shutdown();
+
+    let mut client = start(json!({"kind": "llama-server", "url": url}), DEFAULT_MODEL);
+    assert_eq!(circle_suggestion(&mut client), "", "a cut stream's text is not a suggestion");
+    assert!(backend_stats(&mut client)["lastError"].as_str().unwrap().contains("before the server said it was done"));
+    client.shutdown();
 }
 
 #[test]

@@ -564,11 +564,12 @@ impl Request {
                 }
             })?;
             if read == 0 {
-                // The stream ended without saying it was done.
-                if completion.generated_tokens == 0 {
-                    return Err(RemoteError::Protocol { url, reason: "the stream ended before any text".into() });
-                }
-                break;
+                // Every flavour ends its stream with a last piece that says so (llama-server's
+                // `stop`, OpenAI's `finish_reason` or `[DONE]`, Ollama's `done`): a stream that
+                // ends without one was cut (the server died or a proxy dropped it), and its text
+                // may stop anywhere.
+                let reason = if completion.generated_tokens == 0 { "the stream ended before any text" } else { "the stream ended before the server said it was done" };
+                return Err(RemoteError::Protocol { url, reason: reason.into() });
             }
             let Some(piece) = parse_line(self.config.api, &line).map_err(|reason| RemoteError::Protocol { url: url.clone(), reason })? else { continue };
             if first_piece {
@@ -626,10 +627,6 @@ impl Request {
     }
 }
 
-/// How many bytes at the end of a prompt are left for the model to write: the last character
-/// when it is a space or a tab (the model's tokens put a space in front of a word, and a run of
-/// indentation is kept less its last character), else the identifier characters it ends with
-/// (the start of a word being typed, at most 24 characters).
 /// A fill-in-the-middle prompt in the parts llama-server's `/infill` takes: other files' chunks
 /// (file name, text), the text before the cursor, the text after it, and the start of the middle
 /// (the cursor's line up to the cursor).
