@@ -62,6 +62,19 @@ pub struct Config {
     pub reuse_min_tokens: usize,
     /// Where jobs go: `None` for the embedded model, else a server (see `engine/remote.rs`).
     pub backend: Option<RemoteConfig>,
+    /// Whether the model's suggestion is an item of the completion list too.
+    pub completion_item: CompletionItemMode,
+}
+
+/// `completionItem`: where the model's suggestion appears besides inline completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletionItemMode {
+    /// In the completion list only for clients without inline completion (Helix, Emacs): a
+    /// client with ghost text shows the suggestion once, and its completion menu does not wait
+    /// for the model.
+    Auto,
+    Always,
+    Never,
 }
 
 impl Default for Config {
@@ -91,6 +104,7 @@ impl Default for Config {
             saved_kv_mib: crate::engine::DEFAULT_SAVED_KV_MIB,
             reuse_min_tokens: crate::engine::DEFAULT_REUSE_MIN_TOKENS,
             backend: None,
+            completion_item: CompletionItemMode::Auto,
         }
     }
 }
@@ -118,6 +132,7 @@ pub struct RawSettings {
     pub saved_kv_mib: Option<serde_json::Value>,
     pub reuse_min_tokens: Option<serde_json::Value>,
     pub backend: Option<serde_json::Value>,
+    pub completion_item: Option<serde_json::Value>,
     pub multi_line: Option<serde_json::Value>,
     pub max_lines: Option<serde_json::Value>,
     pub languages: Option<serde_json::Value>,
@@ -221,6 +236,14 @@ impl Config {
         if let Some(value) = &raw.max_wait_ms {
             if let Some(ms) = integer("maxWaitMs", value, 0, 60_000, errors) {
                 self.max_wait_ms = ms;
+            }
+        }
+        if let Some(value) = &raw.completion_item {
+            match value.as_str() {
+                Some("auto") => self.completion_item = CompletionItemMode::Auto,
+                Some("always") => self.completion_item = CompletionItemMode::Always,
+                Some("never") => self.completion_item = CompletionItemMode::Never,
+                _ => errors.push(format!("setting completionItem must be \"auto\", \"always\" or \"never\", got {value}; keeping the previous value")),
             }
         }
         if let Some(value) = &raw.debounce_ms {

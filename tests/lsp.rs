@@ -407,6 +407,39 @@ fn completion_items_for_clients_without_ghost_text() {
     client.shutdown();
 }
 
+/// A client with inline completion (it shows ghost text) gets the model's suggestion only there:
+/// its completion list holds the expansions, answered without waiting for the model, unless
+/// `completionItem` is "always".
+#[test]
+fn clients_with_ghost_text_get_only_expansions_in_the_completion_list() {
+    let _serial = serial();
+    let options = json!({"model": model_path(DEFAULT_MODEL).to_str().unwrap(), "maxWaitMs": 30000, "expansions": {"radius2": "radius ** 2"}});
+    let capabilities = json!({"textDocument": {"inlineCompletion": {"dynamicRegistration": false}}});
+    let (mut client, _) = LspClient::start(options.clone(), capabilities.clone());
+    assert_eq!(client.wait_engine()["engine"]["state"], "ready");
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return 3.14159 * rad");
+    // The suggestion is there, inline (and ready, so the list below could hold it).
+    assert!(client.inline_text(CIRCLE_URI, 5, character).unwrap_or_default().starts_with("ius"));
+    let items = client.completion(CIRCLE_URI, 5, character)["result"]["items"].clone();
+    let labels: Vec<&str> = items.as_array().unwrap().iter().map(|item| item["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["radius2"], "only the expansion: {items}");
+    client.shutdown();
+
+    let mut options = options;
+    options["completionItem"] = json!("always");
+    let (mut client, _) = LspClient::start(options, capabilities);
+    assert_eq!(client.wait_engine()["engine"]["state"], "ready");
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return 3.14159 * rad");
+    // With expansions to offer, the completion list waits only the budget for the model: let
+    // the suggestion be ready first.
+    assert!(client.inline_text(CIRCLE_URI, 5, character).unwrap_or_default().starts_with("ius"));
+    let items = client.completion(CIRCLE_URI, 5, character)["result"]["items"].clone();
+    assert!(items[0]["label"].as_str().unwrap().starts_with("radius") && items[0]["detail"] == "Ghostline", "the model's item first: {items}");
+    client.shutdown();
+}
+
 #[test]
 fn expansions_are_offered_as_snippets_with_their_variables_filled() {
     let _serial = serial();

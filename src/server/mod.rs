@@ -26,7 +26,7 @@ use tower_lsp_server::jsonrpc::Result;
 use tower_lsp_server::ls_types::*;
 use tower_lsp_server::{Client, LanguageServer, LspService, Server};
 
-use crate::config::{Config, RawSettings};
+use crate::config::{CompletionItemMode, Config, RawSettings};
 use crate::documents::{self, DocumentStore, PositionEncoding};
 use crate::scheduler::{Answer, CursorState, EngineState, Scheduler, Waiting};
 use commands::{accept_command, cap_chars, word_before_cursor};
@@ -148,6 +148,8 @@ pub struct Backend {
     scheduler: Arc<Scheduler>,
     encoding: Mutex<PositionEncoding>,
     wants_ready_notification: AtomicBool,
+    /// The client declared `textDocument.inlineCompletion` (it shows ghost text).
+    client_has_inline_completion: AtomicBool,
     client_has_work_done_progress: AtomicBool,
     /// Settings errors found in `initialize`, shown once the client can receive messages.
     pending_messages: Mutex<Vec<String>>,
@@ -185,6 +187,7 @@ impl Backend {
             scheduler: Scheduler::new(config),
             encoding: Mutex::new(PositionEncoding::Utf16),
             wants_ready_notification: AtomicBool::new(false),
+            client_has_inline_completion: AtomicBool::new(false),
             client_has_work_done_progress: AtomicBool::new(false),
             pending_messages: Mutex::new(Vec::new()),
             engine_generation: Arc::new(AtomicU64::new(0)),
@@ -374,6 +377,8 @@ impl LanguageServer for Backend {
                 .and_then(|window| window.work_done_progress)
                 .unwrap_or(false);
             self.client_has_work_done_progress.store(has_progress, Ordering::SeqCst);
+            let has_inline = params.capabilities.text_document.as_ref().is_some_and(|text| text.inline_completion.is_some());
+            self.client_has_inline_completion.store(has_inline, Ordering::SeqCst);
             let experimental_ready = params
                 .capabilities
                 .experimental
@@ -556,6 +561,14 @@ impl LanguageServer for Backend {
             let word_range = Range { start: word_start, end: position };
             // Expansions are answered at once: the model's item joins them only if it is ready.
             let mut items = self.expansion_items(&uri, &state.language_id, word, word_range);
+            let model_item = match self.scheduler.config().completion_item {
+                CompletionItemMode::Auto => !self.client_has_inline_completion.load(Ordering::SeqCst),
+                CompletionItemMode::Always => true,
+                CompletionItemMode::Never => false,
+            };
+            if !model_item {
+                return Ok(Some(CompletionResponse::List(CompletionList { is_incomplete: true, items })));
+            }
             let waiting = if items.is_empty() { Waiting::UntilReady } else { Waiting::Budget };
             let (answer, _) = self.answer_bounded(state.clone(), waiting).await;
             let Answer::Ready(suggestion) = answer else {
