@@ -87,6 +87,9 @@ pub fn summarize(keystrokes: &[&Keystroke], arrivals: &[Option<f64>], chars_in_l
             "p50": percentile(&suggestion, 0.5), "p90": percentile(&suggestion, 0.9),
             "p99": percentile(&suggestion, 0.99),
             "meanWhenShown": mean(suggestion.iter().flatten().copied()),
+            // Over the keys that got a suggestion: a key whose right answer is empty (the line
+            // is complete) is "never" above, as a key that waited for nothing.
+            "p99WhenShown": percentile(&suggestion.iter().flatten().map(|ms| Some(*ms)).collect::<Vec<_>>(), 0.99),
         },
         "shareWithSuggestion": share(with_suggestion),
         "shareWithin10ms": share(within_10),
@@ -126,6 +129,7 @@ pub const ROWS: &[(&str, &str, bool)] = &[
     ("suggestion p90 ms", "/suggestionMs/p90", true),
     ("suggestion p99 ms", "/suggestionMs/p99", true),
     ("suggestion mean ms (shown)", "/suggestionMs/meanWhenShown", true),
+    ("suggestion p99 ms (shown)", "/suggestionMs/p99WhenShown", true),
     ("share with suggestion", "/shareWithSuggestion", false),
     ("share within 10 ms", "/shareWithin10ms", false),
     ("typed-ahead share", "/typedAheadShare", false),
@@ -191,7 +195,7 @@ pub fn table(names: &[String], figures: &[&Value]) -> String {
         out.push_str(&format!("{label:<28}"));
         for figure in figures {
             let text = match figure.pointer(pointer) {
-                Some(Value::Null) if pointer.ends_with("meanWhenShown") => "-".to_string(),
+                Some(Value::Null) if pointer.ends_with("WhenShown") => "-".to_string(),
                 value => cell(value),
             };
             out.push_str(&format!("{text:>28}"));
