@@ -6,11 +6,21 @@
 # Python file, opens the completion menu and checks that Ghostline's item is listed and that
 # accepting it inserts the server's text.
 #
+# With GHOSTLINE_PAINT_OUT=FILE it is a benchmark instead of the test: after the model has
+# loaded, tests/editors/helix_paint.py types a line of Python key by key into a file with some
+# context (the same file and line as neovim.sh's benchmark), times each key to Ghostline's item
+# in the completion menu Helix opens by itself, and appends one JSON line to FILE. The server
+# runs with the settings in editors/helix/languages.toml (maxWaitMs 2000), not the test's.
+#
 # Needs: apt-get (root) on first run to download the three packages, tmux, python3.
 # Environment: GHOSTLINE_BIN (default target/release/ghostline), GHOSTLINE_TEST_MODEL (default
 # qwen2.5-coder-0.5b), GHOSTLINE_EDITORS_DIR (default ~/.cache/ghostline/editors),
-# GHOSTLINE_KEEP_LOGS=1 keeps the temporary directory.
+# GHOSTLINE_KEEP_LOGS=1 keeps the temporary directory, GHOSTLINE_PAINT_OUT.
 set -euo pipefail
+if [[ -n "${GHOSTLINE_PAINT_OUT:-}" ]]; then
+  # Relative to where the script was started, not to the checkout it moves to.
+  GHOSTLINE_PAINT_OUT=$(realpath -m -- "$GHOSTLINE_PAINT_OUT")
+fi
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 
@@ -105,12 +115,20 @@ trap cleanup EXIT
 # the test model and a log file, and lets a loaded machine take its time.
 mkdir -p "$work/config/helix" "$work/data" "$work/workspace/.helix"
 cp "$root/editors/helix/languages.toml" "$work/config/helix/languages.toml"
+if [[ -n "${GHOSTLINE_PAINT_OUT:-}" ]]; then
+  # What a user gets: the wait of editors/helix/languages.toml, Helix's own request timeout.
+  settings="model = \"$model\", maxWaitMs = 2000"
+  timeout=20
+else
+  settings="model = \"$model\", maxWaitMs = 20000"
+  timeout=60
+fi
 cat >"$work/workspace/.helix/languages.toml" <<EOF
 [language-server.ghostline]
 command = "$bin"
 args = ["--log-file", "$work/server.log", "serve"]
-config = { model = "$model", maxWaitMs = 20000 }
-timeout = 60
+config = { $settings }
+timeout = $timeout
 EOF
 cat >"$work/workspace/shapes.py" <<'EOF'
 import math
@@ -128,7 +146,40 @@ EOF
 chmod +x "$work/hx.sh"
 
 started=$(date +%s)
-tmux -L "$tmux_socket" -f /dev/null new-session -d -s helix -x 120 -y 30 "$work/hx.sh shapes.py"
-python3 "$root/tests/editors/helix_driver.py" --tmux-socket "$tmux_socket" --work "$work" \
-  --file "$work/workspace/shapes.py"
-echo "helix.sh: passed in $(($(date +%s) - started)) s"
+if [[ -n "${GHOSTLINE_PAINT_OUT:-}" ]]; then
+  # The benchmark's file and line (neovim.sh's are the same): `o` on the `for` line, then the line.
+  paint_line_above='    for a, b in zip(points, points[1:] + points[:1]):'
+  paint_typed='total += math.dist((a.x, a.y), (b.x, b.y))'
+  cat >"$work/workspace/geometry.py" <<'EOF'
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class Point:
+    x: float
+    y: float
+
+
+def distance(a, b):
+    """Return the Euclidean distance between two points."""
+    return math.hypot(a.x - b.x, a.y - b.y)
+
+
+def perimeter(points):
+    """Return the length of the closed path through the points."""
+    total = 0.0
+    for a, b in zip(points, points[1:] + points[:1]):
+    return total
+EOF
+  tmux -L "$tmux_socket" -f /dev/null new-session -d -s helix -x 120 -y 30 "$work/hx.sh geometry.py"
+  python3 "$root/tests/editors/helix_paint.py" --tmux-socket "$tmux_socket" --work "$work" \
+    --file "$work/workspace/geometry.py" --out "$GHOSTLINE_PAINT_OUT" --model "$model" \
+    --line-above "$paint_line_above" --typed "$paint_typed"
+  echo "helix.sh: measured in $(($(date +%s) - started)) s, appended to $GHOSTLINE_PAINT_OUT"
+else
+  tmux -L "$tmux_socket" -f /dev/null new-session -d -s helix -x 120 -y 30 "$work/hx.sh shapes.py"
+  python3 "$root/tests/editors/helix_driver.py" --tmux-socket "$tmux_socket" --work "$work" \
+    --file "$work/workspace/shapes.py"
+  echo "helix.sh: passed in $(($(date +%s) - started)) s"
+fi

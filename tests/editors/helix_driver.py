@@ -1,7 +1,8 @@
 """Drives Helix in tmux (started by tests/editors/helix.sh) as a user would: types into a
 Python file, opens the completion menu with Ctrl-x, checks that the screen lists the item
 Ghostline answered with (read from Helix's own LSP log, `hx -v`), selects and accepts it,
-saves, and checks that the file holds exactly the server's text after what was typed.
+saves, and checks that the file holds exactly the server's text after what was typed, and that
+Helix sent no command on accept (it does not run an item's command: see the FIXME below).
 
 Nothing here knows what the model will write: the expected text is the server's answer.
 """
@@ -179,6 +180,21 @@ def main():
     if not expected.fullmatch(text):
         fail(f"the file does not hold the typed text followed by the item's text {new_text!r}:\n{text}")
     log("accepted: " + text[len(original):].rstrip("\n"))
+
+    # FIXME: Helix 25.01 never runs a completion item's `command` (helix-term/src/ui/completion.rs
+    # applies the item's edits on accept and nothing else; helix-editor/helix#15585), so the
+    # server is not told of the acceptance (`ghostline.accept`) and cannot count it. This checks
+    # today's behaviour: up to the didSave that follows the accept, Helix sent Ghostline no
+    # workspace/executeCommand. A Helix that runs the command fails here; then check instead
+    # that it sent ghostline.accept with the item's arguments.
+    def sent_after_accept():
+        methods = [message.get("method") for direction, message in ghostline_messages(log_path) if direction == "->"]
+        return methods if "textDocument/didSave" in methods else None
+
+    methods = wait_for("Helix to send didSave to Ghostline", 10, sent_after_accept)
+    if "workspace/executeCommand" in methods[: methods.index("textDocument/didSave")]:
+        fail("Helix ran a command on accept: check that it is ghostline.accept with the item's arguments and update this test")
+    log("accept: Helix ran no command (it does not run a completion item's command)")
 
     tmux.keys(":q!")
     tmux.keys("Enter")

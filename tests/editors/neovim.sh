@@ -10,10 +10,21 @@
 # the server that runs must be that file. Before that, :checkhealth ghostline in a copy of the
 # plugin with no binary anywhere must name every place it looked and say how to install.
 #
+# With GHOSTLINE_PAINT_OUT=FILE it is a benchmark instead of the test: after the model has
+# loaded, tests/editors/neovim_paint.lua types a line of Python key by key into a file with some
+# context (the same file and line as helix.sh's benchmark), times each key to the ghost text it
+# shows (first and final, flicker) and appends one JSON line to FILE.
+#
 # Environment: GHOSTLINE_TEST_MODEL (default qwen2.5-coder-0.5b), GHOSTLINE_TEST_THREADS,
 # GHOSTLINE_EDITORS_DIR (default ~/.cache/ghostline/editors), GHOSTLINE_KEEP_LOGS=1 keeps the
-# temporary directory. The binary is always target/release/ghostline (what the plugin finds).
+# temporary directory, GHOSTLINE_PAINT_OUT. The binary is always target/release/ghostline (what
+# the plugin finds).
 set -euo pipefail
+if [[ -n "${GHOSTLINE_PAINT_OUT:-}" ]]; then
+  # Relative to where the script was started, not to the checkout it moves to.
+  GHOSTLINE_PAINT_OUT=$(realpath -m -- "$GHOSTLINE_PAINT_OUT")
+  export GHOSTLINE_PAINT_OUT
+fi
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 
@@ -99,30 +110,60 @@ export XDG_CONFIG_HOME="$work/xdg/config" XDG_DATA_HOME="$work/xdg/data" \
 source tests/editors/path.sh
 remove_ghostline_from_path neovim.sh
 
-# :checkhealth ghostline where there is no binary: a copy of the plugin outside any checkout,
-# a HOME without ~/.cargo/bin. It must report an ERROR, every place it looked in and how to
-# install.
-mkdir -p "$work/bare/editors" "$work/bare-home"
-cp -R "$root/editors/neovim" "$work/bare/editors/"
-HOME="$work/bare-home" CARGO_HOME="" "$nvim" --headless -n -i NONE -u NONE \
-  --cmd "set runtimepath^=$work/bare/editors/neovim" \
-  -c "lua require('ghostline').setup({})" -c "checkhealth ghostline" \
-  -c "lua vim.fn.writefile(vim.api.nvim_buf_get_lines(0, 0, -1, false), '$work/health-none.txt')" -c "qall!" </dev/null >"$work/health-none.out" 2>&1
-for expected in "ERROR no ghostline binary found" "cargo build --release" "cargo install --path ." \
-  "$work/bare/target/release/ghostline (missing)" "$work/bare/bin/ghostline (missing)" \
-  "PATH: \`ghostline\` is not on PATH (missing)" "$work/bare-home/.cargo/bin/ghostline (missing)"; do
-  if ! grep -qF -- "$expected" "$work/health-none.txt"; then
-    echo "neovim.sh: :checkhealth ghostline without a binary does not say: $expected" >&2
-    cat "$work/health-none.txt" >&2
+if [[ -n "${GHOSTLINE_PAINT_OUT:-}" ]]; then
+  # The benchmark's file and line (helix.sh's are the same): `o` on the `for` line, then the line.
+  export GHOSTLINE_PAINT_LINE_ABOVE='    for a, b in zip(points, points[1:] + points[:1]):'
+  export GHOSTLINE_PAINT_TYPED='total += math.dist((a.x, a.y), (b.x, b.y))'
+  cat >"$work/geometry.py" <<'EOF'
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class Point:
+    x: float
+    y: float
+
+
+def distance(a, b):
+    """Return the Euclidean distance between two points."""
+    return math.hypot(a.x - b.x, a.y - b.y)
+
+
+def perimeter(points):
+    """Return the length of the closed path through the points."""
+    total = 0.0
+    for a, b in zip(points, points[1:] + points[:1]):
+    return total
+EOF
+  file="$work/geometry.py" driver=neovim_paint.lua
+else
+  file="$work/shapes.py" driver=neovim_driver.lua
+  # :checkhealth ghostline where there is no binary: a copy of the plugin outside any checkout,
+  # a HOME without ~/.cargo/bin. It must report an ERROR, every place it looked in and how to
+  # install.
+  mkdir -p "$work/bare/editors" "$work/bare-home"
+  cp -R "$root/editors/neovim" "$work/bare/editors/"
+  HOME="$work/bare-home" CARGO_HOME="" "$nvim" --headless -n -i NONE -u NONE \
+    --cmd "set runtimepath^=$work/bare/editors/neovim" \
+    -c "lua require('ghostline').setup({})" -c "checkhealth ghostline" \
+    -c "lua vim.fn.writefile(vim.api.nvim_buf_get_lines(0, 0, -1, false), '$work/health-none.txt')" -c "qall!" </dev/null >"$work/health-none.out" 2>&1
+  for expected in "ERROR no ghostline binary found" "cargo build --release" "cargo install --path ." \
+    "$work/bare/target/release/ghostline (missing)" "$work/bare/bin/ghostline (missing)" \
+    "PATH: \`ghostline\` is not on PATH (missing)" "$work/bare-home/.cargo/bin/ghostline (missing)"; do
+    if ! grep -qF -- "$expected" "$work/health-none.txt"; then
+      echo "neovim.sh: :checkhealth ghostline without a binary does not say: $expected" >&2
+      cat "$work/health-none.txt" >&2
+      exit 1
+    fi
+  done
+  grep -qF "no ghostline binary found" "$work/health-none.out" || {
+    echo "neovim.sh: setup() without a binary did not report it:" >&2
+    cat "$work/health-none.out" >&2
     exit 1
-  fi
-done
-grep -qF "no ghostline binary found" "$work/health-none.out" || {
-  echo "neovim.sh: setup() without a binary did not report it:" >&2
-  cat "$work/health-none.out" >&2
-  exit 1
-}
-echo "neovim.sh: :checkhealth ghostline without a binary lists every place and how to install"
+  }
+  echo "neovim.sh: :checkhealth ghostline without a binary lists every place and how to install"
+fi
 
 export GHOSTLINE_ROOT="$root" GHOSTLINE_EXPECTED_SERVER="$(realpath "$bin")" GHOSTLINE_TEST_MODEL="$model" \
   GHOSTLINE_SERVER_LOG="$work/server.log" GHOSTLINE_GHOST_TEXT=auto \
@@ -131,14 +172,18 @@ export GHOSTLINE_LOG=${GHOSTLINE_LOG:-info}
 
 socket="$work/nvim.sock"
 "$nvim" --headless --listen "$socket" -n -i NONE -u "$root/tests/editors/neovim_init.lua" \
-  "$work/shapes.py" </dev/null >"$work/editor.out" 2>"$work/editor.err" &
+  "$file" </dev/null >"$work/editor.out" 2>"$work/editor.err" &
 editor_pid=$!
 
 started=$(date +%s)
-"$nvim" -l "$root/tests/editors/neovim_driver.lua" "$socket"
+"$nvim" -l "$root/tests/editors/$driver" "$socket"
 # Neovim stops the server on exit; give both a moment before cleanup checks.
 for _ in $(seq 50); do
   kill -0 "$editor_pid" 2>/dev/null || break
   sleep 0.1
 done
-echo "neovim.sh: passed in $(($(date +%s) - started)) s"
+if [[ -n "${GHOSTLINE_PAINT_OUT:-}" ]]; then
+  echo "neovim.sh: measured in $(($(date +%s) - started)) s, appended to $GHOSTLINE_PAINT_OUT"
+else
+  echo "neovim.sh: passed in $(($(date +%s) - started)) s"
+fi

@@ -1,6 +1,7 @@
 -- Drives a headless Neovim (started by tests/editors/neovim.sh with --listen) over its RPC
 -- socket as a user would: types into a Python file, waits for the ghost text extmark, checks
--- that it shows exactly what the server returns for that buffer state, accepts it with Tab,
+-- that it shows exactly what the server returns for that buffer state, that typing its first
+-- character shortens it without hiding it in between, accepts it with Tab,
 -- accepts a word with <M-Right>, leaves insert mode, and runs :checkhealth ghostline and
 -- :GhostlineStats. Run as `nvim -l tests/editors/neovim_driver.lua SOCKET`.
 --
@@ -254,6 +255,31 @@ local first = wait_for_complete_ghost('the complete suggestion after typing ' ..
 log('complete ghost text (the server is idle): ' .. vim.inspect(first.ghost))
 local row, col = first.cursor[1], first.cursor[2]
 check(first.lines[row]:sub(1, col):sub(-#typed) == typed, 'the typed text is not before the cursor: ' .. vim.inspect(first.lines[row]))
+
+-- 2b. Typing the suggestion's first character shortens the ghost text at once, without hiding
+-- it in between (Neovim fires CursorMovedI before TextChangedI: hiding it on the move drew it
+-- again only once the server answered, a flicker). The editor records each change of the ghost
+-- text from the plugin's `User GhostlineGhostText` ('' when hidden).
+remote([[
+  _G.ghost_changes = {}
+  vim.api.nvim_create_autocmd('User', { pattern = 'GhostlineGhostText', callback = function(args)
+    table.insert(_G.ghost_changes, args.data.text)
+  end })
+]])
+local next_char = first.ghost:sub(1, 1)
+check(#first.ghost > 1 and next_char ~= '\n', 'the suggestion must go on after its first character: ' .. vim.inspect(first.ghost))
+input(next_char == '<' and '<lt>' or next_char)
+local ghost_changes = wait_for('the ghost text to follow the typed ' .. vim.inspect(next_char), 5000, function()
+  local recorded = remote('return _G.ghost_changes')
+  return #recorded > 0 and recorded
+end)
+check(ghost_changes[1] == first.ghost:sub(2),
+  'typing ' .. vim.inspect(next_char) .. ' did not shorten the ghost text at once: ' .. vim.inspect(ghost_changes))
+first = wait_for_complete_ghost('the complete suggestion after typing its first character')
+ghost_changes = remote('return _G.ghost_changes')
+check(not vim.tbl_contains(ghost_changes, ''), 'the ghost text was hidden after typing a character it agreed with: ' .. vim.inspect(ghost_changes))
+row, col = first.cursor[1], first.cursor[2]
+log('typed ' .. vim.inspect(next_char) .. ': the ghost text followed at once: ' .. vim.inspect(first.ghost))
 
 -- 3. Tab inserts exactly the ghost text and moves the cursor to its end.
 input('<Tab>')

@@ -9,6 +9,10 @@
 -- command with what was accepted of it (all, a word or a line) so the server counts it. This module never changes the
 -- buffer except on an accept key, and never shows a suggestion made for another buffer
 -- state (the answer's changedtick and cursor must still be the current ones).
+--
+-- Each time the ghost text shown changes (drawn, shortened by typing, grown, hidden) it fires
+-- `User GhostlineGhostText` with `{ bufnr, text }` (text '' once hidden), right after the
+-- extmark changed: a statusline can follow it, and tests/editors/neovim_paint.lua times it.
 
 local M = {}
 
@@ -51,6 +55,11 @@ local function display(text, bufnr)
   return (text:gsub('\t', string.rep(' ', vim.bo[bufnr].tabstop)))
 end
 
+--- Fires `User GhostlineGhostText` for a change of what is shown ('' once hidden).
+local function announce(bufnr, text)
+  api.nvim_exec_autocmds('User', { pattern = 'GhostlineGhostText', data = { bufnr = bufnr, text = text }, modeline = false })
+end
+
 local function render(bufnr, suggestion)
   api.nvim_buf_clear_namespace(bufnr, ns, 0, -1)
   local hl = options.hl_group
@@ -67,15 +76,20 @@ local function render(bufnr, suggestion)
     end
   end
   api.nvim_buf_set_extmark(bufnr, ns, suggestion.row, suggestion.col, extmark)
+  announce(bufnr, suggestion.text)
 end
 
 local function clear(bufnr)
   local state = buffers[bufnr]
+  local shown = state and state.suggestion
   if state then
     state.suggestion = nil
   end
   if api.nvim_buf_is_valid(bufnr) then
     api.nvim_buf_clear_namespace(bufnr, ns, 0, -1)
+    if shown then
+      announce(bufnr, '')
+    end
   end
 end
 
@@ -217,6 +231,9 @@ local function follow_typing(bufnr)
     clear(bufnr)
     return
   end
+  if col == suggestion.col then
+    return
+  end
   local line = api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ''
   local typed = line:sub(suggestion.col + 1, col)
   if suggestion.text:sub(1, #typed) ~= typed or #typed == #suggestion.text then
@@ -252,13 +269,11 @@ function M.attach(client, bufnr, opts)
     group = group,
     buffer = bufnr,
     callback = function()
-      local suggestion = buffers[bufnr] and buffers[bufnr].suggestion
-      if suggestion then
-        local row, col = unpack(api.nvim_win_get_cursor(0))
-        if row - 1 ~= suggestion.row or col ~= suggestion.col then
-          clear(bufnr)
-        end
-      end
+      -- A typed character moves the cursor too, and CursorMovedI comes before TextChangedI:
+      -- follow the typing here already, or ghost text that agrees with the character would
+      -- be hidden and drawn again when the server answers (a flicker). A move anywhere else
+      -- than over text the suggestion begins with hides it.
+      follow_typing(bufnr)
       schedule_request(bufnr)
     end,
   })

@@ -326,6 +326,11 @@ function M.setup(opts)
   if M.renderer == 'plugin' then
     init_options.suggestionReadyNotification = true
   end
+  -- The server leaves the model out of the completion list of a client with inline completion
+  -- (Neovim 0.12 declares it) unless asked.
+  if M.options.completion_menu and init_options.completionItem == nil then
+    init_options.completionItem = 'always'
+  end
 
   vim.lsp.config('ghostline', {
     cmd = M.cmd,
