@@ -14,9 +14,12 @@
 #   editors/vscode/package.sh /tmp/server linux-x64 ghostline-linux-x64.vsix
 #
 # Everything happens in a temporary staging copy of editors/vscode: the source tree gets no
-# server/, node_modules/ or out/. Needs npm and Node 20+ (@vscode/vsce 4 declares Node 22, and
-# packs with Node 20 and 24 alike); reaches only the npm registry (npm ci of package-lock.json).
-# Fails if the packaged server lost its executable bit.
+# server/, node_modules/ or out/. vsce runs the package's vscode:prepublish script (tsc checks
+# the types, esbuild bundles the extension with vscode-languageclient into out/extension.js),
+# and .vscodeignore lets only out/, package.json, README.md and server/ into the .vsix. Needs
+# npm and Node 20+ (@vscode/vsce 4 declares Node 22, and packs with Node 20 and 24 alike);
+# reaches only the npm registry (npm ci of package-lock.json). Fails if the packaged server
+# lost its executable bit, or if node_modules/ got into the .vsix.
 set -euo pipefail
 
 if [[ $# -ne 3 ]]; then
@@ -60,8 +63,8 @@ cd "$staging"
 # The package has no repository to resolve README.md's relative image against.
 sed -i.orig '/screenshot.png/d' README.md && rm -f README.md.orig
 npm ci --loglevel=error --no-audit --no-fund >/dev/null
-node_modules/.bin/tsc -p .
-npx --no-install vsce package --target "$target" --allow-missing-repository --skip-license -o "$out" >/dev/null
+npx --no-install vsce package --no-dependencies --target "$target" --allow-missing-repository --skip-license \
+  -o "$out" >/dev/null
 
 # What VS Code unpacks: each entry's unix mode is in the high 16 bits of its external
 # attributes (yauzl is vsce's own zip reader).
@@ -71,7 +74,13 @@ const [vsix, entryName, target] = process.argv.slice(2);
 yauzl.open(vsix, { lazyEntries: true }, (err, zip) => {
   if (err) throw err;
   let found = false;
+  let files = 0;
   zip.on('entry', (entry) => {
+    files++;
+    if (entry.fileName.startsWith('extension/node_modules/')) {
+      console.error(`package.sh: ${entry.fileName} is in ${vsix}: the extension is bundled, node_modules is not shipped`);
+      process.exit(1);
+    }
     if (entry.fileName === entryName) {
       found = true;
       const mode = (entry.externalFileAttributes >>> 16) & 0o777;
@@ -87,6 +96,7 @@ yauzl.open(vsix, { lazyEntries: true }, (err, zip) => {
       console.error(`package.sh: ${entryName} is missing from ${vsix}`);
       process.exit(1);
     }
+    console.log(`package.sh: ${files} files in ${vsix}`);
   });
   zip.readEntry();
 });

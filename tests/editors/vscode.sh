@@ -3,14 +3,20 @@
 # bundled (editors/vscode/package.sh, from a staging directory holding bin/ghostline copied
 # from GHOSTLINE_BIN), installs only that .vsix into VS Code 1.139 as code-server 4.139.1 (npm;
 # it needs Node 24 from the npm package node@24), and drives code-server in Debian's headless
-# Chromium with playwright-core (tests/editors/vscode_driver.cjs): types into a Python file,
-# waits for the ghost text and then for it to become the server's complete suggestion for that
-# state (the suggestion grows after the first words; the extension must refresh it on
-# ghostline/suggestionReady), saves a screenshot to editors/vscode/screenshot.png, accepts with
-# Tab and checks the file, the server's answer and its acceptance count. code-server runs with
-# no `ghostline` on PATH and no ghostline.path setting: the server that answers must be the
-# bundled copy inside the installed extension (the driver reads /proc/PID/exe of the running
-# ghostline processes).
+# Chromium with playwright-core (tests/editors/vscode_driver.cjs): in the default
+# ghostline.suggestionMode, types into a Python file, waits for the ghost text and then for it
+# to become the server's complete suggestion for that state, saves a screenshot to
+# editors/vscode/screenshot.png, accepts a word with Ctrl+Right and the rest with Tab and checks
+# the file, the server's answer and its acceptance counts (whole, partial, characters); then
+# the other mode on a new line. code-server runs with no `ghostline` on PATH and no
+# ghostline.path setting: the server that answers must be the bundled copy inside the installed
+# extension (the driver reads /proc/PID/exe of the running ghostline processes).
+#
+# With GHOSTLINE_PAINT_OUT=FILE it is a benchmark instead of the test: the driver types a line
+# of Python key by key into a file with some context (the same file and line as the Neovim and
+# Helix benchmarks), once per mode (pushRefresh, then longPoll), times each key to the ghost
+# text it shows (first and final, never, flicker; defined at the top of vscode_driver.cjs) and
+# appends one JSON line per mode to FILE.
 #
 # Installs once into ~/.cache/ghostline/editors/vscode: Node 24, code-server, playwright-core
 # (package.sh runs npm ci for the extension each time, from npm's cache); and through apt-get
@@ -18,8 +24,14 @@
 # headers).
 # Environment: GHOSTLINE_BIN (default target/release/ghostline), GHOSTLINE_TEST_MODEL (default
 # qwen2.5-coder-0.5b), GHOSTLINE_EDITORS_DIR (default ~/.cache/ghostline/editors),
-# GHOSTLINE_KEEP_LOGS=1 keeps the temporary directory.
+# GHOSTLINE_KEEP_LOGS=1 keeps the temporary directory, GHOSTLINE_PAINT_OUT (and
+# GHOSTLINE_PAINT_TYPED: another line for the benchmark to type).
 set -euo pipefail
+if [[ -n "${GHOSTLINE_PAINT_OUT:-}" ]]; then
+  # Relative to where the script was started, not to the checkout it moves to.
+  GHOSTLINE_PAINT_OUT=$(realpath -m -- "$GHOSTLINE_PAINT_OUT")
+  export GHOSTLINE_PAINT_OUT
+fi
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 
@@ -148,11 +160,26 @@ cat >"$work/data/User/settings.json" <<EOF
   "ghostline.logSuggestions": true
 }
 EOF
+if [[ -n "${GHOSTLINE_PAINT_OUT:-}" ]]; then
+  # The benchmark: each key changes the line by its own character (no closing bracket typed
+  # for it), as in Neovim and Helix; the file is never saved, so that reverting it brings the
+  # original back for the next mode.
+  python3 - "$work/data/User/settings.json" <<'EOF'
+import json, sys
+settings = json.load(open(sys.argv[1]))
+settings.update({"editor.autoClosingBrackets": "never", "editor.autoClosingQuotes": "never", "files.autoSave": "off"})
+json.dump(settings, open(sys.argv[1], "w"), indent=2)
+EOF
+fi
 # The driver asks the server for its complete suggestion with Ghostline: Log Server State at
-# Cursor through a key, so that the editor keeps the focus (and its ghost text).
+# Cursor, switches the suggestion mode with Ghostline: Choose Suggestion Mode and reverts the
+# benchmark's file, through keys, so that the editor keeps the focus (and its ghost text).
 cat >"$work/data/User/keybindings.json" <<'EOF'
 [
-  { "key": "ctrl+alt+shift+f10", "command": "ghostline.logState" }
+  { "key": "ctrl+alt+shift+f10", "command": "ghostline.logState" },
+  { "key": "ctrl+alt+shift+f11", "command": "ghostline.chooseSuggestionMode", "args": "longPoll" },
+  { "key": "ctrl+alt+shift+f12", "command": "ghostline.chooseSuggestionMode", "args": "pushRefresh" },
+  { "key": "ctrl+alt+shift+f9", "command": "workbench.action.files.revert" }
 ]
 EOF
 # A workspace that tries to choose the program and the model file: both are machine settings,
@@ -167,6 +194,36 @@ import math
 def circle_area(radius):
     """Return the area of a circle with the given radius."""
 EOF
+file=shapes.py
+if [[ -n "${GHOSTLINE_PAINT_OUT:-}" ]]; then
+  # The benchmark's file and line (neovim.sh's and helix.sh's are the same): Enter at the end of
+  # the `for` line, then the line.
+  export GHOSTLINE_PAINT_LINE_ABOVE='    for a, b in zip(points, points[1:] + points[:1]):'
+  export GHOSTLINE_PAINT_TYPED=${GHOSTLINE_PAINT_TYPED:-'total += math.dist((a.x, a.y), (b.x, b.y))'}
+  cat >"$work/workspace/geometry.py" <<'EOF'
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class Point:
+    x: float
+    y: float
+
+
+def distance(a, b):
+    """Return the Euclidean distance between two points."""
+    return math.hypot(a.x - b.x, a.y - b.y)
+
+
+def perimeter(points):
+    """Return the length of the closed path through the points."""
+    total = 0.0
+    for a, b in zip(points, points[1:] + points[:1]):
+    return total
+EOF
+  file=geometry.py
+fi
 
 if grep -q '"ghostline.path"' "$work/data/User/settings.json"; then
   echo "vscode.sh: the user settings must not set ghostline.path" >&2
@@ -237,7 +294,11 @@ for _ in $(seq 100); do
 done
 
 GHOSTLINE_TEST_CODE_SERVER_PID="$code_server_pid" GHOSTLINE_TEST_EXPECTED_SERVER="$(realpath "${bundled[0]}")" \
-  NODE_PATH="$driver_dir/node_modules" node "$root/tests/editors/vscode_driver.cjs" \
-  "http://127.0.0.1:$port/?folder=$work/workspace" shapes.py "$work/workspace/shapes.py" "$work/data/logs" \
+  GHOSTLINE_TEST_MODEL="$model" NODE_PATH="$driver_dir/node_modules" node "$root/tests/editors/vscode_driver.cjs" \
+  "http://127.0.0.1:$port/?folder=$work/workspace" "$file" "$work/workspace/$file" "$work/data/logs" \
   "$root/editors/vscode/screenshot.png"
-echo "vscode.sh: passed in $(($(date +%s) - started)) s"
+if [[ -n "${GHOSTLINE_PAINT_OUT:-}" ]]; then
+  echo "vscode.sh: measured in $(($(date +%s) - started)) s, appended to $GHOSTLINE_PAINT_OUT"
+else
+  echo "vscode.sh: passed in $(($(date +%s) - started)) s"
+fi

@@ -2,12 +2,16 @@
 // ghostline.path setting, the server bundled in the .vsix, PATH or ~/.cargo/bin) over stdio
 // through vscode-languageclient, so inline completion flows through the standard
 // textDocument/inlineCompletion method, maps the `ghostline.*` settings to the server's
-// configuration, refreshes the ghost text on ghostline/suggestionReady (the suggestion for a
-// state grows while the model writes it: first words, then the whole line), and shows a status
-// bar item (model, state, last latency, acceptance rate).
+// configuration, and shows a status bar item (model, state, last latency, acceptance rate).
+// How a suggestion reaches the ghost text is `ghostline.suggestionMode`: "longPoll", a request
+// waits for the whole suggestion and VS Code's cancellation (a key typed meanwhile) becomes
+// $/cancelRequest; or "pushRefresh", a request is answered within `ghostline.budgetMs` and the
+// extension refreshes the ghost text on each ghostline/suggestionReady (first words, then the
+// whole line).
 //
 // This file never builds suggestions or edits documents itself: the language client shows the
-// server's items and runs their `ghostline.accept` command when one is accepted.
+// server's items and runs their `ghostline.accept` command when one is accepted; a word or a
+// line accepted with VS Code's own commands is reported to the server here (see trackEdit).
 
 import * as vscode from 'vscode';
 import {
@@ -60,14 +64,22 @@ const SOURCE_NAMES: Record<ServerSource, string> = {
 /** Settings that need a new server process when they change. */
 const RESTART_SETTINGS = ['ghostline.path', 'ghostline.trace.server'];
 
+/** How a suggestion reaches the ghost text (`ghostline.suggestionMode`, see the file's top). */
+type SuggestionMode = 'longPoll' | 'pushRefresh';
+
+/** The server's command that counts an acceptance: `{uri, chars, acceptedChars?}`. */
+const ACCEPT_COMMAND = 'ghostline.accept';
+
 /** How often the status bar refreshes its counters from ghostline/stats. */
 const STATS_INTERVAL_MS = 5000;
 
-/** How long an answer fetched after ghostline/suggestionReady waits for VS Code to ask for it. */
+/** pushRefresh: how long an answer fetched after ghostline/suggestionReady waits for VS Code
+ * to ask for it. */
 const FRESH_ANSWER_MS = 2000;
 
-/** The shortest time between two refreshes of the ghost text: each one hides it for a moment
- * (see onSuggestionReady), so growth that comes faster is shown in fewer, larger steps. */
+/** pushRefresh: the shortest time between two refreshes of the ghost text: each one hides it
+ * for a moment (see onSuggestionReady), so growth that comes faster is shown in fewer, larger
+ * steps. */
 const REFRESH_INTERVAL_MS = 150;
 
 type InlineResult = vscode.InlineCompletionItem[] | vscode.InlineCompletionList | null | undefined;
@@ -84,6 +96,43 @@ function firstText(result: InlineResult): string {
     return '';
   }
   return typeof item.insertText === 'string' ? item.insertText : item.insertText.value;
+}
+
+/** The argument of an item's `ghostline.accept` command, which VS Code passes back as this very
+ * object when the item is accepted. */
+interface AcceptArgument {
+  uri: string;
+  chars: number;
+  acceptedChars?: number;
+}
+
+function acceptArgument(result: InlineResult): AcceptArgument | undefined {
+  const items = Array.isArray(result) ? result : result?.items;
+  const command = items?.[0]?.command;
+  const argument: unknown = command?.command === ACCEPT_COMMAND ? command.arguments?.[0] : undefined;
+  return typeof argument === 'object' && argument !== null && typeof (argument as AcceptArgument).chars === 'number'
+    ? (argument as AcceptArgument)
+    : undefined;
+}
+
+/** Characters as the server counts them (Unicode scalar values, not UTF-16 units). */
+function charCount(text: string): number {
+  return [...text].length;
+}
+
+/** What the mode is now. */
+function suggestionMode(): SuggestionMode {
+  return vscode.workspace.getConfiguration('ghostline').get<string>('suggestionMode') === 'pushRefresh' ? 'pushRefresh' : 'longPoll';
+}
+
+/** A suggestion as VS Code shows it: where (document version and cursor offset) and the text
+ * still shown there, with its item's accept argument. */
+interface ShownSuggestion {
+  uri: string;
+  version: number;
+  offset: number;
+  text: string;
+  accept: AcceptArgument | undefined;
 }
 
 interface SuggestionReadyParams {
@@ -127,9 +176,16 @@ class Ghostline implements vscode.Disposable {
   private expanded: { uri: string; listener: vscode.Disposable } | undefined;
   /** The text VS Code was last given for a state (what it shows, if anything). */
   private answered: { key: string; text: string } | undefined;
-  /** A grown answer fetched after ghostline/suggestionReady, for VS Code's next request. */
+  /** The suggestion VS Code was last given, moved along by the keys typed or accepted through
+   * it (see trackEdit). */
+  private shown: ShownSuggestion | undefined;
+  /** The start of `shown` just inserted by the latest edit, until the selection change that
+   * tells a typed key from a partial accept (see trackSelection). */
+  private inserted: { uri: string; version: number; endOffset: number; before: ShownSuggestion; part: string } | undefined;
+  /** pushRefresh: a grown answer fetched after ghostline/suggestionReady, for VS Code's next
+   * request. */
   private fresh: { key: string; result: InlineResult; at: number } | undefined;
-  /** Counts ghostline/suggestionReady refreshes; only the latest one goes on. */
+  /** pushRefresh: counts ghostline/suggestionReady refreshes; only the latest one goes on. */
   private refreshSeq = 0;
   /** When the ghost text was last refreshed (performance.now()). */
   private lastRefreshAt = -Infinity;
@@ -137,6 +193,9 @@ class Ghostline implements vscode.Disposable {
   private startSeq = 0;
   /** Runs out `ghostline.restMs` after the cursor's latest move (see cursorMoved). */
   private restTimer: NodeJS.Timeout | undefined;
+  /** The latest edit, until the selection change that follows it: the cursor moved by typing
+   * (the API reports typing as a Keyboard move), which is no rest. */
+  private lastEdit: { uri: string; version: number } | undefined;
 
   constructor(private readonly context: vscode.ExtensionContext) {
     this.status.command = 'ghostline.showStats';
@@ -174,6 +233,7 @@ class Ghostline implements vscode.Disposable {
     }
     const command = server.command;
     this.output.info(`server ${JSON.stringify(server)}`);
+    this.output.info(`mode ${JSON.stringify({ suggestionMode: suggestionMode() })}`);
     // No `transport`: TransportKind.stdio would append `--stdio`, which `ghostline serve` rejects.
     const serverOptions: ServerOptions = {
       run: { command, args: ['serve'] },
@@ -182,10 +242,10 @@ class Ghostline implements vscode.Disposable {
     const clientOptions: LanguageClientOptions = {
       documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }],
       outputChannel: this.output,
-      initializationOptions: { ...serverSettings(), suggestionReadyNotification: true },
+      initializationOptions: serverSettings(),
       middleware: {
         // The latency shown is from the first request for a document state to the answer
-        // with a suggestion for it (which often comes after ghostline/suggestionReady).
+        // with a suggestion for it (in pushRefresh mode often after ghostline/suggestionReady).
         provideInlineCompletionItems: async (document, position, context, token, next) => {
           const key = stateKey(document.uri.toString(), document.version, position.line, position.character);
           if (this.firstAsked?.key !== key) {
@@ -194,16 +254,25 @@ class Ghostline implements vscode.Disposable {
           const asked = this.firstAsked;
           let res: InlineResult;
           const fresh = this.fresh;
-          if (fresh && fresh.key === key && performance.now() - fresh.at < FRESH_ANSWER_MS) {
+          if (fresh && fresh.key === key && performance.now() - fresh.at < FRESH_ANSWER_MS && suggestionMode() === 'pushRefresh') {
             // VS Code asks again after a refresh (below): the grown answer is already here.
             this.fresh = undefined;
             res = fresh.result;
           } else {
+            // The token goes with the request: when VS Code stops waiting for it (a key typed
+            // meanwhile), the language client sends $/cancelRequest and the server drops it.
+            const askedAt = performance.now();
             res = await next(document, position, context, token);
-            this.logAnswer(key, res);
+            this.logAnswer(key, res, performance.now() - askedAt);
           }
-          if (!token.isCancellationRequested) {
-            this.answered = { key, text: firstText(res) };
+          if (token.isCancellationRequested) {
+            this.logCancelled(key);
+          } else {
+            const text = firstText(res);
+            this.answered = { key, text };
+            this.shown = text === ''
+              ? undefined
+              : { uri: document.uri.toString(), version: document.version, offset: document.offsetAt(position), text, accept: acceptArgument(res) };
           }
           if (firstText(res) !== '' && asked === this.firstAsked && !asked.answered) {
             asked.answered = true;
@@ -273,23 +342,101 @@ class Ghostline implements vscode.Disposable {
     return selection.isEmpty && selection.active.line === position.line && selection.active.character === position.character;
   }
 
-  /** Writes a server answer with a suggestion to the output (ghostline.logSuggestions). */
-  private logAnswer(key: string, result: InlineResult): void {
-    const insertText = firstText(result);
-    if (insertText === '' || !vscode.workspace.getConfiguration('ghostline').get<boolean>('logSuggestions', false)) {
+  /** Writes a server answer to the output (ghostline.logSuggestions): `suggestion {json}` with
+   * its text, or `empty {json}`; with the milliseconds it took when VS Code asked for it. */
+  private logAnswer(key: string, result: InlineResult, ms?: number): void {
+    if (!vscode.workspace.getConfiguration('ghostline').get<boolean>('logSuggestions', false)) {
       return;
     }
+    const insertText = firstText(result);
     const match = /^(.*)@(\d+):(\d+):(\d+)$/.exec(key);
     if (match) {
       const [, uri, version, line, character] = match;
-      this.output.info(`suggestion ${JSON.stringify({ uri, version: Number(version), line: Number(line), character: Number(character), insertText })}`);
+      const entry = { uri, version: Number(version), line: Number(line), character: Number(character), ms: ms === undefined ? undefined : Math.round(ms) };
+      this.output.info(insertText === '' ? `empty ${JSON.stringify(entry)}` : `suggestion ${JSON.stringify({ ...entry, insertText })}`);
     }
   }
 
-  /** ghostline/suggestionReady: the suggestion for a document state is ready or has grown past
-   * what the server last answered for it (it is sent again as it grows: first words, then the
-   * whole line). If that state is still the one in the active editor, fetch the grown answer
-   * and have VS Code show it, also while a shorter one is shown.
+  /** Writes a request VS Code stopped waiting for to the output (ghostline.logSuggestions). */
+  private logCancelled(key: string): void {
+    if (vscode.workspace.getConfiguration('ghostline').get<boolean>('logSuggestions', false)) {
+      this.output.info(`cancelled ${JSON.stringify({ key })}`);
+    }
+  }
+
+  /** A document changed: when the change inserted the start of the suggestion shown, at its
+   * cursor (a key typed through it, or a word or a line accepted with VS Code's
+   * editor.action.inlineSuggest.acceptNextWord / acceptNextLine), VS Code goes on showing the
+   * rest; anything else ends it. Which of the two it was, the selection change that follows
+   * says (trackSelection). */
+  trackEdit(event: vscode.TextDocumentChangeEvent): void {
+    if (event.contentChanges.length > 0) {
+      this.lastEdit = { uri: event.document.uri.toString(), version: event.document.version };
+    }
+    const shown = this.shown;
+    this.inserted = undefined;
+    if (!shown || event.document.uri.toString() !== shown.uri || event.contentChanges.length === 0) {
+      return;
+    }
+    this.shown = undefined;
+    const change = event.contentChanges.length === 1 ? event.contentChanges[0] : undefined;
+    if (
+      !change ||
+      change.rangeLength !== 0 ||
+      change.rangeOffset !== shown.offset ||
+      event.document.version !== shown.version + 1 ||
+      change.text === '' ||
+      change.text.length >= shown.text.length ||
+      !shown.text.startsWith(change.text)
+    ) {
+      return;
+    }
+    const endOffset = shown.offset + change.text.length;
+    this.shown = { ...shown, version: event.document.version, offset: endOffset, text: shown.text.slice(change.text.length) };
+    this.inserted = { uri: shown.uri, version: event.document.version, endOffset, before: shown, part: change.text };
+  }
+
+  /** The selection changed. After an edit that inserted the start of the suggestion shown
+   * (trackEdit), a typed key moves the cursor with the kind Keyboard; VS Code's partial accept
+   * moves it with a source the API reports as no kind (`inlineCompletionPartialAccept`). The
+   * stable API has no partial-accept event (InlineCompletionItemProvider's
+   * handleDidPartiallyAcceptCompletionItem is the proposed `inlineCompletionsAdditions` API,
+   * which an installed extension cannot use), so this is where a partial accept is seen: it is
+   * reported to the server with `acceptedChars`, and the item's own accept argument is left
+   * counting only the rest, should it be accepted too. */
+  trackSelection(event: vscode.TextEditorSelectionChangeEvent): void {
+    const inserted = this.inserted;
+    this.inserted = undefined;
+    const client = this.client;
+    const document = event.textEditor.document;
+    if (
+      !inserted ||
+      !client ||
+      !client.isRunning() ||
+      event.kind !== undefined ||
+      document.uri.toString() !== inserted.uri ||
+      document.version !== inserted.version ||
+      event.selections.length !== 1 ||
+      !event.selections[0].isEmpty ||
+      document.offsetAt(event.selections[0].active) !== inserted.endOffset
+    ) {
+      return;
+    }
+    const chars = charCount(inserted.before.text);
+    const acceptedChars = charCount(inserted.part);
+    if (inserted.before.accept) {
+      inserted.before.accept.chars = chars - acceptedChars;
+    }
+    if (vscode.workspace.getConfiguration('ghostline').get<boolean>('logSuggestions', false)) {
+      this.output.info(`partialAccept ${JSON.stringify({ uri: inserted.uri, chars, acceptedChars })}`);
+    }
+    void vscode.commands.executeCommand(ACCEPT_COMMAND, { uri: inserted.uri, chars, acceptedChars });
+  }
+
+  /** ghostline/suggestionReady (pushRefresh mode only): the suggestion for a document state is
+   * ready or has grown past what the server last answered for it (it is sent again as it grows:
+   * first words, then the whole line). If that state is still the one in the active editor,
+   * fetch the grown answer and have VS Code show it, also while a shorter one is shown.
    *
    * `editor.action.inlineSuggest.trigger` alone does not do that: VS Code asks its providers
    * again only when no earlier request for the same position and version already satisfies the
@@ -299,7 +446,7 @@ class Ghostline implements vscode.Disposable {
    * here, so the old text is gone only for the round trip to the extension host. */
   private async onSuggestionReady(params: SuggestionReadyParams): Promise<void> {
     const client = this.client;
-    if (!client) {
+    if (!client || suggestionMode() !== 'pushRefresh') {
       return;
     }
     const uri = vscode.Uri.parse(params.uri).toString();
@@ -423,26 +570,38 @@ class Ghostline implements vscode.Disposable {
     }
     const client = this.client;
     const restMs = vscode.workspace.getConfiguration('ghostline').get<number>('restMs', 300);
-    const moved = event.kind === vscode.TextEditorSelectionChangeKind.Keyboard || event.kind === vscode.TextEditorSelectionChangeKind.Mouse;
+    const document = event.textEditor.document;
+    const edited = this.lastEdit;
+    this.lastEdit = undefined;
+    const typed = edited !== undefined && edited.uri === document.uri.toString() && edited.version === document.version;
+    const moved = !typed && (event.kind === vscode.TextEditorSelectionChangeKind.Keyboard || event.kind === vscode.TextEditorSelectionChangeKind.Mouse);
     const selection = event.selections[0];
     if (!client || !client.isRunning() || !moved || restMs <= 0 || event.selections.length !== 1 || !selection.isEmpty) {
       return;
     }
-    const document = event.textEditor.document;
     const version = document.version;
     this.restTimer = setTimeout(() => {
       this.restTimer = undefined;
       if (this.client !== client || !client.isRunning() || document.version !== version || vscode.window.activeTextEditor?.document !== document) {
         return;
       }
-      void client.sendNotification('ghostline/cursorRest', {
-        textDocument: { uri: document.uri.toString() },
-        position: client.code2ProtocolConverter.asPosition(selection.active),
-      });
+      const position = client.code2ProtocolConverter.asPosition(selection.active);
+      if (vscode.workspace.getConfiguration('ghostline').get<boolean>('logSuggestions', false)) {
+        this.output.info(`rest ${JSON.stringify({ uri: document.uri.toString(), version, line: position.line, character: position.character })}`);
+      }
+      void client.sendNotification('ghostline/cursorRest', { textDocument: { uri: document.uri.toString() }, position });
     }, restMs);
   }
 
-  /** Sends the settings to the running server. */
+  /** `ghostline.suggestionMode` changed: a refresh of the old mode does not go on. */
+  modeChanged(): void {
+    this.refreshSeq++;
+    this.fresh = undefined;
+    this.output.info(`mode ${JSON.stringify({ suggestionMode: suggestionMode() })}`);
+  }
+
+  /** Sends the settings to the running server (with the mode's opt-in to
+   * ghostline/suggestionReady). */
   sendSettings(overrides: Record<string, unknown> = {}): void {
     if (!this.client || !this.client.isRunning()) {
       return;
@@ -478,7 +637,7 @@ class Ghostline implements vscode.Disposable {
     await vscode.commands.executeCommand('editor.action.inlineSuggest.trigger');
   }
 
-  /** "Log Server State at Cursor": writes the server's job counters and, when it has no job
+  /** "Log Server State at Cursor": writes the server's counters and, when it has no job
    * running, its suggestion for the state at the cursor to the Ghostline output, as a line
    * `state {json}`. For bug reports and for tests: what the server would suggest here, next to
    * the ghost text shown. It never asks while a job runs, so it cannot cause a
@@ -504,6 +663,7 @@ class Ghostline implements vscode.Disposable {
       entry.idle = idle(before);
       entry.jobsStarted = before.counters.jobsStarted;
       entry.jobsEnded = before.counters.jobsEnded;
+      entry.counters = before.counters;
       if (entry.idle) {
         const answer = await client.sendRequest(InlineCompletionRequest.type, {
           textDocument: { uri: document.uri.toString() },
@@ -548,10 +708,13 @@ class Ghostline implements vscode.Disposable {
   }
 }
 
-/** The server settings from the `ghostline.*` configuration, without unset values. */
+/** The server settings from the `ghostline.*` configuration, without unset values, and the
+ * opt-in to ghostline/suggestionReady of the mode (the server takes it in
+ * initializationOptions and in every workspace/didChangeConfiguration, so a new mode needs no
+ * restart). */
 function serverSettings(): Record<string, unknown> {
   const config = vscode.workspace.getConfiguration('ghostline');
-  const res: Record<string, unknown> = {};
+  const res: Record<string, unknown> = { suggestionReadyNotification: suggestionMode() === 'pushRefresh' };
   for (const name of SERVER_SETTINGS) {
     const value = config.get(name);
     if (value !== undefined && value !== null && value !== '') {
@@ -559,6 +722,23 @@ function serverSettings(): Record<string, unknown> {
     }
   }
   return res;
+}
+
+/** "Choose Suggestion Mode": sets `ghostline.suggestionMode` in the user settings, to the mode
+ * given (a keybinding's `args`) or the one picked. */
+async function chooseSuggestionMode(mode?: unknown): Promise<void> {
+  const modes: { label: SuggestionMode; detail: string }[] = [
+    { label: 'longPoll', detail: 'A request waits for the whole suggestion; a key typed meanwhile cancels it.' },
+    { label: 'pushRefresh', detail: 'The first words at once, refreshed as the suggestion grows (the ghost text blanks for a moment at each refresh).' },
+  ];
+  let chosen = modes.find((entry) => entry.label === mode)?.label;
+  if (!chosen) {
+    const picked = await vscode.window.showQuickPick(modes, { placeHolder: `Suggestion mode (now ${suggestionMode()})` });
+    chosen = picked?.label;
+  }
+  if (chosen) {
+    await vscode.workspace.getConfiguration('ghostline').update('suggestionMode', chosen, vscode.ConfigurationTarget.Global);
+  }
 }
 
 let ghostline: Ghostline | undefined;
@@ -576,7 +756,12 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand('ghostline.showStats', () => ghostline?.showStats()),
     vscode.commands.registerCommand('ghostline.expand', () => ghostline?.expand()),
     vscode.commands.registerCommand('ghostline.logState', () => ghostline?.logState()),
-    vscode.window.onDidChangeTextEditorSelection((event) => ghostline?.cursorMoved(event)),
+    vscode.commands.registerCommand('ghostline.chooseSuggestionMode', chooseSuggestionMode),
+    vscode.window.onDidChangeTextEditorSelection((event) => {
+      ghostline?.trackSelection(event);
+      ghostline?.cursorMoved(event);
+    }),
+    vscode.workspace.onDidChangeTextDocument((event) => ghostline?.trackEdit(event)),
     vscode.workspace.onDidChangeConfiguration(async (event) => {
       if (!ghostline || !event.affectsConfiguration('ghostline')) {
         return;
@@ -588,6 +773,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
         await ghostline.restart();
       } else {
         ghostline.sendSettings();
+        if (event.affectsConfiguration('ghostline.suggestionMode')) {
+          ghostline.modeChanged();
+        }
       }
     }),
   );
