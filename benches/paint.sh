@@ -27,7 +27,9 @@ rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 def cell(value):
     if value is None:
         return "-"
-    return f"{value:.0f}" if isinstance(value, (int, float)) else str(value)
+    if isinstance(value, float):
+        return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+    return str(value)
 columns = [("keys", "keys"), ("first p50 ms", "first_p50_ms"), ("first p90 ms", "first_p90_ms"),
            ("first max ms", "first_max_ms"), ("final p50 ms", "final_p50_ms"), ("final p90 ms", "final_p90_ms"),
            ("never", "never"), ("flicker", "flicker")]

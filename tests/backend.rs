@@ -90,6 +90,12 @@ fn llama_server_answers_through_its_own_apis_and_its_openai_api() {
         assert_eq!(backend["kind"], kind, "{backend}");
         assert!(backend["remoteJobs"].as_u64().unwrap() >= 1, "{backend}");
         assert_eq!((backend["fallbackJobs"].as_u64(), backend["remoteFailures"].as_u64()), (Some(0), Some(0)), "{backend}");
+        if kind == "llama-server" {
+            // Its pieces carry the prompt's counts (`timings_per_token`), also for streams
+            // closed before their end: the prompt tokens the server decoded are counted.
+            let counters = client.request_ok("ghostline/stats", json!(null))["counters"].clone();
+            assert!(counters["tokensDecoded"].as_u64().unwrap() + counters["tokensReused"].as_u64().unwrap() >= 30, "{counters}");
+        }
         client.shutdown();
     }
     let doctor = doctor_backend(&url);
@@ -232,7 +238,7 @@ fn a_newer_keystroke_closes_the_stream_of_the_request_it_supersedes() {
     client.open(CIRCLE_URI, "python", CIRCLE);
     client.type_text(CIRCLE_URI, 5, 4, "r");
     let first = bodies.recv_timeout(Duration::from_secs(30)).expect("the first keystroke's request");
-    assert!(first.contains("<|fim_prefix|>") && first.contains("\"stream\":true"), "{first}");
+    assert!(first.contains("<|fim_prefix|>") && first.contains("\"stream\":true") && first.contains("\"timings_per_token\":true"), "{first}");
     client.type_text(CIRCLE_URI, 5, 5, "e");
     bodies.recv_timeout(Duration::from_secs(30)).expect("the second keystroke's request");
     // The first stream is closed long before its 20 s of pieces are over.

@@ -472,9 +472,12 @@ impl Request {
     fn body(&self, job: &JobRequest, prompt: &str) -> Value {
         let max_tokens = job.params.max_tokens;
         match self.config.api {
+            // `timings_per_token`: every piece carries the prompt's counts, so a stream closed
+            // early (a stop rule, a newer key) still tells how many prompt tokens the server
+            // decoded and how fast: the arrival's first window is sized by that speed.
             RemoteApi::LlamaServer => json!({
                 "prompt": prompt, "n_predict": max_tokens, "stream": true, "cache_prompt": true,
-                "temperature": 0.0, "top_k": 1, "samplers": ["top_k"],
+                "temperature": 0.0, "top_k": 1, "samplers": ["top_k"], "timings_per_token": true,
             }),
             RemoteApi::OpenAi => {
                 let mut body = json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stream": true});
@@ -498,7 +501,7 @@ impl Request {
         json!({
             "input_prefix": parts.prefix, "input_suffix": parts.suffix, "input_extra": extra, "prompt": middle,
             "n_predict": job.params.max_tokens, "stream": true, "cache_prompt": true,
-            "temperature": 0.0, "top_k": 1, "samplers": ["top_k"],
+            "temperature": 0.0, "top_k": 1, "samplers": ["top_k"], "timings_per_token": true,
         })
     }
 
