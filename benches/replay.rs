@@ -134,7 +134,10 @@ fn parse_options() -> Options {
             .map(|pair| serde_json::from_str(&pair[1]).expect("--variant takes a JSON object"))
             .collect(),
         baseline: value("--baseline").map(PathBuf::from),
-        reading: value("--reading-ms").map(|text| Duration::from_millis(text.parse().expect("--reading-ms takes milliseconds"))),
+        // `--load` reads for 2 s unless told: its editors never wait until the server is idle.
+        reading: value("--reading-ms")
+            .map(|text| Duration::from_millis(text.parse().expect("--reading-ms takes milliseconds")))
+            .or_else(|| args.iter().any(|arg| arg == "--load").then_some(Duration::from_secs(2))),
         siblings: number("--siblings", 0.0) as usize,
         revisit: args.iter().any(|arg| arg == "--revisit"),
         backend_peer: args.iter().any(|arg| arg == "--backend-peer"),
@@ -679,8 +682,12 @@ fn run_load(options: &Options, cases: &[Case], model: &Path, reading: Duration) 
             let mut drivers: Vec<Box<dyn Driver + Send>> = (0..editors)
                 .map(|editor| -> Box<dyn Driver + Send> {
                     if fronted {
+                        // Backend options in `--settings` (`{"backend": {"maxInFlight": 1}}`) stay.
                         let mut settings = options.settings.clone();
-                        settings["backend"] = json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}")});
+                        let mut backend = settings.get("backend").filter(|backend| backend.is_object()).cloned().unwrap_or_else(|| json!({}));
+                        backend["kind"] = json!("llama-server");
+                        backend["url"] = json!(format!("http://127.0.0.1:{port}"));
+                        settings["backend"] = backend;
                         Box::new(GhostlineDriver::start(&format!("editor {editor}"), model, options.threads, options.cadence, true, &settings))
                     } else {
                         Box::new(PeerDriver::connect(port, None))
@@ -791,7 +798,7 @@ fn main() {
     println!("model {} ({}), threads {}, {} cases, seed {}, cadence {cadence_text}, reading after arrival {reading_text}", options.model, model.display(), options.threads, cases.len(), options.seed);
 
     if !options.load.is_empty() {
-        let reading = options.reading.unwrap_or(Duration::from_secs(2));
+        let reading = options.reading.expect("--load has a reading time");
         assert!(matches!(options.cadence, Cadence::Human { .. }), "--load types at the human cadence");
         let rows = run_load(&options, &cases, &model, reading);
         println!("\nload ({} cases per editor, reading {} ms):\n{}", options.load_cases, reading.as_millis(), load_table(&rows));

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use crate::context::WindowConfig;
-use crate::engine::remote::{FimTemplate, RemoteApi, RemoteConfig};
+use crate::engine::remote::{FimTemplate, RemoteApi, RemoteConfig, DEFAULT_MAX_IN_FLIGHT};
 use crate::expansions::Expansion;
 use crate::models::DEFAULT_MODEL;
 
@@ -382,7 +382,7 @@ pub const DEFAULT_BACKEND_SLOW_MS: u64 = 1500;
 /// The `backend` setting: `"local"` (or null) for the embedded model, or an object naming a
 /// server: `{"kind": "llama-server" | "openai" | "ollama", "url", "model", "template" (a name
 /// or `{"prefix", "suffix", "middle", "fileSeparator"?, "repoName"?}`), "apiKeyEnv",
-/// "timeoutMs", "fallback": "local" | "none", "slowMs"}`.
+/// "timeoutMs", "fallback": "local" | "none", "slowMs", "maxInFlight"}`.
 pub fn parse_backend(value: &serde_json::Value) -> Result<Option<RemoteConfig>, String> {
     use serde_json::Value;
     if value.is_null() || value.as_str() == Some("local") {
@@ -391,7 +391,7 @@ pub fn parse_backend(value: &serde_json::Value) -> Result<Option<RemoteConfig>, 
     let Some(object) = value.as_object() else {
         return Err(format!("must be \"local\" or an object with kind and url, got {value}"));
     };
-    let known = ["kind", "url", "model", "template", "infill", "apiKeyEnv", "timeoutMs", "fallback", "slowMs"];
+    let known = ["kind", "url", "model", "template", "infill", "apiKeyEnv", "timeoutMs", "fallback", "slowMs", "maxInFlight"];
     if let Some(unknown) = object.keys().find(|key| !known.contains(&key.as_str())) {
         return Err(format!("unknown field `{unknown}` (fields: {})", known.join(", ")));
     }
@@ -463,6 +463,10 @@ pub fn parse_backend(value: &serde_json::Value) -> Result<Option<RemoteConfig>, 
         timeout_ms: milliseconds("timeoutMs", DEFAULT_BACKEND_TIMEOUT_MS)?,
         fallback_local,
         slow_ms: milliseconds("slowMs", DEFAULT_BACKEND_SLOW_MS)?,
+        max_in_flight: match object.get("maxInFlight") {
+            None | Some(Value::Null) => DEFAULT_MAX_IN_FLIGHT,
+            Some(value) => value.as_u64().filter(|count| (1..=8).contains(count)).ok_or_else(|| format!("maxInFlight must be a whole number from 1 to 8, got {value}"))? as usize,
+        },
         context_tokens: 0,
     }))
 }

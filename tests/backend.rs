@@ -93,7 +93,7 @@ fn llama_server_answers_through_its_own_apis_and_its_openai_api() {
         if kind == "llama-server" {
             // Its pieces carry the prompt's counts (`timings_per_token`), also for streams
             // closed before their end: the prompt tokens the server decoded are counted.
-            let counters = client.request_ok("ghostline/stats", json!(null))["counters"].clone();
+            let counters = client.wait_idle()["counters"].clone();
             assert!(counters["tokensDecoded"].as_u64().unwrap() + counters["tokensReused"].as_u64().unwrap() >= 30, "{counters}");
         }
         client.shutdown();

@@ -7,8 +7,8 @@
 //! - The dispatcher thread never waits on the network: each job streams on a thread of its own,
 //!   which checks the job's cancel flag, the latest job id and the deadline between every two
 //!   streamed pieces and closes the stream (dropping the connection) when the job is over.
-//! - At most [`MAX_IN_FLIGHT`] requests stream at once; a newer job waits for a slot (a request
-//!   it superseded gives its slot back with the next piece it reads).
+//! - At most `maxInFlight` requests stream at once; a newer job waits for a slot (a request it
+//!   superseded gives its slot back with the next piece it reads).
 //! - The prompt is the same `Prompt` the embedded engine gets, its special tokens written as the
 //!   named template's strings (a remote vocabulary cannot be read).
 //! - An API key is read from the environment variable the settings name and is never logged.
@@ -148,6 +148,8 @@ pub struct RemoteConfig {
     /// With a fallback: a server whose recent time to the first piece exceeds this is treated
     /// as down until a health check passes.
     pub slow_ms: u64,
+    /// At most this many requests stream at once.
+    pub max_in_flight: usize,
     /// The context size the prompts are planned for.
     pub context_tokens: u32,
 }
@@ -170,8 +172,8 @@ impl RemoteConfig {
     }
 }
 
-/// At most this many requests stream at once.
-pub const MAX_IN_FLIGHT: usize = 2;
+/// At most this many requests stream at once, unless `maxInFlight` says otherwise.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1;
 /// After a failure, the server is left alone this long (unless a health check finds it back
 /// sooner); the next job then tries it again.
 const DOWN_FOR: Duration = Duration::from_secs(10);
@@ -388,7 +390,7 @@ impl Dispatcher {
             // Wait for a streaming slot; a superseded job gives up its place at once.
             let (count, freed) = &*self.in_flight;
             let mut in_flight = count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            while *in_flight >= MAX_IN_FLIGHT {
+            while *in_flight >= self.config.max_in_flight {
                 if let Some(reason) = interrupted(&job) {
                     job.progress.send_modify(|progress| progress.done = Some(Ok(ended_early(reason))));
                     return;
@@ -979,6 +981,7 @@ mod tests {
             timeout_ms: 1000,
             fallback_local: false,
             slow_ms: 1000,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             context_tokens: 4096,
         };
         assert!(!config("http://127.0.0.1:8080").is_unencrypted_remote());
