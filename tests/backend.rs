@@ -246,6 +246,32 @@ fn a_newer_keystroke_closes_the_stream_of_the_request_it_supersedes() {
     client.shutdown();
 }
 
+/// A server still decoding the prompt of a request (it cannot stop that) is not sent a new
+/// request for each key typed meanwhile: the running one serves them once its text comes, as
+/// typed-ahead. (A new request per key, each closed at its first piece, showed nothing at all
+/// on a busy server.)
+#[test]
+fn keys_typed_while_the_server_decodes_a_prompt_are_served_by_that_request() {
+    let _serial = serial();
+    let (port, bodies) = scripted_server(|stream| {
+        // The prompt takes the server 1.5 s; then the suggestion for the first key's state.
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+        for (piece, stop) in [("adius", false), (" **", false), (" 2", false), ("", true)] {
+            let _ = stream.write_all(format!("data: {}\n\n", json!({"content": piece, "stop": stop})).as_bytes());
+        }
+    });
+    let mut client = start(json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}")}), DEFAULT_MODEL);
+    let text = CIRCLE.replace("\n    \n", "\n    return 3.14159 * \n");
+    client.open(CIRCLE_URI, "python", &text);
+    let character = client.type_text(CIRCLE_URI, 5, 21, "ra");
+    let suggestion = client.inline_text(CIRCLE_URI, 5, character).unwrap_or_default();
+    assert_eq!(suggestion, "dius ** 2", "the first key's request, past the typed `a`");
+    assert!(bodies.recv_timeout(Duration::from_secs(5)).is_ok(), "the first key's request");
+    assert!(bodies.try_recv().is_err(), "no request for the key typed while the first was decoding");
+    client.shutdown();
+}
+
 /// The server goes away: the embedded model answers; the server comes back on the same port: a
 /// health check notices within seconds and the next jobs go to it again.
 #[test]

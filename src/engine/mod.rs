@@ -253,6 +253,12 @@ impl Engine {
         }
     }
 
+    /// Whether jobs go to a server (a new job there costs a round trip and the server's time,
+    /// and a prompt being decoded cannot be stopped).
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }
