@@ -756,6 +756,18 @@ fn load_table(rows: &[Value]) -> String {
     out
 }
 
+/// What every report starts with: the machine, the model, threads, cadence, seed, settings.
+fn report_head(options: &Options, model: &Path, cadence_text: &str) -> Value {
+    json!({
+        "machine": machine(),
+        "model": {"name": options.model, "file": model.file_name().map(|name| name.to_string_lossy().into_owned())},
+        "threads": options.threads,
+        "cadence": cadence_text,
+        "seed": options.seed,
+        "ghostlineSettings": options.settings,
+    })
+}
+
 fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo.lines().find_map(|line| line.strip_prefix("model name")).map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string());
@@ -802,16 +814,10 @@ fn main() {
         assert!(matches!(options.cadence, Cadence::Human { .. }), "--load types at the human cadence");
         let rows = run_load(&options, &cases, &model, reading);
         println!("\nload ({} cases per editor, reading {} ms):\n{}", options.load_cases, reading.as_millis(), load_table(&rows));
-        let report = json!({
-            "machine": machine(),
-            "model": {"name": options.model, "file": model.file_name().map(|name| name.to_string_lossy().into_owned())},
-            "threads": options.threads,
-            "cadence": cadence_text,
-            "seed": options.seed,
-            "readingMs": reading.as_millis() as u64,
-            "casesPerEditor": options.load_cases,
-            "rows": rows,
-        });
+        let mut report = report_head(&options, &model, &cadence_text);
+        report["readingMs"] = json!(reading.as_millis() as u64);
+        report["casesPerEditor"] = json!(options.load_cases);
+        report["rows"] = json!(rows);
         std::fs::create_dir_all(&options.out).expect("the output folder can be made");
         let path = options.out.join("load.json");
         std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("the load report is written");
@@ -919,23 +925,11 @@ fn main() {
     } else {
         serde_json::Map::new()
     };
-    let report = json!({
-        "machine": machine(),
-        "model": {"name": options.model, "file": model.file_name().map(|name| name.to_string_lossy().into_owned())},
-        "threads": options.threads,
-        "cadence": cadence_text,
-        "seed": options.seed,
-        "ghostlineSettings": options.settings,
-        "readingMs": options.reading.map(|reading| reading.as_millis() as u64),
-        "cases": cases.iter().map(|case| json!({
-            "language": case.language,
-            "file": case.path.to_string_lossy(),
-            "line": case.line + 1,
-            "text": case.content,
-        })).collect::<Vec<_>>(),
-        "runs": runs,
-        "ratiosFirstToSecond": ratios,
-    });
+    let mut report = report_head(&options, &model, &cadence_text);
+    report["readingMs"] = json!(options.reading.map(|reading| reading.as_millis() as u64));
+    report["cases"] = cases.iter().map(|case| json!({"language": case.language, "file": case.path.to_string_lossy(), "line": case.line + 1, "text": case.content})).collect();
+    report["runs"] = json!(runs);
+    report["ratiosFirstToSecond"] = json!(ratios);
     std::fs::create_dir_all(&options.out).expect("the output folder can be made");
     let json_path = options.out.join("replay.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report).unwrap()).expect("the JSON report is written");

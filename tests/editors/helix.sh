@@ -147,35 +147,13 @@ chmod +x "$work/hx.sh"
 
 started=$(date +%s)
 if [[ -n "${GHOSTLINE_PAINT_OUT:-}" ]]; then
-  # The benchmark's file and line (neovim.sh's are the same): `o` on the `for` line, then the line.
-  paint_line_above='    for a, b in zip(points, points[1:] + points[:1]):'
-  paint_typed='total += math.dist((a.x, a.y), (b.x, b.y))'
-  cat >"$work/workspace/geometry.py" <<'EOF'
-import math
-from dataclasses import dataclass
-
-
-@dataclass
-class Point:
-    x: float
-    y: float
-
-
-def distance(a, b):
-    """Return the Euclidean distance between two points."""
-    return math.hypot(a.x - b.x, a.y - b.y)
-
-
-def perimeter(points):
-    """Return the length of the closed path through the points."""
-    total = 0.0
-    for a, b in zip(points, points[1:] + points[:1]):
-    return total
-EOF
+  # The benchmark's file and line, the same in every editor: `o` on the `for` line, then the line.
+  source "$root/tests/editors/paint_fixture.sh"
+  write_paint_file "$work/workspace/geometry.py"
   tmux -L "$tmux_socket" -f /dev/null new-session -d -s helix -x 120 -y 30 "$work/hx.sh geometry.py"
   python3 "$root/tests/editors/helix_paint.py" --tmux-socket "$tmux_socket" --work "$work" \
     --file "$work/workspace/geometry.py" --out "$GHOSTLINE_PAINT_OUT" --model "$model" \
-    --line-above "$paint_line_above" --typed "$paint_typed"
+    --line-above "$GHOSTLINE_PAINT_LINE_ABOVE" --typed "$GHOSTLINE_PAINT_TYPED"
   echo "helix.sh: measured in $(($(date +%s) - started)) s, appended to $GHOSTLINE_PAINT_OUT"
 else
   tmux -L "$tmux_socket" -f /dev/null new-session -d -s helix -x 120 -y 30 "$work/hx.sh shapes.py"

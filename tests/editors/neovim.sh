@@ -111,31 +111,9 @@ source tests/editors/path.sh
 remove_ghostline_from_path neovim.sh
 
 if [[ -n "${GHOSTLINE_PAINT_OUT:-}" ]]; then
-  # The benchmark's file and line (helix.sh's are the same): `o` on the `for` line, then the line.
-  export GHOSTLINE_PAINT_LINE_ABOVE='    for a, b in zip(points, points[1:] + points[:1]):'
-  export GHOSTLINE_PAINT_TYPED='total += math.dist((a.x, a.y), (b.x, b.y))'
-  cat >"$work/geometry.py" <<'EOF'
-import math
-from dataclasses import dataclass
-
-
-@dataclass
-class Point:
-    x: float
-    y: float
-
-
-def distance(a, b):
-    """Return the Euclidean distance between two points."""
-    return math.hypot(a.x - b.x, a.y - b.y)
-
-
-def perimeter(points):
-    """Return the length of the closed path through the points."""
-    total = 0.0
-    for a, b in zip(points, points[1:] + points[:1]):
-    return total
-EOF
+  # The benchmark's file and line, the same in every editor: `o` on the `for` line, then the line.
+  source "$root/tests/editors/paint_fixture.sh"
+  write_paint_file "$work/geometry.py"
   file="$work/geometry.py" driver=neovim_paint.lua
 else
   file="$work/shapes.py" driver=neovim_driver.lua

@@ -196,32 +196,10 @@ def circle_area(radius):
 EOF
 file=shapes.py
 if [[ -n "${GHOSTLINE_PAINT_OUT:-}" ]]; then
-  # The benchmark's file and line (neovim.sh's and helix.sh's are the same): Enter at the end of
-  # the `for` line, then the line.
-  export GHOSTLINE_PAINT_LINE_ABOVE='    for a, b in zip(points, points[1:] + points[:1]):'
-  export GHOSTLINE_PAINT_TYPED=${GHOSTLINE_PAINT_TYPED:-'total += math.dist((a.x, a.y), (b.x, b.y))'}
-  cat >"$work/workspace/geometry.py" <<'EOF'
-import math
-from dataclasses import dataclass
-
-
-@dataclass
-class Point:
-    x: float
-    y: float
-
-
-def distance(a, b):
-    """Return the Euclidean distance between two points."""
-    return math.hypot(a.x - b.x, a.y - b.y)
-
-
-def perimeter(points):
-    """Return the length of the closed path through the points."""
-    total = 0.0
-    for a, b in zip(points, points[1:] + points[:1]):
-    return total
-EOF
+  # The benchmark's file and line, the same in every editor: Enter at the end of the `for` line,
+  # then the line.
+  source "$root/tests/editors/paint_fixture.sh"
+  write_paint_file "$work/workspace/geometry.py"
   file=geometry.py
 fi
 

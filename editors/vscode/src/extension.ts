@@ -35,6 +35,7 @@ const SERVER_SETTINGS = [
   'multiLine',
   'maxLines',
   'debounceMs',
+  'completionItem',
   'languages',
   'prefixLines',
   'suffixLines',
