@@ -170,8 +170,8 @@ fn covers(active: &ActiveJob, state: &CursorState, split: &LineSplit, typed_ahea
     // With no text yet there is nothing to compare the typed characters with: a new job is
     // cheap on the embedded engine (it reuses the KV cache of this one) and is for the right
     // state. A server cannot stop a prompt it is decoding, and a request closed at its first
-    // piece has shown nothing: on a busy server keys that each start a new request never see
-    // a suggestion (measured: none on 226 keys with two editors on one 2-core server), so there
+    // piece has shown nothing: on a busy server keys that each start a new request see no
+    // suggestion (measured once: none on 226 keys, two editors on one 2-core server), so there
     // the running job is kept until its text says whether it agrees.
     let running = matches!(progress.outcome(), JobOutcome::Running);
     if progress.text.is_empty() {
