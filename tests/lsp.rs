@@ -440,6 +440,29 @@ fn clients_with_ghost_text_get_only_expansions_in_the_completion_list() {
     client.shutdown();
 }
 
+/// "Expand Suggestion" asks once for a longer, multi-line suggestion; the settings (here one
+/// line) stay for every other request.
+#[test]
+fn an_expanded_suggestion_is_multi_line_for_that_request_only() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({"multiLine": false}));
+    let uri = "file:///project/fizzbuzz.py";
+    client.open(uri, "python", "def fizzbuzz(n):\n    \"\"\"Print the numbers from 1 to n, Fizz for multiples of 3, Buzz for 5, FizzBuzz for both.\"\"\"\n    \n");
+    let line = client.inline_text(uri, 2, 4).expect("a suggestion");
+    assert!(!line.contains('\n'), "one line, as the settings say: {line:?}");
+    let response = client.request("ghostline/expandSuggestion", json!({"textDocument": {"uri": uri}, "position": {"line": 2, "character": 4}}));
+    let expanded = response["result"]["items"][0]["insertText"].as_str().unwrap_or_else(|| panic!("{response}")).to_string();
+    assert!(expanded.lines().count() >= 3 && expanded.starts_with(line.trim_end()), "{expanded:?} after {line:?}");
+    assert_eq!(response["result"]["items"][0]["command"]["command"], "ghostline.accept", "{response}");
+    // The next request at that state is the expanded job's (it covers the state); a new state
+    // elsewhere is planned with the settings again.
+    client.insert(uri, 0, 0, "# fizzbuzz\n");
+    assert!(!client.inline_text(uri, 3, 4).expect("a suggestion").contains('\n'), "one line again");
+    let bad = client.request("ghostline/expandSuggestion", json!({"position": 3}));
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+    client.shutdown();
+}
+
 #[test]
 fn expansions_are_offered_as_snippets_with_their_variables_filled() {
     let _serial = serial();

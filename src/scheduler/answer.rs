@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::slot::{typed_ahead, ActiveJob};
 use super::{ms_since, Scheduler};
+use crate::config::Config;
 use crate::engine::{Completion, JobOutcome, Progress};
 use crate::plan::{CursorState, LineSplit};
 use crate::postprocess::clean_suggestion;
@@ -138,7 +139,7 @@ impl Scheduler {
     pub async fn complete(&self, state: CursorState, waiting: Waiting) -> (Answer, Option<ReadyWaiter>) {
         let request_start = Instant::now();
         let keystroke = self.keystrokes.instant_of(&state.uri, state.version);
-        let (answer, waiter) = self.answer_within(&state, waiting, keystroke).await;
+        let (answer, waiter) = self.answer_within(&state, waiting, keystroke, &self.config(), false).await;
         let mut stats = self.stats_mut();
         stats.counters.requests += 1;
         stats.response_ms.record(ms_since(request_start));
@@ -155,8 +156,17 @@ impl Scheduler {
         (answer, waiter)
     }
 
-    async fn answer_within(&self, state: &CursorState, waiting: Waiting, keystroke: Instant) -> (Answer, Option<ReadyWaiter>) {
-        let config = self.config();
+    /// "Expand Suggestion": a longer suggestion at this state for this request alone: a new job,
+    /// multi-line, with four times the settings' tokens and lines; every other request keeps the
+    /// settings. Typing on follows that job as any other.
+    pub async fn complete_expanded(&self, state: CursorState) -> Answer {
+        let base = self.config();
+        let config = Config { multi_line: true, max_tokens: (base.max_tokens * 4).min(1024), max_lines: (base.max_lines * 4).min(200), ..(*base).clone() };
+        self.answer_within(&state, Waiting::UntilReady, Instant::now(), &config, true).await.0
+    }
+
+    /// `fresh`: a new job even when one covers the state (it was planned with other settings).
+    async fn answer_within(&self, state: &CursorState, waiting: Waiting, keystroke: Instant, config: &Config, fresh: bool) -> (Answer, Option<ReadyWaiter>) {
         if self.ready_engine().is_none() {
             return (Answer::Empty(EmptyReason::ModelNotReady), None);
         }
@@ -178,8 +188,9 @@ impl Scheduler {
             Waiting::UntilReady => keystroke + Duration::from_millis(config.max_wait_ms),
         };
         let request = Request { state, waiting, deadline, keystroke, split: &split };
-        let start_or_cover = || self.start_job(state, &config).or_else(|| self.covering_job(state, &split, &config));
-        let Some(mut active) = self.covering_job(state, &split, &config).or_else(start_or_cover) else {
+        let start_or_cover = || self.start_job(state, config).or_else(|| self.covering_job(state, &split, config));
+        let first = if fresh { self.start_job(state, config) } else { self.covering_job(state, &split, config).or_else(start_or_cover) };
+        let Some(mut active) = first else {
             return (Answer::Empty(EmptyReason::BadPosition), None);
         };
         let mut restarted = false;
@@ -196,7 +207,7 @@ impl Scheduler {
             }
             if (finished_elsewhere || refused) && !restarted {
                 restarted = true;
-                match self.covering_job(state, &split, &config).or_else(start_or_cover) {
+                match self.covering_job(state, &split, config).or_else(start_or_cover) {
                     Some(next) => {
                         active = next;
                         continue;

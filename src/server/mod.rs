@@ -63,6 +63,7 @@ pub async fn serve(config: Config) -> bool {
         .custom_method("ghostline/stats", Backend::stats)
         .custom_method("ghostline/document", Backend::document)
         .custom_method("ghostline/cursorRest", Backend::cursor_rest)
+        .custom_method("ghostline/expandSuggestion", Backend::expand_suggestion)
         .finish();
     let (mut to_protocol, protocol_stdin) = tokio::io::duplex(1 << 16);
     let (protocol_stdout, from_protocol) = tokio::io::duplex(1 << 16);
@@ -179,6 +180,24 @@ impl notification::Notification for SuggestionReady {
     const METHOD: &'static str = "ghostline/suggestionReady";
 }
 
+/// An answer as an inline completion list at `position`.
+fn inline_list(uri: &Uri, position: Position, answer: Answer) -> InlineCompletionList {
+    let items = match answer {
+        Answer::Ready(suggestion) => vec![InlineCompletionItem {
+            insert_text: suggestion.text.clone(),
+            filter_text: None,
+            range: Some(Range { start: position, end: position }),
+            command: Some(accept_command(uri, &suggestion.text)),
+            insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
+        }],
+        Answer::Empty(reason) => {
+            tracing::debug!(?reason, "no inline suggestion");
+            Vec::new()
+        }
+    };
+    InlineCompletionList { items }
+}
+
 impl Backend {
     fn new(client: Client, config: Config, shutdown_requested: Arc<AtomicBool>) -> Backend {
         Backend {
@@ -266,20 +285,27 @@ impl Backend {
             if let Some(waiter) = waiter {
                 self.notify_when_ready(waiter);
             }
-            let items = match answer {
-                Answer::Ready(suggestion) => vec![InlineCompletionItem {
-                    insert_text: suggestion.text.clone(),
-                    filter_text: None,
-                    range: Some(Range { start: position, end: position }),
-                    command: Some(accept_command(&uri, &suggestion.text)),
-                    insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
-                }],
-                Answer::Empty(reason) => {
-                    tracing::debug!(?reason, "no inline suggestion");
-                    Vec::new()
-                }
-            };
-            Ok(Some(InlineCompletionResponse::List(InlineCompletionList { items })))
+            Ok(Some(InlineCompletionResponse::List(inline_list(&uri, position, answer))))
+        })
+        .await
+    }
+
+    /// `ghostline/expandSuggestion` (`{textDocument: {uri}, position}`): a longer, multi-line
+    /// suggestion at the cursor for this request alone (an inline completion list); the
+    /// settings stay as they are for every other request.
+    async fn expand_suggestion(&self, params: Value) -> Result<Value> {
+        guarded("ghostline/expandSuggestion", async {
+            let params: TextDocumentPositionParams = serde_json::from_value(params)
+                .map_err(|err| invalid_params(format!("ghostline/expandSuggestion takes {{textDocument: {{uri}}, position: {{line, character}}}}: {err}")))?;
+            let position = params.position;
+            let uri = params.text_document.uri;
+            if let Some(reason) = self.documents.diverged(uri.as_str()) {
+                tracing::debug!(uri = uri.as_str(), %reason, "no expanded suggestion: the document may differ from the editor's");
+                return Ok(json!({"items": []}));
+            }
+            let state = self.cursor_state(&uri, position)?;
+            let answer = self.scheduler.complete_expanded(state).await;
+            Ok(serde_json::to_value(inline_list(&uri, position, answer)).unwrap_or_else(|_| json!({"items": []})))
         })
         .await
     }

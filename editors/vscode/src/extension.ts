@@ -173,8 +173,6 @@ class Ghostline implements vscode.Disposable {
   /** The first request for a state; the latency shown is to its first answer with a suggestion. */
   private firstAsked: { key: string; at: number; answered: boolean } | undefined;
   private acceptanceRate: number | undefined;
-  /** Settings overridden by "Expand Suggestion" until the next change of the document. */
-  private expanded: { uri: string; listener: vscode.Disposable } | undefined;
   /** The text VS Code was last given for a state (what it shows, if anything). */
   private answered: { key: string; text: string } | undefined;
   /** The suggestion VS Code was last given, moved along by the keys typed or accepted through
@@ -183,8 +181,8 @@ class Ghostline implements vscode.Disposable {
   /** The start of `shown` just inserted by the latest edit, until the selection change that
    * tells a typed key from a partial accept (see trackSelection). */
   private inserted: { uri: string; version: number; endOffset: number; before: ShownSuggestion; part: string } | undefined;
-  /** pushRefresh: a grown answer fetched after ghostline/suggestionReady, for VS Code's next
-   * request. */
+  /** A grown answer fetched after ghostline/suggestionReady (pushRefresh), or an expanded one
+   * ("Expand Suggestion"), for VS Code's next request. */
   private fresh: { key: string; result: InlineResult; at: number } | undefined;
   /** pushRefresh: counts ghostline/suggestionReady refreshes; only the latest one goes on. */
   private refreshSeq = 0;
@@ -255,8 +253,8 @@ class Ghostline implements vscode.Disposable {
           const asked = this.firstAsked;
           let res: InlineResult;
           const fresh = this.fresh;
-          if (fresh && fresh.key === key && performance.now() - fresh.at < FRESH_ANSWER_MS && suggestionMode() === 'pushRefresh') {
-            // VS Code asks again after a refresh (below): the grown answer is already here.
+          if (fresh && fresh.key === key && performance.now() - fresh.at < FRESH_ANSWER_MS) {
+            // VS Code asks again after a refresh (below) or an expansion: the answer is already here.
             this.fresh = undefined;
             res = fresh.result;
           } else {
@@ -603,37 +601,33 @@ class Ghostline implements vscode.Disposable {
 
   /** Sends the settings to the running server (with the mode's opt-in to
    * ghostline/suggestionReady). */
-  sendSettings(overrides: Record<string, unknown> = {}): void {
+  sendSettings(): void {
     if (!this.client || !this.client.isRunning()) {
       return;
     }
     void this.client.sendNotification('workspace/didChangeConfiguration', {
-      settings: { ghostline: { ...serverSettings(), ...overrides } },
+      settings: { ghostline: serverSettings() },
     });
   }
 
-  /** "Expand Suggestion": asks again at the cursor for a longer, multi-line suggestion; the
-   * usual settings come back with the next change of the document. */
+  /** "Expand Suggestion": asks the server once for a longer, multi-line suggestion at the
+   * cursor (`ghostline/expandSuggestion`; the settings stay as they are for every other
+   * request) and has VS Code show it. */
   async expand(): Promise<void> {
     const editor = vscode.window.activeTextEditor;
-    if (!editor || !this.client) {
+    const client = this.client;
+    if (!editor || !client || !client.isRunning()) {
       return;
     }
-    const config = vscode.workspace.getConfiguration('ghostline');
-    this.endExpand();
-    this.sendSettings({
-      multiLine: true,
-      maxTokens: Math.min(1024, config.get<number>('maxTokens', 48) * 4),
-      maxLines: Math.min(200, config.get<number>('maxLines', 8) * 4),
+    const document = editor.document;
+    const position = editor.selection.active;
+    const answer = await client.sendRequest('ghostline/expandSuggestion', {
+      textDocument: { uri: document.uri.toString() },
+      position: client.code2ProtocolConverter.asPosition(position),
     });
-    const uri = editor.document.uri.toString();
-    const listener = vscode.workspace.onDidChangeTextDocument((event) => {
-      if (event.document.uri.toString() === uri && event.contentChanges.length > 0) {
-        this.endExpand();
-        this.sendSettings();
-      }
-    });
-    this.expanded = { uri, listener };
+    const result = await client.protocol2CodeConverter.asInlineCompletionResult(answer as Parameters<typeof client.protocol2CodeConverter.asInlineCompletionResult>[0]);
+    // VS Code's next request for this state gets the expanded answer (provideInlineCompletionItems).
+    this.fresh = { key: stateKey(document.uri.toString(), document.version, position.line, position.character), result, at: performance.now() };
     await vscode.commands.executeCommand('editor.action.inlineSuggest.hide');
     await vscode.commands.executeCommand('editor.action.inlineSuggest.trigger');
   }
@@ -683,11 +677,6 @@ class Ghostline implements vscode.Disposable {
     this.output.info(`state ${JSON.stringify(entry)}`);
   }
 
-  private endExpand(): void {
-    this.expanded?.listener.dispose();
-    this.expanded = undefined;
-  }
-
   async showStats(): Promise<void> {
     const stats = await this.stats();
     if (!stats) {
@@ -702,7 +691,6 @@ class Ghostline implements vscode.Disposable {
     if (this.restTimer) {
       clearTimeout(this.restTimer);
     }
-    this.endExpand();
     void this.stop();
     this.status.dispose();
     this.output.dispose();
