@@ -16,7 +16,8 @@
 // ghostline/suggestionReady (the extension did not opt in). Then, switched to the other mode
 // (Ghostline: Choose Suggestion Mode), on a new line, the ghost text must become the server's
 // complete suggestion again; in pushRefresh mode through ghostline/suggestionReady refreshes
-// (the server must have sent some).
+// (the server must have sent some). Last, Ghostline: Expand Suggestion there: the ghost text
+// must become the server's expanded answer (ghostline/expandSuggestion).
 //
 // The keypress-to-paint measurement (GHOSTLINE_PAINT_OUT=FILE; a benchmark: it asserts nothing
 // about times). In the file vscode.sh wrote (GHOSTLINE_PAINT_LINE_ABOVE, GHOSTLINE_PAINT_TYPED:
@@ -506,6 +507,25 @@ async function test(page, editor, original) {
     fail(`in longPoll mode the server sent ghostline/suggestionReady: ${JSON.stringify(other.counters)} (before: ${JSON.stringify(before.counters)})`);
   }
   log(`${otherMode}: the ghost text is the server's complete suggestion (ghostline/suggestionReady sent: ${other.counters.readyNotifications - before.counters.readyNotifications})`);
+
+  // 3. Ghostline: Expand Suggestion asks the server once for a longer suggestion at the cursor
+  // (ghostline/expandSuggestion); the ghost text becomes that answer (as the extension logged
+  // it on receipt).
+  const expansions = loggedLines('expanded').length;
+  await runCommand(page, 'Ghostline: Expand Suggestion');
+  const expanded = await waitFor('the expanded suggestion in the extension log', SUGGESTION_TIMEOUT_MS, async () => {
+    const lines = loggedLines('expanded');
+    return lines.length > expansions ? lines[lines.length - 1] : undefined;
+  }, 200);
+  if (!expanded.insertText) {
+    fail(`the server answered Expand Suggestion with nothing: ${JSON.stringify(expanded)}`);
+  }
+  let shown;
+  await waitFor('the ghost text to show the expanded suggestion', 10000, async () => {
+    shown = await readGhost();
+    return shown === expanded.insertText;
+  }).catch(() => fail(`the ghost text is ${JSON.stringify(shown)}, the expanded suggestion ${JSON.stringify(expanded.insertText)}`));
+  log(`Expand Suggestion: the ghost text is the expanded suggestion ${JSON.stringify(shown)}`);
 }
 
 /** The p-th percentile (nearest rank) of a list of numbers; null for an empty list. */

@@ -626,6 +626,9 @@ class Ghostline implements vscode.Disposable {
       position: client.code2ProtocolConverter.asPosition(position),
     });
     const result = await client.protocol2CodeConverter.asInlineCompletionResult(answer as Parameters<typeof client.protocol2CodeConverter.asInlineCompletionResult>[0]);
+    if (vscode.workspace.getConfiguration('ghostline').get<boolean>('logSuggestions', false)) {
+      this.output.info(`expanded ${JSON.stringify({ uri: document.uri.toString(), version: document.version, line: position.line, character: position.character, insertText: firstText(result) })}`);
+    }
     // VS Code's next request for this state gets the expanded answer (provideInlineCompletionItems).
     this.fresh = { key: stateKey(document.uri.toString(), document.version, position.line, position.character), result, at: performance.now() };
     await vscode.commands.executeCommand('editor.action.inlineSuggest.hide');
