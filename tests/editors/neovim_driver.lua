@@ -15,16 +15,8 @@ local suggestion_timeout_ms = tonumber(os.getenv('GHOSTLINE_TEST_SUGGESTION_TIME
 -- suggestion (the model finishing the line, then a few milliseconds for the refresh).
 local complete_timeout_ms = tonumber(os.getenv('GHOSTLINE_TEST_COMPLETE_TIMEOUT_MS') or '') or 60000
 
-local chan
-for _ = 1, 200 do
-  local ok, res = pcall(vim.fn.sockconnect, 'pipe', socket, { rpc = true })
-  if ok and res > 0 then
-    chan = res
-    break
-  end
-  vim.wait(50)
-end
-assert(chan, 'could not connect to ' .. socket)
+local rpc = dofile(vim.fs.joinpath(vim.fs.dirname(arg[0]), 'neovim_rpc.lua'))(socket)
+local chan, fail, remote, wait_for, STATS = rpc.chan, rpc.fail, rpc.remote, rpc.wait_for, rpc.STATS
 
 local started = vim.uv.hrtime()
 local function log(message)
@@ -32,25 +24,10 @@ local function log(message)
   io.stdout:flush()
 end
 
-local function fail(message)
-  io.stderr:write('FAIL: ' .. message .. '\n')
-  pcall(vim.rpcnotify, chan, 'nvim_command', 'qall!')
-  os.exit(1)
-end
-
 local function check(condition, message)
   if not condition then
     fail(message)
   end
-end
-
---- Runs Lua in the editor and returns its result.
-local function remote(code, ...)
-  local res = vim.rpcrequest(chan, 'nvim_exec_lua', code, { ... })
-  if res == vim.NIL then
-    return nil
-  end
-  return res
 end
 
 local function input(keys)
@@ -63,18 +40,6 @@ local function type_text(text)
     input(ch == '<' and '<lt>' or ch)
     vim.wait(40)
   end
-end
-
-local function wait_for(description, timeout_ms, probe)
-  local res
-  local ok = vim.wait(timeout_ms, function()
-    res = probe()
-    return res ~= nil and res ~= false and res ~= vim.NIL
-  end, 100)
-  if not ok then
-    fail('timed out after ' .. timeout_ms .. ' ms waiting for ' .. description .. (res and (': ' .. vim.inspect(res)) or ''))
-  end
-  return res
 end
 
 -- In the editor: the ghost text extmark as text, the cursor, the buffer, and the server's own
@@ -116,16 +81,6 @@ local SNAPSHOT = [[
   end
   res.position = params.position
   return res
-]]
-
-local STATS = [[
-  local client = require('ghostline').client(0)
-  if not client then return nil end
-  local response = client:request_sync('ghostline/stats', vim.empty_dict(), 3000, 0)
-  if response and response.err then
-    return { error = response.err.message }
-  end
-  return response and response.result
 ]]
 
 --- Waits until the ghost text equals the server's answer for the current state (the first

@@ -33,50 +33,8 @@ local PAUSE_MS = 100
 local SETTLE_LIMIT_MS = 15000
 local POLL_MS = 20
 
-local chan
-for _ = 1, 200 do
-  local ok, res = pcall(vim.fn.sockconnect, 'pipe', socket, { rpc = true })
-  if ok and res > 0 then
-    chan = res
-    break
-  end
-  vim.wait(50)
-end
-assert(chan, 'could not connect to ' .. socket)
-
-local function fail(message)
-  io.stderr:write('FAIL: ' .. message .. '\n')
-  pcall(vim.rpcnotify, chan, 'nvim_command', 'qall!')
-  os.exit(1)
-end
-
---- Runs Lua in the editor and returns its result.
-local function remote(code, ...)
-  local res = vim.rpcrequest(chan, 'nvim_exec_lua', code, { ... })
-  if res == vim.NIL then
-    return nil
-  end
-  return res
-end
-
-local function wait_for(description, timeout_ms, probe)
-  local res
-  local ok = vim.wait(timeout_ms, function()
-    res = probe()
-    return res ~= nil and res ~= false
-  end, 100)
-  if not ok then
-    fail('timed out after ' .. timeout_ms .. ' ms waiting for ' .. description)
-  end
-  return res
-end
-
-local STATS = [[
-  local client = require('ghostline').client(0)
-  if not client then return nil end
-  local response = client:request_sync('ghostline/stats', vim.empty_dict(), 3000, 0)
-  return response and response.result
-]]
+local rpc = dofile(vim.fs.joinpath(vim.fs.dirname(arg[0]), 'neovim_rpc.lua'))(socket)
+local chan, fail, remote, wait_for, STATS = rpc.chan, rpc.fail, rpc.remote, rpc.wait_for, rpc.STATS
 
 -- In the editor: every change of the ghost text, stamped when the plugin made it, with the
 -- extmark read back (its text and position; text '' when there is none).
