@@ -273,7 +273,7 @@ impl Scheduler {
     /// The active job, if it can serve this state (now or when it finishes); else a job on
     /// standby that can, which becomes the active job.
     fn covering_job(&self, state: &CursorState, split: &LineSplit, config: &Config) -> Option<Arc<ActiveJob>> {
-        let remote = self.ready_engine().is_some_and(|engine| engine.is_remote());
+        let remote = matches!(&*self.engine.read().unwrap_or_else(|poisoned| poisoned.into_inner()), EngineState::Ready(engine) if engine.is_remote());
         let (job, promoted) = self.slot.covering(state, split, config.typed_ahead, remote)?;
         if promoted {
             self.stats_mut().counters.prefetch_hits += 1;
