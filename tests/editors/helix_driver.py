@@ -22,8 +22,17 @@ def log(message):
     print(f"[{time.monotonic() - STARTED:5.1f} s] {message}", flush=True)
 
 
+# The screen to print when a step fails (set once tmux runs).
+SCREEN = None
+
+
 def fail(message):
     print(f"FAIL: {message}", file=sys.stderr)
+    if SCREEN is not None:
+        try:
+            print("--- Helix screen ---\n" + SCREEN().rstrip(), file=sys.stderr)
+        except subprocess.CalledProcessError:
+            pass
     sys.exit(1)
 
 
@@ -112,6 +121,8 @@ def main():
     args = parser.parse_args()
     log_path = f"{args.work}/helix.log"
     tmux = Tmux(args.tmux_socket)
+    global SCREEN
+    SCREEN = tmux.screen
     with open(args.file, encoding="utf-8") as file:
         original = file.read()
 
@@ -141,9 +152,14 @@ def main():
         if with_items:
             return items_of(with_items[-1])[0]
         if answers:
-            # Empty (the suggestion was not ready in time): ask again, as a user would.
+            # Empty (the suggestion was not ready in time): ask again, as a user would. `A`
+            # (insert at the line's end), not `a`: after `o` and Escape the cursor rests on the
+            # newline, and `a` would append on the next line.
+            log("an empty answer: asking again")
             tmux.keys("Escape")
-            tmux.keys("a")
+            wait_for("normal mode", 10, lambda: re.search(r"^\s*NOR\s", tmux.screen(), re.M))
+            tmux.keys("A")
+            wait_for("insert mode", 10, lambda: re.search(r"^\s*INS\s", tmux.screen(), re.M))
             tmux.keys("C-x")
         return None
 
@@ -163,16 +179,25 @@ def main():
     log("menu:\n" + "\n".join(line for line in menu.splitlines() if line.strip() and "~" != line.strip()))
 
     # Tab selects the item (its documentation names Ghostline), Enter accepts it.
+    # Each key waits for the screen to show the one before it took effect: keys sent together
+    # can reach Helix in one read, and an Escape read with the ':' after it is Alt-:.
     tmux.keys("Tab")
     wait_for("the selected item's documentation", 10, lambda: "Ghostline" in tmux.screen())
     tmux.keys("Enter")
+    accepted_start = TYPED + new_text.splitlines()[0][:20]
+    wait_for("the accepted text on screen", 10, lambda: accepted_start in tmux.screen())
     tmux.keys("Escape")
+    wait_for("normal mode", 10, lambda: re.search(r"^\s*NOR\s", tmux.screen(), re.M))
     tmux.literal(":w")
+    wait_for("the :w prompt", 10, lambda: re.search(r"^:w\s*$", tmux.screen(), re.M))
     tmux.keys("Enter")
 
     def saved():
-        with open(args.file, encoding="utf-8") as file:
-            text = file.read()
+        try:
+            with open(args.file, encoding="utf-8") as file:
+                text = file.read()
+        except FileNotFoundError:
+            return None  # Helix writes a temporary file and renames it over the old one
         return text if text != original else None
 
     text = wait_for("Helix to save the file", 10, saved)
