@@ -184,7 +184,8 @@ def main():
     tmux.keys("Tab")
     wait_for("the selected item's documentation", 10, lambda: "Ghostline" in tmux.screen())
     tmux.keys("Enter")
-    accepted_start = TYPED + new_text.splitlines()[0][:20]
+    first_line = new_text.split("\n", 1)[0]
+    accepted_start = TYPED + first_line[:20] if first_line else new_text.strip().split("\n", 1)[0][:20]
     wait_for("the accepted text on screen", 10, lambda: accepted_start in tmux.screen())
     tmux.keys("Escape")
     wait_for("normal mode", 10, lambda: re.search(r"^\s*NOR\s", tmux.screen(), re.M))
