@@ -1,9 +1,11 @@
 //! Remote backends end to end: the real binary over stdio, its jobs sent to llama.cpp's own
 //! `llama-server` (built by `benches/build-peer.sh`, which the test command runs) serving the
 //! default model, through its native API and through its OpenAI-compatible one; the embedded
-//! model answering while the server is unreachable; and, with scripted servers, what a broken
-//! server does (an HTTP error, a stream that is not one, a stream cut before its end) and that a newer keystroke closes the
-//! stream of the request it supersedes.
+//! model answering while the server is unreachable; on the real server's own `/slots`, that keys
+//! agreeing with a running request send nothing new and that a superseded request stops there;
+//! and, with scripted servers, what a broken server does (an HTTP error, a stream that is not
+//! one, a stream cut before its end) and that a newer keystroke closes the stream of the request
+//! it supersedes.
 
 mod common;
 #[allow(dead_code)]
@@ -307,4 +309,78 @@ fn a_killed_server_falls_back_to_the_embedded_model_and_is_used_again_once_back(
     let after = backend_stats(&mut client);
     assert!(after["remoteJobs"].as_u64().unwrap() > remote_jobs, "the next job went to the server: {after}");
     client.shutdown();
+}
+
+/// llama-server's own view of its one slot: (task id, still processing, tokens decoded, tokens
+/// left of its `n_predict`), from `/slots`.
+fn slot_state(port: u16) -> (Option<u64>, bool, u64, u64) {
+    let answer = peer::http(port, "/slots", None, Duration::from_secs(5)).expect("/slots answers");
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    let slots: Value = serde_json::from_slice(&answer.body).expect("/slots is JSON");
+    let slot = &slots[0];
+    let next = &slot["next_token"][0];
+    (slot["id_task"].as_u64(), slot["is_processing"] == true, next["n_decoded"].as_u64().unwrap_or(0), next["n_remain"].as_u64().unwrap_or(0))
+}
+
+/// Polls `/slots` until `done` holds for a state, failing after `timeout`; every state seen
+/// goes to `seen` first.
+fn wait_slot(port: u16, what: &str, timeout: Duration, mut seen: impl FnMut((Option<u64>, bool, u64, u64)), done: impl Fn((Option<u64>, bool, u64, u64)) -> bool) -> (Option<u64>, bool, u64, u64) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let state = slot_state(port);
+        seen(state);
+        if done(state) {
+            return state;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; the slot: {state:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// On the real llama-server (one slot), seen by the server itself through `/slots`, for each
+/// API flavour: keys that agree with the running request send nothing new (the same task keeps
+/// decoding), and a key that supersedes it stops it at once, far before its `n_predict` (a list
+/// of numbers on one line, which the model continues up to its token limit when nothing stops it).
+#[test]
+fn on_llama_server_typed_ahead_keys_keep_the_request_and_a_superseding_key_stops_it() {
+    let _serial = serial();
+    let port = free_port();
+    let _server = llama_server(port);
+    let url = format!("http://127.0.0.1:{port}");
+    for (kind, infill) in [("llama-server", false), ("llama-server", true), ("openai", false)] {
+        let flavour = format!("{kind} (infill: {infill})");
+        // The previous flavour's last request has left the slot.
+        wait_slot(port, "an idle slot", Duration::from_secs(60), |_| {}, |(_, processing, ..)| !processing);
+        let backend = json!({"kind": kind, "url": url, "model": "qwen2.5-coder", "template": "qwen", "infill": infill});
+        let mut client = start_with(backend, DEFAULT_MODEL, json!({"maxTokens": 1000}));
+        let uri = "file:///project/numbers.py";
+        let text = "numbers = [1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010, ]\n";
+        client.open(uri, "python", text);
+        let column = text.find(']').unwrap() as u32;
+        client.type_text(uri, 0, column, "1");
+
+        let (task, ..) = wait_slot(port, "the first key's request to be decoding", Duration::from_secs(60), |_| {}, |(task, processing, decoded, _)| task.is_some() && processing && decoded >= 8);
+        // The model goes on `011, 1012, ...`: typing its `0` is served by the same request.
+        let (_, _, decoded_before, _) = slot_state(port);
+        client.type_text(uri, 0, column + 1, "0");
+        wait_slot(port, "the same request to decode further after the agreeing key", Duration::from_secs(60), |(now, ..)| assert_eq!(now, task, "{flavour}: the agreeing key started a new request"), |(_, _, decoded, _)| decoded >= decoded_before + 8);
+
+        // A key the request did not foresee: its stream is closed and the server stops the task.
+        let mut last_of_first = None;
+        client.type_text(uri, 0, column + 2, "x");
+        wait_slot(
+            port,
+            "the superseded request to leave the slot",
+            Duration::from_secs(60),
+            |state| {
+                if state.0 == task && state.1 {
+                    last_of_first = Some(state);
+                }
+            },
+            |(now, processing, ..)| now != task || !processing,
+        );
+        let (_, _, decoded, remain) = last_of_first.expect("the first request was seen decoding");
+        assert!(remain > 500, "{flavour}: the superseded request ran on to {decoded} tokens ({remain} left of its 1,000)");
+        client.shutdown();
+    }
 }
