@@ -274,37 +274,43 @@ fn keys_typed_while_the_server_decodes_a_prompt_are_served_by_that_request() {
     client.shutdown();
 }
 
-/// The server goes away: the embedded model answers; the server comes back on the same port: a
-/// health check notices within seconds and the next jobs go to it again.
+/// The server is killed in the middle of a stream: the embedded model answers that job; the
+/// server comes back on the same port: a health check notices within seconds and the next jobs go
+/// to it again.
 #[test]
-fn a_killed_server_falls_back_to_the_embedded_model_and_is_used_again_once_back() {
+fn a_server_killed_mid_stream_falls_back_to_the_embedded_model_and_is_used_again_once_back() {
     let _serial = serial();
     let port = free_port();
     let server = llama_server(port);
     let backend = json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}"), "fallback": "local", "timeoutMs": 3000});
-    let mut client = start(backend, DEFAULT_MODEL);
+    let mut client = start_with(backend, DEFAULT_MODEL, json!({"maxTokens": 200}));
     assert!(circle_suggestion(&mut client).starts_with("radius"));
     let before = backend_stats(&mut client);
     assert!(before["remoteJobs"].as_u64().unwrap() >= 1 && before["fallbackJobs"] == 0, "{before}");
 
-    // Each step types in a file of its own, so each needs a job (no typed-ahead answer).
-    let suggestion_in = |client: &mut LspClient, name: &str, head: &str, typed: &str| {
-        let uri = format!("file:///project/{name}.py");
-        client.open(&uri, "python", &format!("{head}\n    \n"));
-        let character = client.type_text(&uri, 1, 4, typed);
-        client.inline_text(&uri, 1, character).unwrap_or_default()
-    };
+    // A job the server decodes for seconds (a one-line list the model goes on with): killed
+    // once the server is seen decoding it.
+    let uri = "file:///project/numbers.py";
+    let text = "numbers = [1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010, ]\n";
+    client.open(uri, "python", text);
+    let column = client.type_text(uri, 0, text.find(']').unwrap() as u32, "1");
+    wait_slot(port, "the request to be decoding", Duration::from_secs(60), |_| {}, |(_, processing, decoded, _)| processing && decoded >= 8);
     drop(server);
-    let suggestion = suggestion_in(&mut client, "square", "def square_area(side):", "return side * ");
-    assert!(suggestion.starts_with("side"), "the embedded model answers: {suggestion:?}");
+    let suggestion = client.inline_text(uri, 0, column).unwrap_or_default();
+    assert!(suggestion.starts_with("011, 1012, 1013"), "the embedded model answers the job whose stream was cut: {suggestion:?}");
     let down = backend_stats(&mut client);
     assert!(down["fallbackJobs"].as_u64().unwrap() >= 1 && down["usingFallback"] == true, "{down}");
+    assert!(down["lastError"].as_str().unwrap().contains("before the server said it was done"), "{down}");
 
     let _server = llama_server(port);
     let back = client.wait_stats("the health check finding the server back", Duration::from_secs(60), |stats| stats["engine"]["backend"]["healthRecoveries"].as_u64() >= Some(1))["engine"]["backend"].clone();
     assert_eq!(back["usingFallback"], false, "{back}");
     let remote_jobs = back["remoteJobs"].as_u64().unwrap();
-    let suggestion = suggestion_in(&mut client, "rectangle", "def rectangle_area(width, height):", "return width * ");
+    // In a file of its own, so it needs a job (no typed-ahead answer).
+    let uri = "file:///project/rectangle.py";
+    client.open(uri, "python", "def rectangle_area(width, height):\n    \n");
+    let character = client.type_text(uri, 1, 4, "return width * ");
+    let suggestion = client.inline_text(uri, 1, character).unwrap_or_default();
     assert!(suggestion.starts_with("height"), "the server answers again: {suggestion:?}");
     let after = backend_stats(&mut client);
     assert!(after["remoteJobs"].as_u64().unwrap() > remote_jobs, "the next job went to the server: {after}");

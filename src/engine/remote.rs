@@ -309,6 +309,9 @@ pub enum RemoteError {
     Status { url: String, status: u16, body: String },
     #[error("{url} sent something that is not a completion stream: {reason}")]
     Protocol { url: String, reason: String },
+    /// The stream stopped without its last piece: the server died, or a proxy dropped it.
+    #[error("{url} broke off: {reason}")]
+    Cut { url: String, reason: String },
     #[error("{url} stopped sending for more than {timeout_ms} ms")]
     TimedOut { url: String, timeout_ms: u64 },
     #[error("the environment variable {0} (the API key) is not set")]
@@ -565,7 +568,8 @@ impl Request {
                 if matches!(err.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) {
                     RemoteError::TimedOut { url: url.clone(), timeout_ms: self.config.timeout_ms }
                 } else {
-                    RemoteError::Protocol { url: url.clone(), reason: err.to_string() }
+                    let before = if completion.generated_tokens == 0 { "any text" } else { "the server said it was done" };
+                    RemoteError::Cut { url: url.clone(), reason: format!("the stream ended before {before} ({err})") }
                 }
             })?;
             if read == 0 {
@@ -574,7 +578,7 @@ impl Request {
                 // ends without one was cut (the server died or a proxy dropped it), and its text
                 // may stop anywhere.
                 let reason = if completion.generated_tokens == 0 { "the stream ended before any text" } else { "the stream ended before the server said it was done" };
-                return Err(RemoteError::Protocol { url, reason: reason.into() });
+                return Err(RemoteError::Cut { url, reason: reason.into() });
             }
             let Some(piece) = parse_line(self.config.api, &line).map_err(|reason| RemoteError::Protocol { url: url.clone(), reason })? else { continue };
             if first_piece {
