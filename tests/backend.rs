@@ -1,7 +1,8 @@
 //! Remote backends end to end: the real binary over stdio, its jobs sent to llama.cpp's own
 //! `llama-server` (built by `benches/build-peer.sh`, which the test command runs) serving the
 //! default model, through its native API and through its OpenAI-compatible one; the embedded
-//! model answering while the server is unreachable; on the real server's own `/slots`, that keys
+//! model answering until a server started late is up, and for a server killed mid-stream until
+//! it is back; on the real server's own `/slots`, that keys
 //! agreeing with a running request send nothing new and that a superseded request stops there;
 //! and, with scripted servers, what a broken server does (an HTTP error, a stream that is not
 //! one, a stream cut before its end) and that a newer keystroke closes the stream of the request
@@ -105,18 +106,35 @@ fn llama_server_answers_through_its_own_apis_and_its_openai_api() {
     assert!(doctor.status.success() && stdout.contains("backend check: ok"), "{stdout}{}", String::from_utf8_lossy(&doctor.stderr));
 }
 
+/// The server is not up yet when Ghostline starts: the embedded model answers; once the server
+/// starts, a health check notices and the next job goes to it.
 #[test]
-fn the_embedded_model_answers_while_the_server_is_unreachable() {
+fn the_embedded_model_answers_until_a_server_started_late_is_up() {
     let _serial = serial();
-    let url = format!("http://127.0.0.1:{}", free_port());
-    let mut client = start(json!({"kind": "openai", "url": url, "fallback": "local", "timeoutMs": 2000}), DEFAULT_MODEL);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let backend = json!({"kind": "openai", "url": url, "model": "qwen2.5-coder", "template": "qwen", "fallback": "local", "timeoutMs": 2000});
+    let mut client = start(backend, DEFAULT_MODEL);
     let suggestion = circle_suggestion(&mut client);
     assert!(suggestion.starts_with("radius"), "got {suggestion:?}");
     let backend = backend_stats(&mut client);
     assert!(backend["remoteFailures"].as_u64().unwrap() >= 1 && backend["fallbackJobs"].as_u64().unwrap() >= 1, "{backend}");
+    assert_eq!(backend["remoteJobs"], 0, "{backend}");
     assert!(backend["lastError"].as_str().unwrap().contains("cannot reach"), "{backend}");
     assert_eq!(backend["usingFallback"], true, "{backend}");
+
+    let server = llama_server(port);
+    let back = client.wait_stats("the health check finding the server up", Duration::from_secs(60), |stats| stats["engine"]["backend"]["healthRecoveries"].as_u64() >= Some(1))["engine"]["backend"].clone();
+    assert_eq!(back["usingFallback"], false, "{back}");
+    let uri = "file:///project/square.py";
+    client.open(uri, "python", "def square_area(side):\n    \n");
+    let character = client.type_text(uri, 1, 4, "return side * ");
+    let suggestion = client.inline_text(uri, 1, character).unwrap_or_default();
+    assert!(suggestion.starts_with("side"), "the server answers: {suggestion:?}");
+    let after = backend_stats(&mut client);
+    assert!(after["remoteJobs"].as_u64().unwrap() >= 1, "the job went to the server: {after}");
     client.shutdown();
+    drop(server);
 
     // Without a fallback the answer is empty, and the server keeps serving.
     let mut client = start(json!({"kind": "llama-server", "url": url}), DEFAULT_MODEL);
