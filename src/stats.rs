@@ -86,6 +86,9 @@ pub struct Counters {
     pub tokens_restored: u64,
     /// Jobs started where the editor said the cursor rests (`ghostline/cursorRest`).
     pub rest_jobs: u64,
+    /// Jobs started, with no new key, for a state a remote job was kept for until its text
+    /// turned out to disagree with the keys typed after its own state.
+    pub undecided_restarts: u64,
     /// Prompt tokens reused at a new position in the cache (counted in `tokensReused` too).
     pub tokens_shifted: u64,
     /// Jobs run in idle time for states the user may reach next, and how many of them were

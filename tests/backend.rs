@@ -238,17 +238,21 @@ fn a_stream_cut_before_its_end_falls_back_and_is_never_shown_cut() {
 #[test]
 fn a_newer_keystroke_closes_the_stream_of_the_request_it_supersedes() {
     let _serial = serial();
-    // A server that streams a piece every 20 ms for as long as the client reads, and says on
-    // `closed` when a stream was closed by the client.
+    // A server that streams a piece every 20 ms for as long as the client reads, says on
+    // `streaming` when a stream has sent ten pieces, and on `closed` when the client closed one.
+    let (streaming_sender, streaming) = mpsc::channel::<()>();
     let (closed_sender, closed) = mpsc::channel::<()>();
-    let closed_sender = Mutex::new(closed_sender);
+    let senders = Mutex::new((streaming_sender, closed_sender));
     let (port, bodies) = scripted_server(move |stream| {
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
-        for _ in 0..1500 {
+        for sent in 0..1500 {
             let piece = format!("data: {}\n\n", json!({"content": "x", "stop": false}));
             if stream.write_all(piece.as_bytes()).and_then(|()| stream.flush()).is_err() {
-                let _ = closed_sender.lock().unwrap().send(());
+                let _ = senders.lock().unwrap().1.send(());
                 return;
+            }
+            if sent == 10 {
+                let _ = senders.lock().unwrap().0.send(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -259,10 +263,59 @@ fn a_newer_keystroke_closes_the_stream_of_the_request_it_supersedes() {
     client.type_text(CIRCLE_URI, 5, 4, "r");
     let first = bodies.recv_timeout(Duration::from_secs(30)).expect("the first keystroke's request");
     assert!(first.contains("<|fim_prefix|>") && first.contains("\"stream\":true") && first.contains("\"timings_per_token\":true"), "{first}");
+    streaming.recv_timeout(Duration::from_secs(30)).expect("the first request streaming");
     client.type_text(CIRCLE_URI, 5, 5, "e");
     bodies.recv_timeout(Duration::from_secs(30)).expect("the second keystroke's request");
     // The first stream is closed long before its 20 s of pieces are over.
     closed.recv_timeout(Duration::from_secs(5)).expect("the superseded request's stream was closed");
+    client.shutdown();
+}
+
+/// A key typed while the server has not sent the running request's first piece is kept for
+/// that request (see the next test); when its text then disagrees with the key, a request for
+/// the key's state goes out at once, with no further key or request from the editor, the first
+/// stream is closed, and an editor waiting on the first request gets the second one's answer.
+/// (Before, nothing went out until the next key, and the waiting editor saw nothing.)
+#[test]
+fn a_key_the_running_request_turns_out_not_to_foresee_gets_its_own_request_at_once() {
+    let _serial = serial();
+    let (closed_sender, closed) = mpsc::channel::<()>();
+    let closed_sender = Mutex::new(closed_sender);
+    let requests = std::sync::atomic::AtomicUsize::new(0);
+    let (port, bodies) = scripted_server(move |stream| {
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+        if requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            // The first: half a second of prompt, then `x` every 20 ms for 30 s.
+            std::thread::sleep(Duration::from_millis(500));
+            for _ in 0..1500 {
+                let piece = format!("data: {}\n\n", json!({"content": "x", "stop": false}));
+                if stream.write_all(piece.as_bytes()).and_then(|()| stream.flush()).is_err() {
+                    let _ = closed_sender.lock().unwrap().send(());
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            for (piece, stop) in [("turn", false), (" 3.14159", false), ("", true)] {
+                let _ = stream.write_all(format!("data: {}\n\n", json!({"content": piece, "stop": stop})).as_bytes());
+            }
+        }
+    });
+    let mut client = start_with(json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}")}), DEFAULT_MODEL, json!({"maxTokens": 1000}));
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    client.type_text(CIRCLE_URI, 5, 4, "r");
+    bodies.recv_timeout(Duration::from_secs(30)).expect("the first keystroke's request");
+    let character = client.type_text(CIRCLE_URI, 5, 5, "e");
+    // An editor that waits for the suggestion asks now, while the first request has no text.
+    let asked = client.send_request("textDocument/inlineCompletion", LspClient::inline_params(CIRCLE_URI, 5, character));
+    bodies.recv_timeout(Duration::from_secs(10)).expect("a request for the second key's state, once the first request's text disagreed with it");
+    closed.recv_timeout(Duration::from_secs(5)).expect("the first request's stream was closed");
+    // Its answer is the second request's.
+    let answer = client.response(asked, Duration::from_secs(30));
+    assert_eq!(answer["result"]["items"][0]["insertText"], "turn 3.14159", "{answer}");
+    assert_eq!(client.inline_text(CIRCLE_URI, 5, character).as_deref(), Some("turn 3.14159"));
+    let counters = client.request_ok("ghostline/stats", json!(null))["counters"].clone();
+    assert_eq!(counters["undecidedRestarts"], 1, "{counters}");
     client.shutdown();
 }
 

@@ -6,7 +6,7 @@
 //! The wait counts from the keystroke (the change that made the request's version), not from
 //! the request. A budget answer does not wait at all when no token can arrive in time.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ropey::Rope;
@@ -213,6 +213,15 @@ impl Scheduler {
                         continue;
                     }
                     None => return (Answer::Empty(EmptyReason::BadPosition), None),
+                }
+            }
+            // Superseded while this request waited by a newer job that serves the same state (a
+            // remote job whose text disagreed with the keys typed after its state, replaced by
+            // one for this state): the answer is that job's.
+            if matches!(answer, Answer::Empty(EmptyReason::Outdated)) && matches!(active.job.snapshot().outcome(), JobOutcome::Interrupted(_)) {
+                if let Some(next) = self.covering_job(state, &split, config).filter(|next| !Arc::ptr_eq(next, &active)) {
+                    active = next;
+                    continue;
                 }
             }
             return (answer, waiter);

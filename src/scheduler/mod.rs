@@ -33,7 +33,7 @@ use ropey::Rope;
 
 use crate::background::LatestWins;
 use crate::config::Config;
-use crate::engine::{Engine, GenerateParams, LateStopRules};
+use crate::engine::{Engine, GenerateParams, LateStopRules, Progress};
 use crate::plan::{JobPlan, LineSplit, PlanHints};
 use crate::probe::LoadFailure;
 use crate::stats::Stats;
@@ -46,7 +46,7 @@ use answer::TokenSpeed;
 use cross_file::{CrossFiles, RingSize};
 use idle::JobKind;
 use places::Places;
-use slot::{ActiveJob, Anchor, JobSlot};
+use slot::{typed_ahead, ActiveJob, Anchor, JobSlot};
 
 /// Where the model is.
 #[derive(Clone)]
@@ -229,7 +229,11 @@ impl Scheduler {
         let (previous_change, change_count) = self.keystrokes.record(&state.uri, state.version, now);
         let config = self.config();
         self.cross_files.note_edit(&state, ring_size(&config));
-        let Some(split) = self.split_needing_job(&state, &config) else { return };
+        let Some((split, covering)) = self.needs(&state, &config) else { return };
+        if let Some(covering) = covering {
+            self.follow_undecided(covering, state, &split, change_count);
+            return;
+        }
         // Adaptive debounce: an isolated keystroke starts the engine at once; a burst (a held
         // key, a paste in pieces) waits until it pauses.
         let in_burst = previous_change.is_some_and(|at| now.duration_since(at) < Duration::from_millis(config.debounce_ms * 2));
@@ -260,21 +264,55 @@ impl Scheduler {
         }
     }
 
+    /// Whether jobs go to a server (read under the lock: no clone of the engine per key).
+    fn remote(&self) -> bool {
+        matches!(&*self.engine.read().unwrap_or_else(|poisoned| poisoned.into_inner()), EngineState::Ready(engine) if engine.is_remote())
+    }
+
     /// The cursor's line split when this state needs a job of its own: an engine is ready, the
     /// language gets suggestions, and no job serves the state already.
     fn split_needing_job(&self, state: &CursorState, config: &Config) -> Option<LineSplit> {
+        self.needs(state, config).and_then(|(split, covering)| covering.is_none().then_some(split))
+    }
+
+    /// The cursor's line split and the job that covers the state, if any; None without a
+    /// ready engine, for a language without suggestions, or a cursor outside the document.
+    fn needs(&self, state: &CursorState, config: &Config) -> Option<(LineSplit, Option<Arc<ActiveJob>>)> {
         if self.ready_engine().is_none() || !config.language_enabled(&state.language_id) {
             return None;
         }
         let split = LineSplit::new(&state.rope, state.cursor_char_idx, state.language())?;
-        self.covering_job(state, &split, config).is_none().then_some(split)
+        let covering = self.covering_job(state, &split, config);
+        Some((split, covering))
+    }
+
+    /// On a remote backend a running job covers the keys typed after its state until its text
+    /// says whether it agrees with them (a server cannot stop a prompt it is decoding). When it
+    /// turns out not to (or the job ends without serving the state) and no key came since, a job
+    /// starts for this state at once, instead of at the next key.
+    fn follow_undecided(self: &Arc<Self>, covering: Arc<ActiveJob>, state: CursorState, split: &LineSplit, change_count: u64) {
+        let Some(typed) = typed_ahead(&covering.anchor, &state.uri, split).filter(|typed| !typed.is_empty()).map(str::to_string) else { return };
+        let undecided = move |progress: &Progress| progress.done.is_none() && typed.starts_with(progress.text.as_str());
+        let mut progress = covering.job.subscribe();
+        if !undecided(&progress.borrow_and_update()) || !self.remote() {
+            return;
+        }
+        let scheduler = Arc::clone(self);
+        tokio::spawn(async move {
+            if progress.wait_for(|progress| !undecided(progress)).await.is_err() || scheduler.keystrokes.latest_count() != change_count {
+                return;
+            }
+            let config = scheduler.config();
+            if scheduler.split_needing_job(&state, &config).is_some() && scheduler.start_job(&state, &config).is_some() {
+                scheduler.stats_mut().counters.undecided_restarts += 1;
+            }
+        });
     }
 
     /// The active job, if it can serve this state (now or when it finishes); else a job on
     /// standby that can, which becomes the active job.
     fn covering_job(&self, state: &CursorState, split: &LineSplit, config: &Config) -> Option<Arc<ActiveJob>> {
-        let remote = matches!(&*self.engine.read().unwrap_or_else(|poisoned| poisoned.into_inner()), EngineState::Ready(engine) if engine.is_remote());
-        let (job, promoted) = self.slot.covering(state, split, config.typed_ahead, remote)?;
+        let (job, promoted) = self.slot.covering(state, split, config.typed_ahead, self.remote())?;
         if promoted {
             self.stats_mut().counters.prefetch_hits += 1;
             if job.job.snapshot().done.is_some() {
