@@ -34,6 +34,20 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 const CIRCLE_URI: &str = "file:///project/circle.py";
 const CIRCLE: &str = "import math\n\n\ndef circle_area(radius):\n    \"\"\"Return the area of a circle.\"\"\"\n    \n\n\nprint(circle_area(2.0))\n";
 
+/// A one-line list the model goes on with up to its token limit when nothing stops it (on the
+/// raw server: 1,000 tokens of 1,000), the cursor before its `]`.
+const NUMBERS_URI: &str = "file:///project/numbers.py";
+const NUMBERS: &str = "numbers = [1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010, ]\n";
+
+/// llama-server's API flavours (kind, infill): its /completion with Ghostline's prompt, its
+/// /infill with the prompt's parts (the server builds the fill-in-the-middle prompt), and its
+/// OpenAI-compatible API.
+const FLAVOURS: [(&str, bool); 3] = [("llama-server", false), ("llama-server", true), ("openai", false)];
+
+fn flavour(kind: &str, infill: bool, url: &str) -> Value {
+    json!({"kind": kind, "url": url, "model": "qwen2.5-coder", "template": "qwen", "infill": infill})
+}
+
 /// A port nothing listens on (bound, then released).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -83,10 +97,8 @@ fn llama_server_answers_through_its_own_apis_and_its_openai_api() {
     let port = free_port();
     let _server = llama_server(port);
     let url = format!("http://127.0.0.1:{port}");
-    // llama-server's /completion with Ghostline's prompt, its /infill with the prompt's parts
-    // (the server builds the fill-in-the-middle prompt), and its OpenAI-compatible API.
-    for (kind, infill) in [("llama-server", false), ("llama-server", true), ("openai", false)] {
-        let mut client = start(json!({"kind": kind, "url": url, "model": "qwen2.5-coder", "template": "qwen", "infill": infill}), DEFAULT_MODEL);
+    for (kind, infill) in FLAVOURS {
+        let mut client = start(flavour(kind, infill, &url), DEFAULT_MODEL);
         let suggestion = circle_suggestion(&mut client);
         assert!(suggestion.starts_with("radius"), "{kind} (infill: {infill}): got {suggestion:?}");
         let backend = backend_stats(&mut client);
@@ -361,10 +373,8 @@ fn a_server_killed_mid_stream_falls_back_to_the_embedded_model_and_is_used_again
 
     // A job the server decodes for seconds (a one-line list the model goes on with): killed
     // once the server is seen decoding it.
-    let uri = "file:///project/numbers.py";
-    let text = "numbers = [1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010, ]\n";
-    client.open(uri, "python", text);
-    let column = client.type_text(uri, 0, text.find(']').unwrap() as u32, "1");
+    client.open(NUMBERS_URI, "python", NUMBERS);
+    let (uri, column) = (NUMBERS_URI, client.type_text(NUMBERS_URI, 0, NUMBERS.find(']').unwrap() as u32, "1"));
     wait_slot(port, "the request to be decoding", Duration::from_secs(60), |_| {}, |(_, processing, decoded, _)| processing && decoded >= 8);
     drop(server);
     let suggestion = client.inline_text(uri, 0, column).unwrap_or_default();
@@ -424,23 +434,20 @@ fn on_llama_server_typed_ahead_keys_keep_the_request_and_a_superseding_key_stops
     let port = free_port();
     let _server = llama_server(port);
     let url = format!("http://127.0.0.1:{port}");
-    for (kind, infill) in [("llama-server", false), ("llama-server", true), ("openai", false)] {
-        let flavour = format!("{kind} (infill: {infill})");
+    for (kind, infill) in FLAVOURS {
+        let name = format!("{kind} (infill: {infill})");
         // The previous flavour's last request has left the slot.
         wait_slot(port, "an idle slot", Duration::from_secs(60), |_| {}, |(_, processing, ..)| !processing);
-        let backend = json!({"kind": kind, "url": url, "model": "qwen2.5-coder", "template": "qwen", "infill": infill});
-        let mut client = start_with(backend, DEFAULT_MODEL, json!({"maxTokens": 1000}));
-        let uri = "file:///project/numbers.py";
-        let text = "numbers = [1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010, ]\n";
-        client.open(uri, "python", text);
-        let column = text.find(']').unwrap() as u32;
+        let mut client = start_with(flavour(kind, infill, &url), DEFAULT_MODEL, json!({"maxTokens": 1000}));
+        client.open(NUMBERS_URI, "python", NUMBERS);
+        let (uri, column) = (NUMBERS_URI, NUMBERS.find(']').unwrap() as u32);
         client.type_text(uri, 0, column, "1");
 
         let (task, ..) = wait_slot(port, "the first key's request to be decoding", Duration::from_secs(60), |_| {}, |(task, processing, decoded, _)| task.is_some() && processing && decoded >= 8);
         // The model goes on `011, 1012, ...`: typing its `0` is served by the same request.
         let (_, _, decoded_before, _) = slot_state(port);
         client.type_text(uri, 0, column + 1, "0");
-        wait_slot(port, "the same request to decode further after the agreeing key", Duration::from_secs(60), |(now, ..)| assert_eq!(now, task, "{flavour}: the agreeing key started a new request"), |(_, _, decoded, _)| decoded >= decoded_before + 8);
+        wait_slot(port, "the same request to decode further after the agreeing key", Duration::from_secs(60), |(now, ..)| assert_eq!(now, task, "{name}: the agreeing key started a new request"), |(_, _, decoded, _)| decoded >= decoded_before + 8);
 
         // A key the request did not foresee: its stream is closed and the server stops the task.
         let mut last_of_first = None;
@@ -457,7 +464,7 @@ fn on_llama_server_typed_ahead_keys_keep_the_request_and_a_superseding_key_stops
             |(now, processing, ..)| now != task || !processing,
         );
         let (_, _, decoded, remain) = last_of_first.expect("the first request was seen decoding");
-        assert!(remain > 500, "{flavour}: the superseded request ran on to {decoded} tokens ({remain} left of its 1,000)");
+        assert!(remain > 500, "{name}: the superseded request ran on to {decoded} tokens ({remain} left of its 1,000)");
         client.shutdown();
     }
 }
