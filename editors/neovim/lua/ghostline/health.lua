@@ -66,7 +66,15 @@ local function check_binary()
       { 'a binary for another platform, or one whose lib/ directory is missing; rebuild it or use another one' })
     return
   end
-  local doctor = vim.system({ exe, 'doctor' }, { text = true }):wait(10000)
+  -- The engine check loads the model and decodes a few tokens in a child process: seconds on an
+  -- idle machine, far more for a large model on a busy one.
+  local doctor_timeout_s = 180
+  local doctor = vim.system({ exe, 'doctor' }, { text = true }):wait(doctor_timeout_s * 1000)
+  if doctor.code == 124 then
+    health.error(('`ghostline doctor` did not finish within %d s'):format(doctor_timeout_s),
+      { 'run `ghostline doctor` in a terminal to see where it stops' })
+    return
+  end
   if doctor.code ~= 0 then
     health.error('`ghostline doctor` failed: ' .. vim.trim((doctor.stderr or '') .. (doctor.stdout or '')))
     return
