@@ -288,8 +288,8 @@ impl Scheduler {
 
     /// On a remote backend a running job covers the keys typed after its state until its text
     /// says whether it agrees with them (a server cannot stop a prompt it is decoding). When it
-    /// turns out not to (or the job ends without serving the state) and no key came since, a job
-    /// starts for this state at once, instead of at the next key.
+    /// turns out not to (or the job finishes without serving the state) and no key came since, a
+    /// job starts for this state at once, instead of at the next key.
     fn follow_undecided(self: &Arc<Self>, covering: Arc<ActiveJob>, state: CursorState, split: &LineSplit, change_count: u64) {
         let Some(typed) = typed_ahead(&covering.anchor, &state.uri, split).filter(|typed| !typed.is_empty()).map(str::to_string) else { return };
         let undecided = move |progress: &Progress| progress.done.is_none() && typed.starts_with(progress.text.as_str());
@@ -299,7 +299,14 @@ impl Scheduler {
         }
         let scheduler = Arc::clone(self);
         tokio::spawn(async move {
-            if progress.wait_for(|progress| !undecided(progress)).await.is_err() || scheduler.keystrokes.latest_count() != change_count {
+            let Ok(decided) = progress.wait_for(|progress| !undecided(progress)).await else { return };
+            // Superseded or cancelled: someone else took over (a newer job, a rest elsewhere);
+            // failed: a new request would fail as well.
+            if decided.is_interrupted_or_failed() {
+                return;
+            }
+            drop(decided);
+            if scheduler.keystrokes.latest_count() != change_count {
                 return;
             }
             let config = scheduler.config();
