@@ -327,6 +327,27 @@ impl Engine {
         });
         (Engine { sender, latest_job_id: Arc::new(AtomicU64::new(0)), info: Arc::new(info), remote: None }, jobs)
     }
+
+    /// `scripted`, taken for a remote backend by the code around it (`is_remote`); nothing is
+    /// sent anywhere.
+    pub fn scripted_remote(info: ModelInfo) -> (Engine, mpsc::Receiver<ScriptedJob>) {
+        let config = remote::RemoteConfig {
+            api: remote::RemoteApi::LlamaServer,
+            url: "http://127.0.0.1:9".into(),
+            model: None,
+            template: remote::FimTemplate::named("qwen").expect("a named template"),
+            infill: false,
+            api_key_env: None,
+            timeout_ms: 1000,
+            fallback_local: false,
+            slow_ms: 1000,
+            max_in_flight: 1,
+            context_tokens: info.context_tokens,
+        };
+        let (mut engine, jobs) = Engine::scripted(info);
+        engine.remote = Some((Arc::new(config), Arc::new(remote::Status::default())));
+        (engine, jobs)
+    }
 }
 
 impl Job {

@@ -48,13 +48,17 @@ fn next_job(jobs: &Receiver<ScriptedJob>) -> ScriptedJob {
 }
 
 fn finish(job: &ScriptedJob, text: &str, alternatives: &[&str]) {
+    end(job, text, alternatives, StopReason::StopRule);
+}
+
+fn end(job: &ScriptedJob, text: &str, alternatives: &[&str], stop_reason: StopReason) {
     job.progress.send_modify(|progress| {
         progress.text = text.to_string();
         progress.generated_tokens = 3;
         progress.alternatives = alternatives.iter().map(|alternative| alternative.to_string()).collect();
         progress.done = Some(Ok(Completion {
             text: text.to_string(),
-            stop_reason: StopReason::StopRule,
+            stop_reason,
             prompt_tokens: 10,
             reused_tokens: 0,
             decoded_tokens: 10,
@@ -123,6 +127,48 @@ async fn typing_that_disagrees_supersedes_the_running_job() {
     let third = next_job(&jobs);
     assert!(third.prompt.to_debug_string().ends_with("<FimMiddle>y"));
     assert_eq!((counter(&scheduler, "jobsStarted"), counter(&scheduler, "jobsSuperseded")), (3, 1));
+}
+
+fn remote_scheduler() -> (Arc<Scheduler>, Receiver<ScriptedJob>) {
+    let (engine, jobs) = Engine::scripted_remote(model_info(4096));
+    let scheduler = Scheduler::new(Config::default());
+    scheduler.set_engine_state(EngineState::Ready(engine));
+    (scheduler, jobs)
+}
+
+/// On a server a job without text keeps the keys typed after its state; when its text then
+/// disagrees with them, a job for the latest state starts with no further key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_server_a_kept_key_gets_its_own_job_once_the_text_disagrees() {
+    let (scheduler, jobs) = remote_scheduler();
+    scheduler.on_change(state("x = |\n", 2));
+    let first = next_job(&jobs);
+    scheduler.on_change(state("x = z|\n", 3));
+    assert_eq!(counter(&scheduler, "jobsStarted"), 1, "kept for the job without text");
+    first.progress.send_modify(|progress| {
+        progress.text = "compute".into();
+        progress.generated_tokens = 1;
+    });
+    let second = next_job(&jobs);
+    assert!(second.prompt.to_debug_string().ends_with("<FimMiddle>x = z"), "{}", second.prompt.to_debug_string());
+    assert_eq!((counter(&scheduler, "jobsStarted"), counter(&scheduler, "undecidedRestarts")), (2, 1));
+}
+
+/// ... but not when the job was superseded meanwhile by one for another place (the cursor
+/// rests elsewhere): the user is there now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_server_a_kept_key_gets_no_job_once_the_user_rests_elsewhere() {
+    let (scheduler, jobs) = remote_scheduler();
+    scheduler.on_change(state("x = |\n", 2));
+    let first = next_job(&jobs);
+    scheduler.on_change(state("x = z|\n", 3));
+    scheduler.cursor_rests(state("x = z\n\ndef f():\n    return |\n", 3));
+    let rest = next_job(&jobs);
+    assert!(rest.prompt.to_debug_string().ends_with("<FimMiddle>    return "), "{}", rest.prompt.to_debug_string());
+    // The engine's part: the first job ends superseded.
+    end(&first, "", &[], StopReason::Superseded);
+    assert!(jobs.recv_timeout(Duration::from_millis(500)).is_err(), "a job for the state the user left");
+    assert_eq!(counter(&scheduler, "undecidedRestarts"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
