@@ -326,8 +326,8 @@ wait_for('a job where the cursor rests', 10000, function()
 end)
 log('cursor rest: the server started where the cursor rests')
 
--- 7. :checkhealth ghostline reports the binary found, its version, the running client and the
--- loaded model, and no error.
+-- 7. :checkhealth ghostline reports the binary found, its version, the running client, the
+-- loaded model and the backend, and no error.
 local health = remote([[
   vim.cmd('checkhealth ghostline')
   local text = table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), '\n')
@@ -335,6 +335,7 @@ local health = remote([[
   return text
 ]])
 check(health:find('model ready', 1, true), ':checkhealth ghostline does not report the model: ' .. health)
+check(health:find('backend: the embedded model', 1, true), ':checkhealth ghostline does not say where the jobs run: ' .. health)
 check(health:find('server: ' .. found.path .. ' (found in ' .. found.label .. ')', 1, true),
   ':checkhealth ghostline does not name the binary it found: ' .. health)
 check(health:find('looked in ' .. found.label .. ': ' .. found.path .. ' (used)', 1, true),

@@ -155,8 +155,34 @@ interface Stats {
   counters: { requests: number; answeredWithSuggestion: number; accepted: number; [name: string]: number };
   responseMs: Summary;
   timeToSuggestionMs: Summary;
-  engine: { state: string; error?: string; model?: { name: string } };
+  engine: { state: string; error?: string; model?: { name: string }; backend?: Backend };
   config: { model: string };
+}
+
+/** `engine.backend` of ghostline/stats: where the jobs run. */
+interface Backend {
+  kind: string;
+  url?: string;
+  remoteJobs?: number;
+  fallbackJobs?: number;
+  usingFallback?: boolean;
+  lastError?: string | null;
+}
+
+/** The status bar's word for the backend (nothing for the embedded model) and the tooltip's
+ * line about it. */
+function backendStatus(backend: Backend | undefined): { label?: string; line?: string } {
+  if (!backend || backend.kind === 'local') {
+    return {};
+  }
+  const counts = `${backend.remoteJobs ?? 0} jobs there, ${backend.fallbackJobs ?? 0} by the embedded model`;
+  if (backend.usingFallback) {
+    return {
+      label: 'local fallback',
+      line: `backend: ${backend.kind} at ${backend.url} is failing, the embedded model answers until it is back (${counts}); last error: ${backend.lastError ?? 'none'}`,
+    };
+  }
+  return { label: backend.kind, line: `backend: ${backend.kind} at ${backend.url} (${counts})` };
 }
 
 type EngineState = 'starting' | 'loading' | 'ready' | 'error' | 'off';
@@ -168,6 +194,7 @@ class Ghostline implements vscode.Disposable {
   private statsTimer: NodeJS.Timeout | undefined;
   private state: EngineState = 'off';
   private modelName = '';
+  private backend: { label?: string; line?: string } = {};
   private errorMessage = '';
   private lastLatencyMs: number | undefined;
   /** The first request for a state; the latency shown is to its first answer with a suggestion. */
@@ -517,6 +544,7 @@ class Ghostline implements vscode.Disposable {
       return;
     }
     const engine = stats.engine;
+    this.backend = backendStatus(engine.backend);
     if (engine.state === 'ready') {
       this.state = 'ready';
       this.modelName = engine.model?.name ?? stats.config.model;
@@ -536,6 +564,9 @@ class Ghostline implements vscode.Disposable {
   private render(): void {
     const icon = { starting: '$(sync~spin)', loading: '$(sync~spin)', ready: '$(sparkle)', error: '$(error)', off: '$(circle-slash)' }[this.state];
     const parts = [this.state === 'ready' ? `${icon} Ghostline` : `${icon} Ghostline: ${this.state}`];
+    if (this.state === 'ready' && this.backend.label) {
+      parts.push(this.backend.label);
+    }
     if (this.state === 'ready' && this.lastLatencyMs !== undefined) {
       parts.push(`${Math.round(this.lastLatencyMs)} ms`);
     }
@@ -548,6 +579,10 @@ class Ghostline implements vscode.Disposable {
     if (this.modelName) {
       tooltip.appendMarkdown(`model: ${this.modelName}\n\n`);
     }
+    if (this.backend.line) {
+      tooltip.appendText(this.backend.line);
+      tooltip.appendMarkdown('\n\n');
+    }
     if (this.lastLatencyMs !== undefined) {
       tooltip.appendMarkdown(`last suggestion: ${Math.round(this.lastLatencyMs)} ms\n\n`);
     }
@@ -556,7 +591,8 @@ class Ghostline implements vscode.Disposable {
     }
     tooltip.appendMarkdown('Click for stats.');
     this.status.tooltip = tooltip;
-    this.status.backgroundColor = this.state === 'error' ? new vscode.ThemeColor('statusBarItem.errorBackground') : undefined;
+    const background = this.state === 'error' ? 'statusBarItem.errorBackground' : this.backend.label === 'local fallback' ? 'statusBarItem.warningBackground' : undefined;
+    this.status.backgroundColor = background ? new vscode.ThemeColor(background) : undefined;
   }
 
   /** After the cursor moves by keyboard or mouse (not by typing) and rests `ghostline.restMs`

@@ -88,6 +88,26 @@ local function check_binary()
   end
 end
 
+--- Where the jobs run: the embedded model, or a server (and whether the embedded model answers
+--- for it while it fails).
+local function check_backend(backend)
+  if type(backend) ~= 'table' or backend.kind == 'local' then
+    health.ok('backend: the embedded model')
+    return
+  end
+  local where = ('%s at %s (%d jobs there, %d by the embedded model)'):format(
+    backend.kind, tostring(backend.url), backend.remoteJobs or 0, backend.fallbackJobs or 0)
+  local last_error = backend.lastError ~= vim.NIL and backend.lastError or nil
+  if backend.usingFallback then
+    health.warn(('backend %s is failing; the embedded model answers until it is back. Last error: %s'):format(where, tostring(last_error)),
+      { 'check the server with `ghostline doctor --backend \'{"kind": ..., "url": ...}\'`' })
+  elseif last_error then
+    health.ok(('backend %s; last error: %s'):format(where, last_error))
+  else
+    health.ok('backend ' .. where)
+  end
+end
+
 local function check_client()
   local client = require('ghostline').client()
   if not client then
@@ -109,6 +129,7 @@ local function check_client()
   if engine.state == 'ready' then
     local model = engine.model or {}
     health.ok(('model ready: %s'):format(model.name or vim.inspect(model)))
+    check_backend(engine.backend)
   elseif engine.state == 'failed' then
     health.error('model failed to load: ' .. tostring(engine.error), { 'set `settings = { model = ... }` to a registry name or a .gguf path' })
   else
