@@ -326,7 +326,7 @@ fn a_key_the_running_request_turns_out_not_to_foresee_gets_its_own_request_at_on
     let answer = client.response(asked, Duration::from_secs(30));
     assert_eq!(answer["result"]["items"][0]["insertText"], "turn 3.14159", "{answer}");
     assert_eq!(client.inline_text(CIRCLE_URI, 5, character).as_deref(), Some("turn 3.14159"));
-    let counters = client.request_ok("ghostline/stats", json!(null))["counters"].clone();
+    let counters = client.wait_stats("the restart counted", Duration::from_secs(10), |stats| stats["counters"]["undecidedRestarts"].as_u64() >= Some(1))["counters"].clone();
     assert_eq!(counters["undecidedRestarts"], 1, "{counters}");
     client.shutdown();
 }

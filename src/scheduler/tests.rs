@@ -151,7 +151,18 @@ async fn on_a_server_a_kept_key_gets_its_own_job_once_the_text_disagrees() {
     });
     let second = next_job(&jobs);
     assert!(second.prompt.to_debug_string().ends_with("<FimMiddle>x = z"), "{}", second.prompt.to_debug_string());
-    assert_eq!((counter(&scheduler, "jobsStarted"), counter(&scheduler, "undecidedRestarts")), (2, 1));
+    // Counted once the submission returns, just after the engine has the job.
+    wait_counter(&scheduler, "undecidedRestarts", 1).await;
+    assert_eq!(counter(&scheduler, "jobsStarted"), 2);
+}
+
+/// Waits until a counter reaches `value`; fails after 10 s.
+async fn wait_counter(scheduler: &Scheduler, name: &str, value: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while counter(scheduler, name) < value {
+        assert!(tokio::time::Instant::now() < deadline, "{name} stayed at {} (waiting for {value})", counter(scheduler, name));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// ... but not when the job was superseded meanwhile by one for another place (the cursor
