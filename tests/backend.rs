@@ -366,7 +366,7 @@ fn a_server_killed_mid_stream_falls_back_to_the_embedded_model_and_is_used_again
     let port = free_port();
     let server = llama_server(port);
     let backend = json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}"), "fallback": "local", "timeoutMs": 3000});
-    let mut client = start_with(backend, DEFAULT_MODEL, json!({"maxTokens": 200}));
+    let mut client = start_with(backend, DEFAULT_MODEL, json!({"maxTokens": 100, "maxWaitMs": 60000}));
     assert!(circle_suggestion(&mut client).starts_with("radius"));
     let before = backend_stats(&mut client);
     assert!(before["remoteJobs"].as_u64().unwrap() >= 1 && before["fallbackJobs"] == 0, "{before}");

@@ -856,3 +856,19 @@ fn a_resting_cursor_warms_its_place_before_the_first_key() {
     eprintln!("the first key decoded {rested} prompt tokens after a rest, {unrested} without");
     assert!(rested * 4 < unrested, "after a rest {rested} tokens, without {unrested}");
 }
+
+/// llama.cpp's OpenMP threads spin only briefly at their barriers (`GOMP_SPINCOUNT=300`, set by
+/// the server restarting itself once at start: libgomp reads it before `main`), so another busy
+/// process does not stall every barrier; a value the user set is kept. Read from the running
+/// server's own environment, after it answered `initialize`.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_runs_with_a_short_openmp_spin_unless_the_user_set_one() {
+    for (env, expected) in [(&[][..], "GOMP_SPINCOUNT=300"), (&[("GOMP_SPINCOUNT", "5000")][..], "GOMP_SPINCOUNT=5000")] {
+        let (client, _) = LspClient::start_with_env("warn", env, json!({"model": model_path(TINY_MODEL).to_str().unwrap()}), json!({}));
+        let environ = std::fs::read(format!("/proc/{}/environ", client.pid())).expect("the server's environment");
+        let spin: Vec<String> = environ.split(|byte| *byte == 0).map(|entry| String::from_utf8_lossy(entry).into_owned()).filter(|entry| entry.starts_with("GOMP_SPINCOUNT=")).collect();
+        assert_eq!(spin, [expected], "with {env:?}");
+        client.shutdown();
+    }
+}
