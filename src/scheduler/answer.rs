@@ -167,7 +167,7 @@ impl Scheduler {
 
     /// `fresh`: a new job even when one covers the state (it was planned with other settings).
     async fn answer_within(&self, state: &CursorState, waiting: Waiting, keystroke: Instant, config: &Config, fresh: bool) -> (Answer, Option<ReadyWaiter>) {
-        if self.ready_engine().is_none() {
+        if self.ready_remote().is_none() {
             return (Answer::Empty(EmptyReason::ModelNotReady), None);
         }
         if !config.language_enabled(&state.language_id) {

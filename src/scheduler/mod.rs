@@ -264,9 +264,13 @@ impl Scheduler {
         }
     }
 
-    /// Whether jobs go to a server (read under the lock: no clone of the engine per key).
-    fn remote(&self) -> bool {
-        matches!(&*self.engine.read().unwrap_or_else(|poisoned| poisoned.into_inner()), EngineState::Ready(engine) if engine.is_remote())
+    /// Whether jobs go to a server, None while no engine is ready (read under the lock: no
+    /// clone of the engine per key).
+    fn ready_remote(&self) -> Option<bool> {
+        match &*self.engine.read().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            EngineState::Ready(engine) => Some(engine.is_remote()),
+            _ => None,
+        }
     }
 
     /// The cursor's line split when this state needs a job of its own: an engine is ready, the
@@ -278,7 +282,7 @@ impl Scheduler {
     /// The cursor's line split and the job that covers the state, if any; None without a
     /// ready engine, for a language without suggestions, or a cursor outside the document.
     fn needs(&self, state: &CursorState, config: &Config) -> Option<(LineSplit, Option<Arc<ActiveJob>>)> {
-        if self.ready_engine().is_none() || !config.language_enabled(&state.language_id) {
+        if self.ready_remote().is_none() || !config.language_enabled(&state.language_id) {
             return None;
         }
         let split = LineSplit::new(&state.rope, state.cursor_char_idx, state.language())?;
@@ -294,7 +298,7 @@ impl Scheduler {
         let Some(typed) = typed_ahead(&covering.anchor, &state.uri, split).filter(|typed| !typed.is_empty()).map(str::to_string) else { return };
         let undecided = move |progress: &Progress| progress.done.is_none() && typed.starts_with(progress.text.as_str());
         let mut progress = covering.job.subscribe();
-        if !undecided(&progress.borrow_and_update()) || !self.remote() {
+        if !undecided(&progress.borrow_and_update()) || self.ready_remote() != Some(true) {
             return;
         }
         let scheduler = Arc::clone(self);
@@ -319,7 +323,7 @@ impl Scheduler {
     /// The active job, if it can serve this state (now or when it finishes); else a job on
     /// standby that can, which becomes the active job.
     fn covering_job(&self, state: &CursorState, split: &LineSplit, config: &Config) -> Option<Arc<ActiveJob>> {
-        let (job, promoted) = self.slot.covering(state, split, config.typed_ahead, self.remote())?;
+        let (job, promoted) = self.slot.covering(state, split, config.typed_ahead, self.ready_remote() == Some(true))?;
         if promoted {
             self.stats_mut().counters.prefetch_hits += 1;
             if job.job.snapshot().done.is_some() {
