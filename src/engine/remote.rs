@@ -318,6 +318,15 @@ pub enum RemoteError {
     MissingKey(String),
 }
 
+impl RemoteError {
+    /// A stream that stopped after `generated_tokens` pieces of text without its last piece;
+    /// `detail` follows the reason.
+    fn cut(url: &str, generated_tokens: usize, detail: &str) -> RemoteError {
+        let before = if generated_tokens == 0 { "any text" } else { "the server said it was done" };
+        RemoteError::Cut { url: url.to_string(), reason: format!("the stream ended before {before}{detail}") }
+    }
+}
+
 /// The handle of a remote backend; `fallback` is the embedded engine when the settings ask for one.
 pub(super) fn start(config: RemoteConfig, fallback: Option<Engine>) -> Engine {
     let (sender, receiver) = mpsc::channel();
@@ -568,8 +577,7 @@ impl Request {
                 if matches!(err.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) {
                     RemoteError::TimedOut { url: url.clone(), timeout_ms: self.config.timeout_ms }
                 } else {
-                    let before = if completion.generated_tokens == 0 { "any text" } else { "the server said it was done" };
-                    RemoteError::Cut { url: url.clone(), reason: format!("the stream ended before {before} ({err})") }
+                    RemoteError::cut(&url, completion.generated_tokens, &format!(" ({err})"))
                 }
             })?;
             if read == 0 {
@@ -577,8 +585,7 @@ impl Request {
                 // `stop`, OpenAI's `finish_reason` or `[DONE]`, Ollama's `done`): a stream that
                 // ends without one was cut (the server died or a proxy dropped it), and its text
                 // may stop anywhere.
-                let reason = if completion.generated_tokens == 0 { "the stream ended before any text" } else { "the stream ended before the server said it was done" };
-                return Err(RemoteError::Cut { url, reason: reason.into() });
+                return Err(RemoteError::cut(&url, completion.generated_tokens, ""));
             }
             let Some(piece) = parse_line(self.config.api, &line).map_err(|reason| RemoteError::Protocol { url: url.clone(), reason })? else { continue };
             if first_piece {
