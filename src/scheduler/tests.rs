@@ -30,7 +30,11 @@ fn model_info(context_tokens: u32) -> crate::engine::ModelInfo {
 }
 
 fn scheduler_with(config: Config, context_tokens: u32) -> (Arc<Scheduler>, Receiver<ScriptedJob>) {
-    let (engine, jobs) = Engine::scripted(model_info(context_tokens));
+    scheduler_on(Engine::scripted(model_info(context_tokens)), config)
+}
+
+/// A scheduler whose engine is ready, with the receiver of its jobs.
+fn scheduler_on((engine, jobs): (Engine, Receiver<ScriptedJob>), config: Config) -> (Arc<Scheduler>, Receiver<ScriptedJob>) {
     let scheduler = Scheduler::new(config);
     scheduler.set_engine_state(EngineState::Ready(engine));
     (scheduler, jobs)
@@ -130,10 +134,7 @@ async fn typing_that_disagrees_supersedes_the_running_job() {
 }
 
 fn remote_scheduler() -> (Arc<Scheduler>, Receiver<ScriptedJob>) {
-    let (engine, jobs) = Engine::scripted_remote(model_info(4096));
-    let scheduler = Scheduler::new(Config::default());
-    scheduler.set_engine_state(EngineState::Ready(engine));
-    (scheduler, jobs)
+    scheduler_on(Engine::scripted_remote(model_info(4096)), Config::default())
 }
 
 /// On a server a job without text keeps the keys typed after its state; when its text then
