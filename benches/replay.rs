@@ -12,15 +12,24 @@
 //!  [--interval-ms MS] [--jitter-ms MS] [--model NAME|PATH] [--threads N] [--languages a,b]
 //!  [--no-peer] [--regression] [--variant JSON]... [--baseline BINARY] [--reading-ms MS] [--siblings N]
 //!  [--max-keys N] [--settings JSON] [--revisit] [--rest-ms MS] [--backend-peer]
-//!  [--load 1,2,4,8] [--load-cases N] [--out DIR]`
+//!  [--load 1,2,4,8] [--load-cases N] [--out DIR] [--corpus unseen|local] [--packages N]
+//!  [--min-shown SHARE]`
 //!
+//! Cases come from `--corpus unseen` (the default of a measured run, `replay/unseen.rs`):
+//! `--packages N` packages per registry (PyPI, crates.io, npm, default 3) picked by the seed,
+//! a new seed each run unless `--seed` is given, lines inside blocks anywhere in files of
+//! 300-3,000 lines; or `--corpus local` (the quick check's), code already on the machine.
 //! Each case starts with an arrival: the editor asks at the blanked line (not counted as a
 //! keystroke; its time to a first suggestion is the cold-start figure), and the user reads until
 //! the server is idle (or for `--reading-ms`, a fixed reading time, as users do not wait for an
 //! idle server), then types. Cadences: `human` types a key every interval ± jitter (a fixed seed), and a suggestion counts
 //! when it arrives before the next key; `wait` types the next key as soon as the current one has
 //! its answer (Ghostline then runs as a client without the ready notification). `--regression`
-//! adds a Ghostline run with typed-ahead reuse switched off, which must come out visibly worse;
+//! adds a Ghostline run with typed-ahead reuse switched off, which must come out visibly worse,
+//! and fails the run when Ghostline's share of keys with a suggestion is more than 10 points
+//! below the README's headline figure (the lowest of its seeds, `replay/headline.json`; run it
+//! as the headline was measured: `--reading-ms 2000`, the unseen corpus; `--min-shown SHARE`
+//! sets another floor);
 //! `--baseline BINARY` adds a run of another build of Ghostline (an earlier commit's) with the
 //! same settings, so a change is compared on the same cases in the same run.
 //! Each `--variant JSON` adds a Ghostline run with those settings on top (to compare prompt
@@ -57,6 +66,8 @@ mod corpus;
 mod metrics;
 #[path = "replay/peer.rs"]
 mod peer;
+#[path = "replay/unseen.rs"]
+mod unseen;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -105,12 +116,32 @@ struct Options {
     settings: Value,
     out: PathBuf,
     quick: bool,
+    /// Where cases come from: packages fetched by seed (`unseen`, the default of a measured run)
+    /// or the code already on the machine (`local`, the quick check's).
+    corpus: CorpusKind,
+    /// Packages per registry for the unseen corpus.
+    packages: usize,
+    /// Fail the run when Ghostline's share of keys with a suggestion is below this (0-1).
+    min_shown: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CorpusKind {
+    Unseen,
+    Local,
 }
 
 fn parse_options() -> Options {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = !args.iter().any(|arg| arg == "--bench");
     let value = |name: &str| args.iter().position(|arg| arg == name).and_then(|idx| args.get(idx + 1)).cloned();
+    let corpus = match value("--corpus").as_deref() {
+        Some("unseen") => CorpusKind::Unseen,
+        Some("local") => CorpusKind::Local,
+        None if quick => CorpusKind::Local,
+        None => CorpusKind::Unseen,
+        Some(other) => panic!("--corpus is unseen or local, not {other}"),
+    };
     let number = |name: &str, default: f64| value(name).map(|text| text.parse::<f64>().unwrap_or_else(|_| panic!("{name} takes a number"))).unwrap_or(default);
     let interval_ms = number("--interval-ms", 120.0);
     let jitter_ms = number("--jitter-ms", 40.0);
@@ -121,7 +152,12 @@ fn parse_options() -> Options {
     };
     Options {
         cases: number("--cases", if quick { 2.0 } else { 24.0 }) as usize,
-        seed: number("--seed", 1.0) as u64,
+        // The unseen corpus takes a new seed each run unless told (it is printed, so a run can
+        // be repeated): a figure is never fitted to one set of packages.
+        seed: value("--seed").map(|text| text.parse().expect("--seed takes a number")).unwrap_or_else(|| match corpus {
+            CorpusKind::Unseen => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |since| since.as_secs() % 100_000),
+            CorpusKind::Local => 1,
+        }),
         cadence,
         model: value("--model").unwrap_or_else(|| if quick { "smollm2-135m" } else { ghostline::models::DEFAULT_MODEL }.to_string()),
         threads: number("--threads", ghostline::engine::physical_cores() as f64) as usize,
@@ -148,6 +184,17 @@ fn parse_options() -> Options {
         settings: value("--settings").map(|text| serde_json::from_str(&text).expect("--settings takes a JSON object")).unwrap_or_else(|| json!({})),
         out: value("--out").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/replay")),
         quick,
+        corpus,
+        packages: number("--packages", 3.0) as usize,
+        // `--regression` guards the README's headline figure (`replay/headline.json`): a share of
+        // keys with a suggestion more than 10 points below it fails the run.
+        min_shown: value("--min-shown").map(|text| text.parse().expect("--min-shown takes a share, 0-1")).or_else(|| {
+            args.iter().any(|arg| arg == "--regression").then(|| {
+                let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/replay/headline.json");
+                let headline: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("benches/replay/headline.json is readable")).expect("headline.json is JSON");
+                headline["shareWithSuggestion"]["min"].as_f64().expect("headline.json has shareWithSuggestion.min") - 0.10
+            })
+        }),
     }
 }
 
@@ -788,11 +835,14 @@ fn machine() -> Value {
 fn main() {
     let options = parse_options();
     let model = ghostline::models::resolve(&options.model).unwrap_or_else(|err| panic!("model {}: {err}", options.model));
-    let sources = corpus::sources(&options.languages);
+    let (sources, placement) = match options.corpus {
+        CorpusKind::Unseen => (unseen::sources(&options.languages, options.packages, options.seed, &options.out.join("unseen")), corpus::Placement::IndentedInside),
+        CorpusKind::Local => (corpus::sources(&options.languages), corpus::Placement::Anywhere),
+    };
     for (language, files) in &sources {
-        println!("corpus: {language}: {} files", files.len());
+        println!("corpus ({:?}): {language}: {} files", options.corpus, files.len());
     }
-    let mut cases = corpus::pick_cases(&sources, options.cases, options.seed);
+    let mut cases = corpus::pick_cases(&sources, options.cases, options.seed, placement);
     if options.revisit {
         cases = corpus::with_returns(cases);
     }
@@ -942,6 +992,15 @@ fn main() {
     let svg_path = options.out.join("replay.svg");
     std::fs::write(&svg_path, metrics::svg(&title, &curves)).expect("the picture is written");
     println!("wrote {} and {}", json_path.display(), svg_path.display());
+    if let Some(min_shown) = options.min_shown {
+        // The regression guard: Ghostline's share of keys shown must not slide below the floor.
+        let shown = alls[0]["shareWithSuggestion"].as_f64().expect("the share with a suggestion is measured");
+        if shown < min_shown {
+            eprintln!("REGRESSION: {} showed a suggestion on {:.0}% of keys, below the floor of {:.0}% (seed {})", names[0], shown * 100.0, min_shown * 100.0, options.seed);
+            std::process::exit(1);
+        }
+        println!("regression guard: {} showed a suggestion on {:.0}% of keys (floor {:.0}%)", names[0], shown * 100.0, min_shown * 100.0);
+    }
 
     if options.quick {
         // The harness ran and its output is well formed (timings are not judged here).

@@ -117,8 +117,17 @@ pub struct PlanHints<'a> {
     pub cross_file: Option<&'a CrossFile>,
     /// The document's measured text density (None until a prompt of it was refused as too long).
     pub chars_per_token: Option<f64>,
-    /// The window starts no higher than this line (an arrival's smaller first window).
-    pub first_line: Option<usize>,
+    /// An arrival's smaller first prompt (see `ArrivalWindow`).
+    pub arrival: Option<ArrivalWindow>,
+}
+
+/// An arrival's prompt, sized for the prompt speed measured on this machine: the window starts
+/// no higher than `first_line`, and the suffix holds at most `suffix_lines` lines below the
+/// cursor line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArrivalWindow {
+    pub first_line: usize,
+    pub suffix_lines: usize,
 }
 
 /// The lines below the cursor line that go into the suffix at a cursor: on a line that holds
@@ -174,9 +183,10 @@ impl JobPlan {
         let budget = Budget {
             tokens: (model.context_tokens as usize).saturating_sub(config.max_tokens + 1),
             chars_per_token: hints.chars_per_token.unwrap_or(DEFAULT_CHARS_PER_TOKEN),
-            first_line: hints.first_line,
+            first_line: hints.arrival.map(|arrival| arrival.first_line),
         };
-        let windows = context::WindowConfig { suffix_lines: suffix_lines_at(rope, state.cursor_char_idx, config), ..config.windows.clone() };
+        let suffix_lines = suffix_lines_at(rope, state.cursor_char_idx, config).min(hints.arrival.map_or(usize::MAX, |arrival| arrival.suffix_lines));
+        let windows = context::WindowConfig { suffix_lines, ..config.windows.clone() };
         let built = context::build_prompt_with(rope, cursor, &windows, model.special, hints.cross_file, budget)?;
         let shape = syntax::Shape { multi_line: config.multi_line, max_lines: config.max_lines, tab_width: crate::postprocess::DEFAULT_TAB_WIDTH };
         let plain = syntax::plain_stop_rules(&split.head, &split.tail, shape);

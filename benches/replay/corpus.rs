@@ -1,6 +1,8 @@
-//! Replay cases from real code that is on the machine without being part of this repository:
-//! the Python standard library, the Rust crates of this project's Cargo.lock in cargo's registry,
-//! and JavaScript under node_modules folders where there are any. Cases are picked by a seed.
+//! Replay cases: how a line is picked and typed back, and the local corpus (`--corpus local`):
+//! real code that is on the machine without being part of this repository, the Python standard
+//! library, the Rust crates of this project's Cargo.lock in cargo's registry, and JavaScript
+//! under node_modules folders where there are any. Cases are picked by a seed. The default
+//! corpus of a measured run is `unseen.rs`'s.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -92,6 +94,18 @@ fn python_files() -> Vec<PathBuf> {
     files
 }
 
+/// The names of this project's locked dependencies.
+pub fn locked_crate_names() -> Vec<String> {
+    locked_crates().into_iter().filter_map(|folder| folder.rsplit_once('-').map(|(name, _)| name.to_string())).collect()
+}
+
+/// The folders cargo unpacks registry crates into.
+pub fn registry_source_dirs() -> Vec<PathBuf> {
+    let cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| dirs::home_dir().map(|home| home.join(".cargo")));
+    let Some(registry) = cargo_home.map(|home| home.join("registry/src")) else { return Vec::new() };
+    std::fs::read_dir(&registry).into_iter().flatten().flatten().map(|entry| entry.path()).collect()
+}
+
 /// The `name-version` folders of this project's locked dependencies.
 fn locked_crates() -> Vec<String> {
     let lock = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock")).unwrap_or_default();
@@ -110,13 +124,11 @@ fn locked_crates() -> Vec<String> {
 }
 
 fn rust_files() -> Vec<PathBuf> {
-    let cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| dirs::home_dir().map(|home| home.join(".cargo")));
-    let Some(registry) = cargo_home.map(|home| home.join("registry/src")) else { return Vec::new() };
     let locked = locked_crates();
     let mut files = Vec::new();
     let skip = |path: &Path| has_component(path, &["tests", "benches", "examples", "target", "vendor"]);
-    for index in std::fs::read_dir(&registry).into_iter().flatten().flatten() {
-        for krate in std::fs::read_dir(index.path()).into_iter().flatten().flatten() {
+    for index in registry_source_dirs() {
+        for krate in std::fs::read_dir(index).into_iter().flatten().flatten() {
             if locked.iter().any(|name| krate.file_name() == name.as_str()) {
                 walk(&krate.path(), "rs", &skip, &mut files);
             }
@@ -179,7 +191,17 @@ fn good_line(lines: &[String], idx: usize) -> bool {
         && content.chars().filter(|ch| ch.is_alphanumeric()).count() * 2 >= length
 }
 
-fn pick_from_file(path: &Path, language: &'static str, rng: &mut Rng) -> Option<Case> {
+/// Where in a file a case's line may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Any good line.
+    Anywhere,
+    /// An indented line (inside a block: the editor's auto-indent leaves the empty line
+    /// indented) at least 32 lines down, so arrivals land in the middle of files too.
+    IndentedInside,
+}
+
+fn pick_from_file(path: &Path, language: &'static str, rng: &mut Rng, placement: Placement) -> Option<Case> {
     let bytes = std::fs::read(path).ok()?;
     if bytes.len() > 256 * 1024 {
         return None;
@@ -191,7 +213,11 @@ fn pick_from_file(path: &Path, language: &'static str, rng: &mut Rng) -> Option<
     }
     for _ in 0..64 {
         let idx = rng.below(lines.len());
-        if good_line(&lines, idx) {
+        let placed = match placement {
+            Placement::Anywhere => true,
+            Placement::IndentedInside => idx >= 32 && lines[idx].starts_with([' ', '\t']),
+        };
+        if placed && good_line(&lines, idx) {
             let line = &lines[idx];
             let content = line.trim_start().trim_end().to_string();
             let indent = line[..line.len() - line.trim_start().len()].to_string();
@@ -233,7 +259,7 @@ pub fn with_returns(cases: Vec<Case>) -> Vec<Case> {
 }
 
 /// `count` cases spread evenly over the languages found, chosen by `seed`.
-pub fn pick_cases(sources: &[(&'static str, Vec<PathBuf>)], count: usize, seed: u64) -> Vec<Case> {
+pub fn pick_cases(sources: &[(&'static str, Vec<PathBuf>)], count: usize, seed: u64, placement: Placement) -> Vec<Case> {
     let mut rng = Rng::new(seed);
     let mut cases = Vec::new();
     if sources.is_empty() {
@@ -247,7 +273,7 @@ pub fn pick_cases(sources: &[(&'static str, Vec<PathBuf>)], count: usize, seed: 
         if cases.iter().any(|case: &Case| &case.path == path) {
             continue;
         }
-        if let Some(case) = pick_from_file(path, language, &mut rng) {
+        if let Some(case) = pick_from_file(path, language, &mut rng, placement) {
             cases.push(case);
         }
     }

@@ -72,6 +72,18 @@ pub struct ModelInfo {
     /// How many places' KV cache the engine keeps (the current one and those saved within
     /// `saved_kv_bytes`, at `PLACE_TOKENS` each); 1 keeps only the current place.
     pub kv_places: usize,
+    /// Prompt decoding measured at load on a sample of code, in the jobs' prompt steps (None:
+    /// not measured, as for a remote backend, whose speed is learned from its answers). An
+    /// arrival's first window is sized with it from the very first job.
+    pub prompt_speed: Option<PromptSpeed>,
+}
+
+/// How fast prompts decode: milliseconds per prompt token, and the characters of text per token.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PromptSpeed {
+    pub ms_per_token: f64,
+    pub chars_per_token: f64,
 }
 
 /// The tokens of one place's prompt, for sizing how many places the saved memory holds (the
@@ -179,6 +191,11 @@ pub enum JobOutcome<'progress> {
 pub struct Progress {
     pub text: String,
     pub generated_tokens: usize,
+    /// The prompt's tokens, and how many of them are in the KV cache so far (reused, restored
+    /// or decoded): published after every prompt step, so a slow prompt shows while it runs
+    /// (0 and 0 until the engine has tokenized it; a remote backend leaves them at 0).
+    pub prompt_tokens: usize,
+    pub prompt_tokens_done: usize,
     /// When the latest token was published.
     pub updated_at: Option<Instant>,
     /// Other ways the suggestion could start: the text up to the first freely chosen token

@@ -346,6 +346,7 @@ pub(super) fn start(config: RemoteConfig, fallback: Option<Engine>) -> Engine {
         special: config.template.special_support(),
         load_ms: 0.0,
         kv_places: 1,
+        prompt_speed: None,
     };
     let fallback = fallback.map(|local| Fallback { local, running: Arc::new(Mutex::new(None)) });
     let dispatcher = Dispatcher {

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::stop::StopRules;
 use super::{
-    Completion, Device, EngineConfig, EngineError, GenerateParams, ModelInfo, Piece, Progress, Prompt,
+    Completion, Device, EngineConfig, EngineError, GenerateParams, ModelInfo, Piece, Progress, Prompt, PromptSpeed,
     Special, SpecialSupport, StopReason,
 };
 
@@ -151,8 +151,11 @@ struct SavedPlace {
 }
 
 /// A prompt that would discard at least this many cached tokens (and a third of them) moves to
-/// another place: the cache is saved first.
-const MIN_SAVED_TOKENS: usize = 64;
+/// another place: the cache is saved first. Small: an arrival's prompt on a slow machine is a
+/// few dozen tokens that took a second or more, and a window warm-up that the next key
+/// interrupts must not cost that key the arrival's prompt again (a copy of 24 tokens is about
+/// 300 KiB for the default model, far less than decoding them).
+const MIN_SAVED_TOKENS: usize = 24;
 /// Restoring pays when it brings back at least this many more tokens than the cache keeps.
 const MIN_RESTORED_GAIN: usize = 16;
 
@@ -228,6 +231,9 @@ pub(super) fn run(
     };
     let vocab = model.vocab();
     let special = special_support(&model);
+    let chunk_tokens = config.prompt_chunk_tokens.clamp(1, 512);
+    let mut batch = LlamaBatch::new(512, 1);
+    let prompt_speed = measure_prompt_speed(&model, &mut context, &mut batch, chunk_tokens);
     let info = ModelInfo {
         path: config.model_path.clone(),
         name: model.meta_val_str("general.name").unwrap_or_else(|_| String::from("unknown")),
@@ -239,8 +245,9 @@ pub(super) fn run(
         special,
         load_ms: load_start.elapsed().as_secs_f64() * 1000.0,
         kv_places: 1 + config.saved_kv_bytes / (kv_bytes_per_token(&model) * super::PLACE_TOKENS).max(1),
+        prompt_speed,
     };
-    tracing::info!(name = %info.name, load_ms = info.load_ms, ?special, "model loaded");
+    tracing::info!(name = %info.name, load_ms = info.load_ms, ?special, ?prompt_speed, "model loaded");
     if ready.send(Ok(info)).is_err() {
         return;
     }
@@ -260,8 +267,6 @@ pub(super) fn run(
     let can_shift = can_shift(&model);
     let mut state = KvState::default();
     state.saved.budget_bytes = config.saved_kv_bytes;
-    let chunk_tokens = config.prompt_chunk_tokens.clamp(1, 512);
-    let mut batch = LlamaBatch::new(512, 1);
     while let Ok(command) = commands.recv() {
         match command {
             Command::Tokenize(text, reply) => {
@@ -298,6 +303,45 @@ pub(super) fn run(
         }
     }
     tracing::debug!("engine thread stopping");
+}
+
+/// Code to time prompt decoding with at load: ordinary source text, tokenized as a prompt's is.
+const SPEED_SAMPLE: &str = "def parse_arguments(argv, defaults=None):\n    \"\"\"Reads the command line into a dictionary of options.\"\"\"\n    options = dict(defaults or {})\n    for index, argument in enumerate(argv):\n        if argument.startswith(\"--\"):\n            key, _, value = argument[2:].partition(\"=\")\n            options[key.replace(\"-\", \"_\")] = value or True\n        elif index == 0:\n            options[\"program\"] = argument\n    return options\n\n\nfn total_length(items: &[String]) -> usize {\n    items.iter().map(|item| item.chars().count()).sum()\n}\n";
+
+/// Measures prompt decoding on `SPEED_SAMPLE` in the jobs' steps of `chunk_tokens`, after one
+/// step that is not timed (the first decode after loading pays for touching the weights), and
+/// empties the cache again. None when the sample does not decode (the first job will say why).
+fn measure_prompt_speed(model: &LlamaModel, context: &mut LlamaContext, batch: &mut LlamaBatch, chunk_tokens: usize) -> Option<PromptSpeed> {
+    let tokens = model.vocab().tokenize(SPEED_SAMPLE.as_bytes(), false, false);
+    let warm_up = chunk_tokens.min(tokens.len() / 3).max(1);
+    let mut decode = |start: usize, end: usize| -> bool {
+        batch.clear();
+        for (offset, token) in tokens[start..end].iter().enumerate() {
+            if batch.add(*token, (start + offset) as i32, &[0], start + offset + 1 == end).is_err() {
+                return false;
+            }
+        }
+        context.decode(&mut *batch).is_ok()
+    };
+    let mut measured = None;
+    if decode(0, warm_up) {
+        let timed_start = Instant::now();
+        let mut position = warm_up;
+        while position < tokens.len() {
+            let end = (position + chunk_tokens).min(tokens.len());
+            if !decode(position, end) {
+                break;
+            }
+            position = end;
+        }
+        let timed_tokens = position - warm_up;
+        if position == tokens.len() && timed_tokens > 0 {
+            let text_chars = SPEED_SAMPLE.chars().count() as f64;
+            measured = Some(PromptSpeed { ms_per_token: ms_since(timed_start) / timed_tokens as f64, chars_per_token: text_chars / tokens.len() as f64 });
+        }
+    }
+    context.clear_kv_cache();
+    measured
 }
 
 /// Whether cached tokens can be moved to other positions: plain rotary positions, one attention
@@ -551,6 +595,7 @@ impl JobRunner<'_, '_> {
             }
         }
         let reused_tokens = self.state.tokens.len();
+        self.job.publish_prompt(tokens.len(), reused_tokens);
         let mut decoded_tokens = 0;
         let mut completion = Completion {
             text: String::new(),
@@ -588,6 +633,7 @@ impl JobRunner<'_, '_> {
             self.state.shift_pending = false;
             self.state.tokens.extend_from_slice(&tokens[start..end]);
             decoded_tokens += end - start;
+            self.job.publish_prompt(tokens.len(), end);
             logits_idx = (end - start - 1) as i32;
         }
         completion.decoded_tokens = decoded_tokens;
@@ -773,6 +819,14 @@ impl JobRequest {
             return Some(StopReason::Deadline);
         }
         None
+    }
+
+    /// Publishes how much of the prompt is in the cache.
+    pub(super) fn publish_prompt(&self, prompt_tokens: usize, prompt_tokens_done: usize) {
+        self.progress.send_modify(|progress| {
+            progress.prompt_tokens = prompt_tokens;
+            progress.prompt_tokens_done = prompt_tokens_done;
+        });
     }
 
     /// Publishes the text so far.

@@ -71,6 +71,10 @@ pub struct ReadyWaiter {
     split: LineSplit,
     /// The length of the suggestion already answered (0 for an empty answer).
     answered_chars: usize,
+    /// The request's state, to follow the job that replaces this one for it.
+    state: CursorState,
+    /// The job waited on.
+    job: Arc<ActiveJob>,
 }
 
 impl ReadyWaiter {
@@ -230,7 +234,7 @@ impl Scheduler {
 
     /// Waits on one job until the deadline; the answer, a waiter for an early answer, and
     /// whether the job finished with text that disagrees with what was typed.
-    async fn wait_on(&self, active: &ActiveJob, request: &Request<'_>, typed: String) -> (Answer, Option<ReadyWaiter>, bool) {
+    async fn wait_on(&self, active: &Arc<ActiveJob>, request: &Request<'_>, typed: String) -> (Answer, Option<ReadyWaiter>, bool) {
         let Request { state, waiting, deadline, keystroke, split } = *request;
         let mut progress = active.job.subscribe();
         // A client that is told when the suggestion grows may be shown its first words while
@@ -261,6 +265,8 @@ impl Scheduler {
             typed: typed.clone(),
             split: split.clone(),
             answered_chars,
+            state: state.clone(),
+            job: active.clone(),
         };
         match settled {
             Settled::Yes if snapshot.done.is_none() => match partial_suggestion(&snapshot, &typed, split) {
@@ -284,19 +290,38 @@ impl Scheduler {
 
     /// Waits until the suggestion behind an early answer grows past what was answered (its first
     /// words, or the whole of it); returns whether that is worth a ready notification.
+    /// When the job's text goes another way than the characters typed since its state (it
+    /// covered them while it had no text), the wait follows the job for the request's state
+    /// (starting it when no one has and the request's state is still the latest), once.
     pub async fn wait_ready(&self, mut waiter: ReadyWaiter, max_wait: Duration) -> bool {
-        let grown = |progress: &Progress| match &progress.done {
-            Some(_) => true,
-            None => partial_suggestion(progress, &waiter.typed, &waiter.split).is_some_and(|partial| partial.text.chars().count() > waiter.answered_chars),
-        };
-        let Ok(Ok(progress)) = tokio::time::timeout(max_wait, waiter.progress.wait_for(grown)).await else {
-            return false;
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut followed = false;
+        let progress = loop {
+            let (typed, split, answered_chars) = (waiter.typed.clone(), waiter.split.clone(), waiter.answered_chars);
+            let grown = move |progress: &Progress| match &progress.done {
+                Some(_) => true,
+                None => partial_suggestion(progress, &typed, &split).is_some_and(|partial| partial.text.chars().count() > answered_chars),
+            };
+            let typed = waiter.typed.clone();
+            let went_elsewhere = move |progress: &Progress| !progress.text.starts_with(typed.as_str()) && !typed.starts_with(progress.text.as_str());
+            let Ok(Ok(progress)) = tokio::time::timeout_at(deadline, waiter.progress.wait_for(|progress| grown(progress) || went_elsewhere(progress))).await else {
+                return false;
+            };
+            let elsewhere = went_elsewhere(&progress) || (progress.done.is_some() && matches!(answer_from(&progress, &waiter.typed, &waiter.split), Answer::Empty(EmptyReason::Outdated)));
+            drop(progress);
+            if !elsewhere || followed || waiter.answered_chars > 0 {
+                break waiter.progress.borrow().clone();
+            }
+            followed = true;
+            let Some(next) = self.job_for_waiter(&waiter) else { return false };
+            waiter.typed = typed_ahead(&next.anchor, &waiter.state.uri, &waiter.split).unwrap_or_default().to_string();
+            waiter.progress = next.job.subscribe();
+            waiter.job = next;
         };
         // A suggestion still being generated has grown already (that is what was waited for);
         // a finished one must still be longer than what was answered.
         let useful = progress.done.is_none()
             || matches!(answer_from(&progress, &waiter.typed, &waiter.split), Answer::Ready(suggestion) if suggestion.text.chars().count() > waiter.answered_chars);
-        drop(progress);
         if useful {
             let mut stats = self.stats_mut();
             stats.counters.ready_notifications += 1;
@@ -305,6 +330,25 @@ impl Scheduler {
             }
         }
         useful
+    }
+}
+
+impl Scheduler {
+    /// The job that serves a waiter's state now that its own job went another way: the one
+    /// covering it, else a new one while the state is still the latest change.
+    fn job_for_waiter(&self, waiter: &ReadyWaiter) -> Option<Arc<ActiveJob>> {
+        let config = self.config();
+        let covering = || self.covering_job(&waiter.state, &waiter.split, &config).filter(|next| !Arc::ptr_eq(next, &waiter.job));
+        if let Some(next) = covering() {
+            return Some(next);
+        }
+        if !self.keystrokes.is_latest(&waiter.state.uri, waiter.state.version) {
+            return None;
+        }
+        // Only while the waiter's job is still the active one (`follow_undecided` may replace it
+        // at the same time: one of the two starts the job, the other finds it covering).
+        let started = self.split_needing_job(&waiter.state, &config).and_then(|_| self.start_job_replacing(&waiter.state, &config, Some(&waiter.job)));
+        started.or_else(covering)
     }
 }
 

@@ -6,13 +6,13 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::places::{Place, Places};
 use super::slot::{ActiveJob, Anchor};
 use super::{ring_size, Scheduler};
 use crate::engine::{Engine, GenerateParams, JobOutcome, Prompt};
-use crate::plan::{CursorState, JobPlan, LineSplit, PlanHints};
+use crate::plan::{ArrivalWindow, CursorState, JobPlan, LineSplit, PlanHints};
 use crate::postprocess::clean_suggestion;
 use crate::syntax::SyntaxTree;
 
@@ -34,7 +34,7 @@ pub(super) enum JobKind {
 /// One piece of idle work that runs a job on standby.
 enum StandbyWork {
     /// A prefetch job for a state the user may reach next.
-    Prefetch { anchor: Anchor, state: CursorState, prompt: Prompt, params: GenerateParams, place: Place, window_start: Option<usize> },
+    Prefetch { anchor: Anchor, state: CursorState, prompt: Prompt, params: GenerateParams, place: Place, arrival: Option<ArrivalWindow> },
     /// The full window at the origin's state, after a job with an arrival's smaller one: it
     /// decodes the prompt (and one token), and the place is warm from then on.
     WindowWarmUp,
@@ -59,7 +59,7 @@ impl Scheduler {
                 scheduler.replace_refused(&origin);
             }
             if let JobOutcome::Finished(completion) = progress.outcome() {
-                scheduler.places.finished(&origin.place, origin.window_start, &origin.prompt, completion);
+                scheduler.places.finished(&origin.place, origin.arrival, &origin.prompt, completion);
             }
             // Idle work is counted before the job counts as ended, so no one sees the server
             // idle between the two.
@@ -107,11 +107,11 @@ impl Scheduler {
             if let Some(accepted) = accepted_state(&origin.state, &completion.text) {
                 let place = Places::place_of(&accepted.uri, &accepted.rope, accepted.cursor_char_idx, &config);
                 let cursor_line = accepted.rope.char_to_line(accepted.cursor_char_idx);
-                let window_start = self.places.window_start(&place, &accepted.rope, cursor_line, &config);
-                let hints = PlanHints { cross_file: cross_file.as_ref(), chars_per_token: self.densities.get(&accepted.uri), first_line: window_start };
+                let arrival = self.places.arrival_window(&place, &accepted.rope, cursor_line, &config);
+                let hints = PlanHints { cross_file: cross_file.as_ref(), chars_per_token: self.densities.get(&accepted.uri), arrival };
                 if let Ok(plan) = JobPlan::new(&accepted, &config, engine.info(), &hints) {
                     let params = GenerateParams { late_stop: self.plan_stop_rules(&plan, "prefetch"), ..plan.params.clone() };
-                    work.push(StandbyWork::Prefetch { anchor: Anchor::new(&accepted.uri, &plan.split), state: accepted, prompt: plan.prompt, params, place, window_start });
+                    work.push(StandbyWork::Prefetch { anchor: Anchor::new(&accepted.uri, &plan.split), state: accepted, prompt: plan.prompt, params, place, arrival });
                 }
             }
             for alternative in progress.alternatives.iter().filter(|alternative| !completion.text.starts_with(alternative.as_str())) {
@@ -122,7 +122,7 @@ impl Scheduler {
                     prompt: origin.prompt.clone(),
                     params,
                     place: origin.place.clone(),
-                    window_start: origin.window_start,
+                    arrival: origin.arrival,
                 });
             }
         }
@@ -131,7 +131,7 @@ impl Scheduler {
                 return;
             }
         }
-        if origin.window_start.is_some() && config.cold_prompt_ms > 0 && self.paused_for(WINDOW_PAUSE).await {
+        if origin.arrival.is_some() && config.cold_prompt_ms > 0 && self.paused_for(WINDOW_PAUSE).await {
             self.run_on_standby(&engine, &origin, StandbyWork::WindowWarmUp).await;
         }
         if config.cross_file_chunks > 0 && self.cross_files.is_changed() {
@@ -159,22 +159,22 @@ impl Scheduler {
         // while the slot is locked elsewhere), so whoever sees the job sees it counted.
         let count = || self.stats_mut().counters.prefetch_jobs += 1;
         let submit = || match work {
-            StandbyWork::Prefetch { anchor, state, prompt, params, place, window_start } => {
+            StandbyWork::Prefetch { anchor, state, prompt, params, place, arrival } => {
                 count();
                 let job = engine.submit(prompt.clone(), params.clone());
-                self.places.started(&place, window_start);
-                Some(ActiveJob { anchor, job, state, prompt, params, place, window_start })
+                self.places.started(&place, arrival);
+                Some(ActiveJob { anchor, job, state, prompt, params, place, arrival, started: Instant::now(), warm_up: false })
             }
             StandbyWork::WindowWarmUp => {
                 let config = self.config();
                 let cross_file = self.cross_files.for_prompt_in(&origin.state.uri, ring_size(&config));
-                let hints = PlanHints { cross_file: cross_file.as_ref(), chars_per_token: self.densities.get(&origin.state.uri), first_line: None };
+                let hints = PlanHints { cross_file: cross_file.as_ref(), chars_per_token: self.densities.get(&origin.state.uri), arrival: None };
                 let plan = JobPlan::new(&origin.state, &config, engine.info(), &hints).ok()?;
                 let params = GenerateParams { max_tokens: 1, ..plan.params.clone() };
                 count();
                 let job = engine.submit(plan.prompt.clone(), params.clone());
                 self.places.started(&origin.place, None);
-                Some(ActiveJob { anchor: origin.anchor.clone(), job, state: origin.state.clone(), prompt: plan.prompt, params, place: origin.place.clone(), window_start: None })
+                Some(ActiveJob { anchor: origin.anchor.clone(), job, state: origin.state.clone(), prompt: plan.prompt, params, place: origin.place.clone(), arrival: None, started: Instant::now(), warm_up: true })
             }
             StandbyWork::RingWarmUp => {
                 if !self.cross_files.renew_snapshot() {
@@ -182,12 +182,12 @@ impl Scheduler {
                 }
                 let config = self.config();
                 let cross_file = self.cross_files.for_prompt_in(&origin.state.uri, ring_size(&config));
-                let hints = PlanHints { cross_file: cross_file.as_ref(), chars_per_token: self.densities.get(&origin.state.uri), first_line: origin.window_start };
+                let hints = PlanHints { cross_file: cross_file.as_ref(), chars_per_token: self.densities.get(&origin.state.uri), arrival: origin.arrival };
                 let plan = JobPlan::new(&origin.state, &config, engine.info(), &hints).ok()?;
                 let params = origin.params.clone();
                 count();
                 let job = engine.submit(plan.prompt.clone(), params.clone());
-                self.places.started(&origin.place, origin.window_start);
+                self.places.started(&origin.place, origin.arrival);
                 Some(ActiveJob {
                     anchor: origin.anchor.clone(),
                     job,
@@ -195,7 +195,9 @@ impl Scheduler {
                     prompt: plan.prompt,
                     params,
                     place: origin.place.clone(),
-                    window_start: origin.window_start,
+                    arrival: origin.arrival,
+                    started: Instant::now(),
+                    warm_up: false,
                 })
             }
         };

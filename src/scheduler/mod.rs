@@ -87,6 +87,11 @@ impl Keystrokes {
         }
     }
 
+    /// Whether this version of this document is the latest change.
+    fn is_latest(&self, uri: &str, version: i32) -> bool {
+        matches!(&*self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), Some((latest_uri, latest_version, _)) if latest_uri == uri && *latest_version == version)
+    }
+
     fn since_latest(&self) -> Duration {
         match &*self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
             Some((_, _, at)) => at.elapsed(),
@@ -176,7 +181,7 @@ impl Scheduler {
     pub fn set_engine_state(&self, state: EngineState) {
         if let EngineState::Ready(engine) = &state {
             self.stats_mut().model_load_ms = Some(engine.info().load_ms);
-            self.places.reset(engine.info().kv_places);
+            self.places.reset(engine.info().kv_places, engine.info().prompt_speed);
         }
         self.slot.clear();
         *self.engine.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
@@ -185,6 +190,7 @@ impl Scheduler {
     pub fn stats_json(&self) -> serde_json::Value {
         let mut json = self.stats_mut().to_json();
         json["idleWork"] = serde_json::json!(self.idle_work.load(Ordering::SeqCst));
+        json["currentJob"] = self.slot.active().map_or(serde_json::Value::Null, |active| active.describe());
         json
     }
 
@@ -290,15 +296,15 @@ impl Scheduler {
         Some((split, covering))
     }
 
-    /// On a remote backend a running job covers the keys typed after its state until its text
-    /// says whether it agrees with them (a server cannot stop a prompt it is decoding). When it
-    /// turns out not to (or the job finishes without serving the state) and no key came since, a
-    /// job starts for this state at once, instead of at the next key.
+    /// A running job covers the keys typed after its state until its text says whether it
+    /// agrees with them (see `slot::covers`). When it turns out not to (or the job finishes
+    /// without serving the state) and no key came since, a job starts for this state at once,
+    /// instead of at the next key.
     fn follow_undecided(self: &Arc<Self>, covering: Arc<ActiveJob>, state: CursorState, split: &LineSplit, change_count: u64) {
         let Some(typed) = typed_ahead(&covering.anchor, &state.uri, split).filter(|typed| !typed.is_empty()).map(str::to_string) else { return };
         let undecided = move |progress: &Progress| progress.done.is_none() && typed.starts_with(progress.text.as_str());
         let mut progress = covering.job.subscribe();
-        if !undecided(&progress.borrow_and_update()) || self.ready_remote() != Some(true) {
+        if !undecided(&progress.borrow_and_update()) {
             return;
         }
         let scheduler = Arc::clone(self);
@@ -314,7 +320,9 @@ impl Scheduler {
                 return;
             }
             let config = scheduler.config();
-            if scheduler.split_needing_job(&state, &config).is_some() && scheduler.start_job(&state, &config).is_some() {
+            // Only while the undecided job is still the active one: a request's ready waiter
+            // follows it too (`answer.rs`), and between them they start one job.
+            if scheduler.split_needing_job(&state, &config).is_some() && scheduler.start_job_replacing(&state, &config, Some(&covering)).is_some() {
                 scheduler.stats_mut().counters.undecided_restarts += 1;
             }
         });
@@ -323,7 +331,7 @@ impl Scheduler {
     /// The active job, if it can serve this state (now or when it finishes); else a job on
     /// standby that can, which becomes the active job.
     fn covering_job(&self, state: &CursorState, split: &LineSplit, config: &Config) -> Option<Arc<ActiveJob>> {
-        let (job, promoted) = self.slot.covering(state, split, config.typed_ahead, self.ready_remote() == Some(true))?;
+        let (job, promoted) = self.slot.covering(state, split, config.typed_ahead)?;
         if promoted {
             self.stats_mut().counters.prefetch_hits += 1;
             if job.job.snapshot().done.is_some() {
@@ -357,8 +365,8 @@ impl Scheduler {
         let cross_file = self.cross_files.for_prompt_in(&state.uri, ring_size(config));
         let place = Places::place_of(&state.uri, &state.rope, state.cursor_char_idx, config);
         let cursor_line = state.rope.char_to_line(state.cursor_char_idx.min(state.rope.len_chars()));
-        let window_start = self.places.window_start(&place, &state.rope, cursor_line, config);
-        let hints = PlanHints { cross_file: cross_file.as_ref(), chars_per_token: self.densities.get(&state.uri), first_line: window_start };
+        let arrival = self.places.arrival_window(&place, &state.rope, cursor_line, config);
+        let hints = PlanHints { cross_file: cross_file.as_ref(), chars_per_token: self.densities.get(&state.uri), arrival };
         let plan = match JobPlan::new(state, config, engine.info(), &hints) {
             Ok(plan) => plan,
             Err(err) => {
@@ -370,8 +378,8 @@ impl Scheduler {
         let started = self.slot.start(replacing, || {
             let params = GenerateParams { alternatives, late_stop: self.plan_stop_rules(&plan, "job"), ..plan.params.clone() };
             let job = engine.submit(plan.prompt.clone(), params.clone());
-            self.places.started(&place, window_start);
-            ActiveJob { anchor: Anchor::new(&state.uri, &plan.split), job, state: state.clone(), prompt: plan.prompt, params, place, window_start }
+            self.places.started(&place, arrival);
+            ActiveJob { anchor: Anchor::new(&state.uri, &plan.split), job, state: state.clone(), prompt: plan.prompt, params, place, arrival, started: Instant::now(), warm_up: false }
         })?;
         let mut stats = self.stats_mut();
         stats.counters.jobs_started += 1;

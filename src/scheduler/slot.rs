@@ -7,10 +7,11 @@
 //! suggestion (typed-ahead).
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use crate::engine::{GenerateParams, Job, JobOutcome, Prompt};
 use super::places::Place;
-use crate::plan::{CursorState, LineSplit};
+use crate::plan::{ArrivalWindow, CursorState, LineSplit};
 
 /// The cursor state a job was started for, as far as covering is concerned.
 #[derive(Debug, Clone)]
@@ -34,10 +35,38 @@ pub(super) struct ActiveJob {
     pub state: CursorState,
     pub prompt: Prompt,
     pub params: GenerateParams,
-    /// Where the job's prompt puts the KV cache, and the first line of its window when smaller
-    /// than the full one (an arrival's).
+    /// Where the job's prompt puts the KV cache, and the arrival's smaller prompt when its
+    /// prompt is one.
     pub place: Place,
-    pub window_start: Option<usize>,
+    pub arrival: Option<ArrivalWindow>,
+    pub started: Instant,
+    /// A job that only decodes a prompt into the cache (a full window after an arrival's): its
+    /// one token is no suggestion for keys typed after its state.
+    pub warm_up: bool,
+}
+
+impl ActiveJob {
+    /// The job as `ghostline/stats` shows it (`currentJob`): its age and where it stands, so a
+    /// slow prompt shows while it decodes.
+    pub fn describe(&self) -> serde_json::Value {
+        let progress = self.job.snapshot();
+        let stage = match progress.outcome() {
+            JobOutcome::Running if progress.generated_tokens == 0 && progress.text.is_empty() => "prompt",
+            JobOutcome::Running => "generating",
+            JobOutcome::Finished(_) => "finished",
+            JobOutcome::Interrupted(_) => "interrupted",
+            JobOutcome::Failed(_) => "failed",
+        };
+        serde_json::json!({
+            "stage": stage,
+            "ageMs": (self.started.elapsed().as_secs_f64() * 1000.0).round(),
+            "promptTokens": progress.prompt_tokens,
+            "promptTokensDone": progress.prompt_tokens_done,
+            "generatedTokens": progress.generated_tokens,
+            "line": self.anchor.line,
+            "arrivalWindow": self.arrival.is_some(),
+        })
+    }
 }
 
 #[derive(Default)]
@@ -103,14 +132,12 @@ impl JobSlot {
 
     /// The active job if it covers this state; else a standby job that does, which becomes the
     /// active job (`promoted` is then true).
-    /// `remote`: jobs go to a server, where a job still without text keeps covering what is
-    /// typed after its state (see `covers`).
-    pub fn covering(&self, state: &CursorState, split: &LineSplit, typed_ahead_on: bool, remote: bool) -> Option<(Arc<ActiveJob>, bool)> {
+    pub fn covering(&self, state: &CursorState, split: &LineSplit, typed_ahead_on: bool) -> Option<(Arc<ActiveJob>, bool)> {
         let mut jobs = self.lock();
-        if let Some(active) = jobs.active.as_ref().filter(|active| covers(active, state, split, typed_ahead_on, remote)) {
+        if let Some(active) = jobs.active.as_ref().filter(|active| covers(active, state, split, typed_ahead_on)) {
             return Some((active.clone(), false));
         }
-        let idx = jobs.standby.iter().position(|job| covers(job, state, split, typed_ahead_on, remote))?;
+        let idx = jobs.standby.iter().position(|job| covers(job, state, split, typed_ahead_on))?;
         let promoted = jobs.standby.remove(idx);
         jobs.active = Some(promoted.clone());
         Some((promoted, true))
@@ -155,8 +182,11 @@ pub(super) fn typed_ahead<'split>(anchor: &Anchor, uri: &str, split: &'split Lin
 }
 
 /// Whether a job can serve this state (now or when it finishes).
-fn covers(active: &ActiveJob, state: &CursorState, split: &LineSplit, typed_ahead_on: bool, remote: bool) -> bool {
+fn covers(active: &ActiveJob, state: &CursorState, split: &LineSplit, typed_ahead_on: bool) -> bool {
     let Some(typed) = typed_ahead(&active.anchor, &state.uri, split) else { return false };
+    if active.warm_up && !typed.is_empty() {
+        return false;
+    }
     let progress = active.job.snapshot();
     if progress.is_interrupted_or_failed() {
         return false;
@@ -167,15 +197,17 @@ fn covers(active: &ActiveJob, state: &CursorState, split: &LineSplit, typed_ahea
     if !typed_ahead_on {
         return false;
     }
-    // With no text yet there is nothing to compare the typed characters with: a new job is
-    // cheap on the embedded engine (it reuses the KV cache of this one) and is for the right
-    // state. A server cannot stop a prompt it is decoding, and a request closed at its first
-    // piece has shown nothing: on a busy server keys that each start a new request see no
-    // suggestion (measured once: none on 226 keys, two editors on one 2-core server), so there
-    // the running job is kept until its text says whether it agrees.
+    // With no text yet there is nothing to compare the typed characters with, so the running
+    // job is kept until its text says whether it agrees (`Scheduler::follow_undecided` starts
+    // a job for the latest state when it does not). A server cannot stop a prompt it is
+    // decoding: a request per key, each closed at its first piece, showed nothing on a busy
+    // server (none on 226 keys, two editors on one 2-core server). On the embedded engine a
+    // job per key keeps the prompt decoded so far, but each new job decodes the changed tail
+    // and its first token again, and at a human cadence (a key every 120 ms, a prompt step
+    // and a token about as long on 2 cores) that left no key of a line with a suggestion.
     let running = matches!(progress.outcome(), JobOutcome::Running);
     if progress.text.is_empty() {
-        return remote && running;
+        return running;
     }
     if progress.text.starts_with(typed) {
         // Typed characters agree with the suggestion; something must remain.

@@ -26,6 +26,7 @@ fn model_info(context_tokens: u32) -> crate::engine::ModelInfo {
         special: SpecialSupport { fim: true, file_separator: true, repo_name: true, bos: false },
         load_ms: 0.0,
         kv_places: 1,
+        prompt_speed: None,
     }
 }
 
@@ -137,24 +138,55 @@ fn remote_scheduler() -> (Arc<Scheduler>, Receiver<ScriptedJob>) {
     scheduler_on(Engine::scripted_remote(model_info(4096)), Config::default())
 }
 
-/// On a server a job without text keeps the keys typed after its state; when its text then
-/// disagrees with them, a job for the latest state starts with no further key.
+/// On a server and on the embedded engine alike, a job without text keeps the keys typed
+/// after its state; when its text then disagrees with them, a job for the latest state starts
+/// with no further key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_server_a_kept_key_gets_its_own_job_once_the_text_disagrees() {
-    let (scheduler, jobs) = remote_scheduler();
+async fn a_kept_key_gets_its_own_job_once_the_text_disagrees() {
+    for (scheduler, jobs) in [remote_scheduler(), scheduler_with(Config::default(), 4096)] {
+        scheduler.on_change(state("x = |\n", 2));
+        let first = next_job(&jobs);
+        scheduler.on_change(state("x = z|\n", 3));
+        assert_eq!(counter(&scheduler, "jobsStarted"), 1, "kept for the job without text");
+        first.progress.send_modify(|progress| {
+            progress.text = "compute".into();
+            progress.generated_tokens = 1;
+        });
+        let second = next_job(&jobs);
+        assert!(second.prompt.to_debug_string().ends_with("<FimMiddle>x = z"), "{}", second.prompt.to_debug_string());
+        // Counted once the submission returns, just after the engine has the job.
+        wait_counter(&scheduler, "undecidedRestarts", 1).await;
+        assert_eq!(counter(&scheduler, "jobsStarted"), 2);
+    }
+}
+
+/// A request at a key kept by a job without text is answered early with a waiter; when that
+/// job's text goes another way, the waiter follows the job for the request's state and the
+/// client hears when that one has words for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_notification_follows_the_job_that_replaces_a_disagreeing_one() {
+    let (scheduler, jobs) = scheduler_with(Config { budget_ms: 5, ..Config::default() }, 4096);
     scheduler.on_change(state("x = |\n", 2));
     let first = next_job(&jobs);
     scheduler.on_change(state("x = z|\n", 3));
-    assert_eq!(counter(&scheduler, "jobsStarted"), 1, "kept for the job without text");
+    let (answer, waiter) = scheduler.complete(state("x = z|\n", 3), Waiting::Budget).await;
+    assert!(matches!(answer, Answer::Empty(EmptyReason::NotReadyYet)), "{answer:?}");
+    let ready = tokio::spawn({
+        let (scheduler, waiter) = (scheduler.clone(), waiter.expect("a waiter"));
+        async move { scheduler.wait_ready(waiter, Duration::from_secs(10)).await }
+    });
     first.progress.send_modify(|progress| {
         progress.text = "compute".into();
         progress.generated_tokens = 1;
     });
     let second = next_job(&jobs);
     assert!(second.prompt.to_debug_string().ends_with("<FimMiddle>x = z"), "{}", second.prompt.to_debug_string());
-    // Counted once the submission returns, just after the engine has the job.
-    wait_counter(&scheduler, "undecidedRestarts", 1).await;
-    assert_eq!(counter(&scheduler, "jobsStarted"), 2);
+    assert!(!ready.is_finished(), "no notification before the new job has words");
+    second.progress.send_modify(|progress| {
+        progress.text = "ero + one".into();
+        progress.generated_tokens = 3;
+    });
+    assert!(ready.await.unwrap(), "the waiter followed the new job");
 }
 
 /// Waits until a counter reaches `value`; fails after 10 s.
