@@ -157,6 +157,24 @@ interface Stats {
   timeToSuggestionMs: Summary;
   engine: { state: string; error?: string; model?: { name: string }; backend?: Backend };
   config: { model: string };
+  currentJob?: CurrentJob | null;
+}
+
+/** `currentJob` of ghostline/stats: the job the model is on now. */
+interface CurrentJob {
+  stage: string;
+  ageMs: number;
+  promptTokens: number;
+  promptTokensDone: number;
+  generatedTokens: number;
+}
+
+/** The tooltip's line for a job still running (nothing once it ended). */
+function currentJobLine(job: CurrentJob | null | undefined): string | undefined {
+  if (!job || (job.stage !== 'prompt' && job.stage !== 'generating')) {
+    return undefined;
+  }
+  return `working: ${job.stage}, ${job.promptTokensDone} of ${job.promptTokens} prompt tokens, ${job.generatedTokens} generated, ${(job.ageMs / 1000).toFixed(1)} s`;
 }
 
 /** `engine.backend` of ghostline/stats: where the jobs run. */
@@ -195,6 +213,7 @@ class Ghostline implements vscode.Disposable {
   private state: EngineState = 'off';
   private modelName = '';
   private backend: { label?: string; line?: string } = {};
+  private currentJob: string | undefined;
   private errorMessage = '';
   private lastLatencyMs: number | undefined;
   /** The first request for a state; the latency shown is to its first answer with a suggestion. */
@@ -545,6 +564,7 @@ class Ghostline implements vscode.Disposable {
     }
     const engine = stats.engine;
     this.backend = backendStatus(engine.backend);
+    this.currentJob = currentJobLine(stats.currentJob);
     if (engine.state === 'ready') {
       this.state = 'ready';
       this.modelName = engine.model?.name ?? stats.config.model;
@@ -581,6 +601,10 @@ class Ghostline implements vscode.Disposable {
     }
     if (this.backend.line) {
       tooltip.appendText(this.backend.line);
+      tooltip.appendMarkdown('\n\n');
+    }
+    if (this.currentJob) {
+      tooltip.appendText(this.currentJob);
       tooltip.appendMarkdown('\n\n');
     }
     if (this.lastLatencyMs !== undefined) {

@@ -108,6 +108,22 @@ local function check_backend(backend)
   end
 end
 
+--- The job the model is on now (`currentJob` of ghostline/stats): a prompt that has been
+--- decoding for seconds is an arrival too large for this machine, or a stuck engine.
+local function check_current_job(job)
+  if type(job) ~= 'table' then
+    health.info('current job: none yet')
+    return
+  end
+  local line = ('current job: %s, %d of %d prompt tokens decoded, %d tokens generated, %.1f s old'):format(
+    job.stage, job.promptTokensDone or 0, job.promptTokens or 0, job.generatedTokens or 0, (job.ageMs or 0) / 1000)
+  if job.stage == 'prompt' and (job.ageMs or 0) > 5000 then
+    health.warn(line, { 'the prompt decodes slowly here: lower `coldPromptMs` or `prefixLines`, or use a smaller model' })
+  else
+    health.info(line)
+  end
+end
+
 local function check_client()
   local client = require('ghostline').client()
   if not client then
@@ -130,6 +146,7 @@ local function check_client()
     local model = engine.model or {}
     health.ok(('model ready: %s'):format(model.name or vim.inspect(model)))
     check_backend(engine.backend)
+    check_current_job(response.result.currentJob)
   elseif engine.state == 'failed' then
     health.error('model failed to load: ' .. tostring(engine.error), { 'set `settings = { model = ... }` to a registry name or a .gguf path' })
   else
