@@ -35,6 +35,12 @@ pub struct Config {
     pub windows: WindowConfig,
     /// Serve typed-ahead characters from the current suggestion (switch off only to measure).
     pub typed_ahead: bool,
+    /// A suggestion still being generated is shown up to its last generated character (true)
+    /// or its last word boundary (false): `experimental.partialTokens`. Measured on unseen code
+    /// at 120 ms a key on a slow 2-core machine (77 ms a token): keys with a suggestion 47% ->
+    /// 55%, correct characters per keystroke 1.1 -> 1.3 (a word's first token shows one token
+    /// sooner; the word may still grow).
+    pub partial_tokens: bool,
     /// User-defined text expansions, offered as completion items without the model.
     pub expansions: Vec<Expansion>,
     /// Shape suggestions and stop them by the syntax tree (switch off only to measure).
@@ -93,6 +99,7 @@ impl Default for Config {
             languages: Vec::new(),
             windows: WindowConfig::default(),
             typed_ahead: true,
+            partial_tokens: true,
             expansions: Vec::new(),
             syntax: true,
             prefetch: false,
@@ -157,6 +164,7 @@ pub struct RawExperimental {
     pub suffix_in_front: Option<serde_json::Value>,
     pub typed_ahead: Option<serde_json::Value>,
     pub syntax: Option<serde_json::Value>,
+    pub partial_tokens: Option<serde_json::Value>,
 }
 
 impl RawSettings {
@@ -295,6 +303,11 @@ impl Config {
         if let Some(value) = experimental.typed_ahead.as_ref().or(raw.typed_ahead.as_ref()) {
             if let Some(typed_ahead) = boolean("typedAhead", value, errors) {
                 self.typed_ahead = typed_ahead;
+            }
+        }
+        if let Some(value) = &experimental.partial_tokens {
+            if let Some(partial_tokens) = boolean("partialTokens", value, errors) {
+                self.partial_tokens = partial_tokens;
             }
         }
         if let Some(value) = experimental.syntax.as_ref().or(raw.syntax.as_ref()) {

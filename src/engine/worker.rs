@@ -308,12 +308,15 @@ pub(super) fn run(
 /// Code to time prompt decoding with at load: ordinary source text, tokenized as a prompt's is.
 const SPEED_SAMPLE: &str = "def parse_arguments(argv, defaults=None):\n    \"\"\"Reads the command line into a dictionary of options.\"\"\"\n    options = dict(defaults or {})\n    for index, argument in enumerate(argv):\n        if argument.startswith(\"--\"):\n            key, _, value = argument[2:].partition(\"=\")\n            options[key.replace(\"-\", \"_\")] = value or True\n        elif index == 0:\n            options[\"program\"] = argument\n    return options\n\n\nfn total_length(items: &[String]) -> usize {\n    items.iter().map(|item| item.chars().count()).sum()\n}\n";
 
-/// Measures prompt decoding on `SPEED_SAMPLE` in the jobs' steps of `chunk_tokens`, after one
-/// step that is not timed (the first decode after loading pays for touching the weights), and
-/// empties the cache again. None when the sample does not decode (the first job will say why).
+/// Measures prompt decoding on `SPEED_SAMPLE`: one step of `chunk_tokens`, as a job's prompt
+/// is decoded, timed after a short step that is not (the first decode after loading pays for
+/// touching the weights); then the cache is emptied again. One step: on a slow 2-core machine a
+/// step of 32 tokens takes over a second, and the jobs' own prompts refine the figure. None when
+/// the sample does not decode (the first job will say why).
 fn measure_prompt_speed(model: &LlamaModel, context: &mut LlamaContext, batch: &mut LlamaBatch, chunk_tokens: usize) -> Option<PromptSpeed> {
+    const UNTIMED_TOKENS: usize = 8;
     let tokens = model.vocab().tokenize(SPEED_SAMPLE.as_bytes(), false, false);
-    let warm_up = chunk_tokens.min(tokens.len() / 3).max(1);
+    let timed_end = (UNTIMED_TOKENS + chunk_tokens).min(tokens.len());
     let mut decode = |start: usize, end: usize| -> bool {
         batch.clear();
         for (offset, token) in tokens[start..end].iter().enumerate() {
@@ -324,20 +327,11 @@ fn measure_prompt_speed(model: &LlamaModel, context: &mut LlamaContext, batch: &
         context.decode(&mut *batch).is_ok()
     };
     let mut measured = None;
-    if decode(0, warm_up) {
+    if timed_end > UNTIMED_TOKENS && decode(0, UNTIMED_TOKENS) {
         let timed_start = Instant::now();
-        let mut position = warm_up;
-        while position < tokens.len() {
-            let end = (position + chunk_tokens).min(tokens.len());
-            if !decode(position, end) {
-                break;
-            }
-            position = end;
-        }
-        let timed_tokens = position - warm_up;
-        if position == tokens.len() && timed_tokens > 0 {
-            let text_chars = SPEED_SAMPLE.chars().count() as f64;
-            measured = Some(PromptSpeed { ms_per_token: ms_since(timed_start) / timed_tokens as f64, chars_per_token: text_chars / tokens.len() as f64 });
+        if decode(UNTIMED_TOKENS, timed_end) {
+            let chars_per_token = SPEED_SAMPLE.chars().count() as f64 / tokens.len() as f64;
+            measured = Some(PromptSpeed { ms_per_token: ms_since(timed_start) / (timed_end - UNTIMED_TOKENS) as f64, chars_per_token });
         }
     }
     context.clear_kv_cache();

@@ -240,8 +240,9 @@ impl Scheduler {
         // A client that is told when the suggestion grows may be shown its first words while
         // the rest is generated; any other client gets the whole suggestion.
         let partial_ok = waiting == Waiting::Budget;
+        let whole_words = !self.config().partial_tokens;
         let may_grow = !partial_ok || self.speed.may_grow_before(&progress.borrow(), deadline);
-        let settles = |progress: &Progress| progress.done.is_some() || (partial_ok && partial_suggestion(progress, &typed, split).is_some());
+        let settles = |progress: &Progress| progress.done.is_some() || (partial_ok && partial_suggestion(progress, &typed, split, whole_words).is_some());
         // Without a chance of growing in time the answer is what is there now: no timer at all
         // (tokio's timers round up to the next millisecond, so even a zero wait costs one).
         let settled = if may_grow {
@@ -269,7 +270,7 @@ impl Scheduler {
             job: active.clone(),
         };
         match settled {
-            Settled::Yes if snapshot.done.is_none() => match partial_suggestion(&snapshot, &typed, split) {
+            Settled::Yes if snapshot.done.is_none() => match partial_suggestion(&snapshot, &typed, split, whole_words) {
                 // The first words are ready; the client hears again when there is more.
                 Some(suggestion) => {
                     let answered_chars = suggestion.text.chars().count();
@@ -296,11 +297,12 @@ impl Scheduler {
     pub async fn wait_ready(&self, mut waiter: ReadyWaiter, max_wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut followed = false;
+        let whole_words = !self.config().partial_tokens;
         let progress = loop {
             let (typed, split, answered_chars) = (waiter.typed.clone(), waiter.split.clone(), waiter.answered_chars);
             let grown = move |progress: &Progress| match &progress.done {
                 Some(_) => true,
-                None => partial_suggestion(progress, &typed, &split).is_some_and(|partial| partial.text.chars().count() > answered_chars),
+                None => partial_suggestion(progress, &typed, &split, whole_words).is_some_and(|partial| partial.text.chars().count() > answered_chars),
             };
             let typed = waiter.typed.clone();
             let went_elsewhere = move |progress: &Progress| !progress.text.starts_with(typed.as_str()) && !typed.starts_with(progress.text.as_str());
@@ -355,19 +357,24 @@ impl Scheduler {
 /// The complete words of a suggestion still being generated, for a state `typed` characters
 /// ahead of the job's: the text up to its last word boundary, cleaned. None when no word is
 /// complete yet or the typed characters disagree with it.
-pub(super) fn partial_suggestion(progress: &Progress, typed: &str, split: &LineSplit) -> Option<Suggestion> {
+/// With `whole_words` false, the whole text so far (a word may still grow).
+pub(super) fn partial_suggestion(progress: &Progress, typed: &str, split: &LineSplit, whole_words: bool) -> Option<Suggestion> {
     if progress.done.is_some() {
         return None;
     }
     let remainder = progress.text.strip_prefix(typed)?;
     let is_word = |ch: char| ch.is_alphanumeric() || ch == '_';
     // A boundary: the end of a run of non-word characters, or the point where one begins.
-    let cut = remainder
-        .char_indices()
-        .zip(remainder.chars().skip(1))
-        .filter(|((_, ch), next)| is_word(*ch) != is_word(*next) || !is_word(*ch))
-        .map(|((idx, ch), _)| idx + ch.len_utf8())
-        .last()?;
+    let cut = if whole_words {
+        remainder
+            .char_indices()
+            .zip(remainder.chars().skip(1))
+            .filter(|((_, ch), next)| is_word(*ch) != is_word(*next) || !is_word(*ch))
+            .map(|((idx, ch), _)| idx + ch.len_utf8())
+            .last()?
+    } else {
+        remainder.len()
+    };
     let text = clean_suggestion(&split.head, &remainder[..cut], &split.tail, split.surroundings());
     if text.is_empty() {
         return None;

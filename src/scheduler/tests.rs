@@ -337,7 +337,7 @@ fn split(head: &str, tail: &str) -> LineSplit {
 }
 
 fn partial(text: &str, typed: &str) -> Option<String> {
-    partial_suggestion(&progress(text), typed, &split("    return ", "")).map(|suggestion| suggestion.text)
+    partial_suggestion(&progress(text), typed, &split("    return ", ""), true).map(|suggestion| suggestion.text)
 }
 
 #[test]
@@ -353,7 +353,7 @@ fn partial_suggestions_follow_typed_characters() {
     assert_eq!(partial("radius * rad", "rad").as_deref(), Some("ius *"));
     assert_eq!(partial("radius * rad", "x"), None, "typed characters disagree");
     let done = Progress { done: Some(Err(EngineError::Stopped)), ..progress("radius * 2") };
-    assert!(partial_suggestion(&done, "", &split("", "")).is_none(), "a finished job has a whole answer instead");
+    assert!(partial_suggestion(&done, "", &split("", ""), true).is_none(), "a finished job has a whole answer instead");
     assert!(matches!(answer_from(&done, "", &split("", "")), Answer::Empty(EmptyReason::NothingToSuggest)));
 }
 
