@@ -44,6 +44,9 @@ const NPM: &[&str] = &[
 /// same shape as `corpus::sources` gives. A registry whose client is missing or fails is left
 /// out with a message.
 pub fn sources(wanted: &[String], per_language: usize, seed: u64, cache: &Path) -> Vec<(&'static str, Vec<PathBuf>)> {
+    // Absolute: the package clients run in folders of their own.
+    let _ = std::fs::create_dir_all(cache);
+    let cache = &std::path::absolute(cache).unwrap_or_else(|_| cache.to_path_buf());
     let locked = super::corpus::locked_crate_names();
     let mut rng = Rng::new(seed ^ 0x756E_7365_656E);
     let mut by_language: Vec<(&'static str, Vec<PathBuf>)> = ["python", "rust", "javascript", "typescript"].iter().map(|language| (*language, Vec::new())).collect();
