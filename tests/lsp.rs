@@ -191,7 +191,11 @@ fn the_syntax_tree_shapes_and_ends_suggestions() {
 #[test]
 fn an_auto_indented_empty_line_gets_code_at_its_indentation() {
     let _serial = serial();
-    let mut client = start(DEFAULT_MODEL, json!({}));
+    // The prompt's content at an empty line is what is tested here, so every file gets its full
+    // prompt: an arrival's prompt is cut to what decodes in `coldPromptMs` at this machine's
+    // speed (on a slow 2-core machine, the cursor's line and 2 lines above), which
+    // `tests/arrival.rs` covers.
+    let mut client = start(DEFAULT_MODEL, json!({"coldPromptMs": 0}));
     let cases = [
         (
             "file:///project/brackets.py",
@@ -231,7 +235,9 @@ fn an_auto_indented_empty_line_gets_code_at_its_indentation() {
 #[test]
 fn an_empty_line_sees_the_lines_below_that_use_what_it_must_define() {
     let _serial = serial();
-    let mut client = start(DEFAULT_MODEL, json!({}));
+    // The full prompt, as in the test above: an arrival's smaller prompt on a slow machine holds
+    // fewer lines below than the 7 this needs.
+    let mut client = start(DEFAULT_MODEL, json!({"coldPromptMs": 0}));
     let cases = [
         (
             "file:///project/squares.py",

@@ -58,7 +58,9 @@ fn the_command_line_and_the_server_plan_the_same_job() {
     // The server: the file opened without that last space, which is then typed.
     let log_file = dir.join("server.log");
     let _ = std::fs::remove_file(&log_file);
-    let options = json!({"model": model_path(DEFAULT_MODEL).to_str().unwrap(), "maxWaitMs": 30000});
+    // `complete` plans the full prompt; the server's first job at a place gets an arrival's
+    // smaller one (sized from the prompt speed measured at load) unless `coldPromptMs` is 0.
+    let options = json!({"model": model_path(DEFAULT_MODEL).to_str().unwrap(), "maxWaitMs": 30000, "coldPromptMs": 0});
     let (mut client, _) = LspClient::start_with_log_file("ghostline=debug", &log_file, options, json!({"general": {"positionEncodings": ["utf-16"]}}));
     assert_eq!(client.wait_engine()["engine"]["state"], "ready");
     let uri = format!("file://{}", file.display());
