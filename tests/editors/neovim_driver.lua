@@ -327,7 +327,7 @@ end)
 log('cursor rest: the server started where the cursor rests')
 
 -- 7. :checkhealth ghostline reports the binary found, its version, the running client, the
--- loaded model and the backend, and no error.
+-- loaded model, the backend and the job the model is on (the latest), and no error.
 local health = remote([[
   vim.cmd('checkhealth ghostline')
   local text = table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), '\n')
@@ -336,6 +336,7 @@ local health = remote([[
 ]])
 check(health:find('model ready', 1, true), ':checkhealth ghostline does not report the model: ' .. health)
 check(health:find('backend: the embedded model', 1, true), ':checkhealth ghostline does not say where the jobs run: ' .. health)
+check(health:find('current job: %a+, %d+ of %d+ prompt tokens decoded') ~= nil, ':checkhealth ghostline does not show the job the model is on: ' .. health)
 check(health:find('server: ' .. found.path .. ' (found in ' .. found.label .. ')', 1, true),
   ':checkhealth ghostline does not name the binary it found: ' .. health)
 check(health:find('looked in ' .. found.label .. ': ' .. found.path .. ' (used)', 1, true),
