@@ -140,6 +140,9 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$work/data/User" "$work/extensions" "$work/workspace" "$work/config"
+# `ghostline.coldPromptMs` 0: every job gets the full prompt, so the suggestions this test waits
+# for do not depend on the machine's prompt speed (an arrival's prompt is sized from it; on a
+# slow 2-core machine it holds two lines, and the model's answer then ran on into a new function).
 cat >"$work/data/User/settings.json" <<EOF
 {
   "security.workspace.trust.enabled": false,
@@ -157,6 +160,7 @@ cat >"$work/data/User/settings.json" <<EOF
   "workbench.secondarySideBar.defaultVisibility": "hidden",
   "chat.disableAIFeatures": true,
   "ghostline.model": "$model",
+  "ghostline.coldPromptMs": 0,
   "ghostline.logSuggestions": true
 }
 EOF
