@@ -61,9 +61,6 @@ pub enum Answer {
 
 /// Returned with an answer given before the suggestion was ready: resolves when it is.
 pub struct ReadyWaiter {
-    pub uri: String,
-    pub version: i32,
-    pub cursor_char_idx: usize,
     progress: watch::Receiver<Progress>,
     keystroke: Instant,
     /// The characters typed since the job's state, and the cursor line's split.
@@ -71,8 +68,9 @@ pub struct ReadyWaiter {
     split: LineSplit,
     /// The length of the suggestion already answered (0 for an empty answer).
     answered_chars: usize,
-    /// The request's state, to follow the job that replaces this one for it.
-    state: CursorState,
+    /// The request's state (its document, version and cursor), also to follow the job that
+    /// replaces this one for it.
+    pub state: CursorState,
     /// The job waited on.
     job: Arc<ActiveJob>,
 }
@@ -136,6 +134,8 @@ struct Request<'a> {
     deadline: Instant,
     keystroke: Instant,
     split: &'a LineSplit,
+    /// Partial suggestions end at a word boundary (`partialTokens` off).
+    whole_words: bool,
 }
 
 impl Scheduler {
@@ -191,7 +191,7 @@ impl Scheduler {
             Waiting::Budget => keystroke + Duration::from_millis(config.budget_ms.saturating_sub(BUDGET_MARGIN_MS).max(config.budget_ms / 2)),
             Waiting::UntilReady => keystroke + Duration::from_millis(config.max_wait_ms),
         };
-        let request = Request { state, waiting, deadline, keystroke, split: &split };
+        let request = Request { state, waiting, deadline, keystroke, split: &split, whole_words: !config.partial_tokens };
         let start_or_cover = || self.start_job(state, config).or_else(|| self.covering_job(state, &split, config));
         let first = if fresh { self.start_job(state, config) } else { self.covering_job(state, &split, config).or_else(start_or_cover) };
         let Some(mut active) = first else {
@@ -235,12 +235,11 @@ impl Scheduler {
     /// Waits on one job until the deadline; the answer, a waiter for an early answer, and
     /// whether the job finished with text that disagrees with what was typed.
     async fn wait_on(&self, active: &Arc<ActiveJob>, request: &Request<'_>, typed: String) -> (Answer, Option<ReadyWaiter>, bool) {
-        let Request { state, waiting, deadline, keystroke, split } = *request;
+        let Request { state, waiting, deadline, keystroke, split, whole_words } = *request;
         let mut progress = active.job.subscribe();
         // A client that is told when the suggestion grows may be shown its first words while
         // the rest is generated; any other client gets the whole suggestion.
         let partial_ok = waiting == Waiting::Budget;
-        let whole_words = !self.config().partial_tokens;
         let may_grow = !partial_ok || self.speed.may_grow_before(&progress.borrow(), deadline);
         let settles = |progress: &Progress| progress.done.is_some() || (partial_ok && partial_suggestion(progress, &typed, split, whole_words).is_some());
         // Without a chance of growing in time the answer is what is there now: no timer at all
@@ -258,9 +257,6 @@ impl Scheduler {
         };
         let snapshot = progress.borrow().clone();
         let waiter = |answered_chars: usize| ReadyWaiter {
-            uri: state.uri.clone(),
-            version: state.version,
-            cursor_char_idx: state.cursor_char_idx,
             progress: progress.clone(),
             keystroke,
             typed: typed.clone(),

@@ -7,9 +7,8 @@
 //! measured on this machine (at load, then from every job's prompt): the lines below the cursor
 //! take up to half of it, the window above the rest (on 2 cores, 3-20 lines; on a GPU, the
 //! whole window). The later jobs at that place keep the same first line and suffix, so they
-//! reuse the cache. In
-//! a pause of the user's, a job with the full window warms the cache, and from then on the
-//! place gets the full window. The engine keeps the cache of the places the user left (up to
+//! reuse the cache. In a pause of the user's, a job with the full window warms the cache, and
+//! from then on the place gets the full window. The engine keeps the cache of the places the user left (up to
 //! `ModelInfo::kv_places`), so the most recent of them stay warm.
 
 use std::sync::{Mutex, MutexGuard};
@@ -69,7 +68,6 @@ impl Places {
         state.capacity = capacity;
         (state.ms_per_prompt_token, state.chars_per_token) = measured.map_or((0.0, 0.0), |speed| (speed.ms_per_token, speed.chars_per_token));
     }
-
 
     pub fn place_of(uri: &str, rope: &Rope, cursor_char_idx: usize, config: &Config) -> Place {
         let line = rope.char_to_line(cursor_char_idx.min(rope.len_chars()));

@@ -257,9 +257,9 @@ impl Backend {
         let max_wait = Duration::from_secs(600);
         let encoding = self.encoding();
         tokio::spawn(async move {
-            let uri = waiter.uri.clone();
-            let version = waiter.version;
-            let position = documents::position(waiter.rope(), waiter.cursor_char_idx, encoding);
+            let uri = waiter.state.uri.clone();
+            let version = waiter.state.version;
+            let position = documents::position(waiter.rope(), waiter.state.cursor_char_idx, encoding);
             if scheduler.wait_ready(waiter, max_wait).await {
                 client
                     .send_notification::<SuggestionReady>(json!({
