@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, end-to-end tests of the real binary with real models, the quick
-# checks of the benchmarks, and the real-editor tests.
+# checks of the benchmarks (the HumanEval harness's too), and the real-editor tests.
 # Installs the build tools when missing and fetches both test models (verified by sha256)
 # into the model cache on first use; the editors are installed into ~/.cache/ghostline/editors.
 # The remote-backend tests talk to llama.cpp's own llama-server, built once into the cache by
@@ -16,6 +16,7 @@ target/release/ghostline models fetch smollm2-135m >/dev/null
 target/release/ghostline models fetch qwen2.5-coder-0.5b >/dev/null
 bash benches/build-peer.sh >/dev/null
 cargo test --release --all-targets "$@"
+python3 benches/humaneval.py --quick >/dev/null
 bash tests/editors/neovim.sh
 if [[ "${GHOSTLINE_EDITOR_TESTS:-0}" == 1 ]]; then
     bash tests/editors/helix.sh

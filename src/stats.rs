@@ -95,6 +95,9 @@ pub struct Counters {
     /// reached (a keystroke then answered from one).
     pub prefetch_jobs: u64,
     pub prefetch_hits: u64,
+    /// Arrivals whose suggestion was replaced by the full window's (a different one), in a
+    /// pause after the arrival.
+    pub window_upgrades: u64,
 }
 
 #[derive(Debug, Default, Clone)]

@@ -258,6 +258,30 @@ fn an_empty_line_sees_the_lines_below_that_use_what_it_must_define() {
     client.shutdown();
 }
 
+/// At an arrival the prompt is cut for speed (here to the lines above the cursor, nothing
+/// below: `coldPromptMs` 1), and the model cannot see what the empty line must define. In the
+/// pause that follows, the full window's suggestion replaces the arrival's and a client that
+/// opted in is told to ask again.
+#[test]
+fn in_a_pause_after_an_arrival_the_full_window_replaces_its_suggestion() {
+    let _serial = serial();
+    let mut client = start(DEFAULT_MODEL, json!({"coldPromptMs": 1, "suggestionReadyNotification": true}));
+    let uri = "file:///project/squares.py";
+    let text = "def collect_even_squares(numbers):\n    \n    for number in numbers:\n        if number % 2 == 0:\n            square = number * number\n            if square > 100:\n                continue\n            squares.append(square)\n    return squares\n";
+    client.open(uri, "python", text);
+    client.inline_completion(uri, 1, 4);
+    let stats = client.wait_idle();
+    assert_eq!(stats["counters"]["windowUpgrades"], 1, "the full window's suggestion differs from the arrival's and replaced it: {stats}");
+    client
+        .wait_notification("ghostline/suggestionReady", Duration::from_secs(1), |params| {
+            params["uri"] == uri && params["version"] == 1 && params["position"] == json!({"line": 1, "character": 4})
+        })
+        .expect("the client is told to ask again");
+    let suggestion = client.inline_text(uri, 1, 4).unwrap_or_default();
+    assert_eq!(suggestion.lines().next(), Some("squares = []"), "the full window's suggestion: {suggestion:?}");
+    client.shutdown();
+}
+
 #[test]
 fn prose_and_comments_get_one_sentence() {
     let _serial = serial();

@@ -26,10 +26,11 @@ mod slot;
 mod tests;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use ropey::Rope;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::background::LatestWins;
 use crate::config::Config;
@@ -145,6 +146,9 @@ pub struct Scheduler {
     /// The thread that works out jobs' stop rules from the syntax tree (parsing it when the
     /// tree is behind), off the LSP loop.
     planner: LatestWins<&'static str>,
+    /// Told the state of each suggestion that replaced the one shown (a full window's after an
+    /// arrival's), so the client can ask again; set once by the server.
+    upgrades: OnceLock<UnboundedSender<CursorState>>,
     me: Weak<Scheduler>,
 }
 
@@ -162,8 +166,25 @@ impl Scheduler {
             cross_files: CrossFiles::default(),
             places: Places::default(),
             planner: LatestWins::start("ghostline-plan"),
+            upgrades: OnceLock::new(),
             me: me.clone(),
         })
+    }
+
+    /// The states whose suggestion changed after it was answered (an arrival's replaced by the
+    /// full window's), for a server that tells its client to ask again; None after the first
+    /// call (there is one listener).
+    pub fn listen_for_upgrades(&self) -> Option<UnboundedReceiver<CursorState>> {
+        let (sender, receiver) = unbounded_channel();
+        self.upgrades.set(sender).ok()?;
+        Some(receiver)
+    }
+
+    fn notify_upgrade(&self, state: &CursorState) {
+        if let Some(listener) = self.upgrades.get() {
+            // A listener that is gone (the server shutting down) has nothing to tell.
+            let _ = listener.send(state.clone());
+        }
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -379,7 +400,7 @@ impl Scheduler {
             let params = GenerateParams { alternatives, late_stop: self.plan_stop_rules(&plan, "job"), ..plan.params.clone() };
             let job = engine.submit(plan.prompt.clone(), params.clone());
             self.places.started(&place, arrival);
-            ActiveJob { anchor: Anchor::new(&state.uri, &plan.split), job, state: state.clone(), prompt: plan.prompt, params, place, arrival, started: Instant::now(), warm_up: false }
+            ActiveJob { anchor: Anchor::new(&state.uri, &plan.split), job, state: state.clone(), prompt: plan.prompt, params, place, arrival, started: Instant::now(), upgrade: false }
         })?;
         let mut stats = self.stats_mut();
         stats.counters.jobs_started += 1;

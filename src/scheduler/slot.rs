@@ -40,9 +40,10 @@ pub(super) struct ActiveJob {
     pub place: Place,
     pub arrival: Option<ArrivalWindow>,
     pub started: Instant,
-    /// A job that only decodes a prompt into the cache (a full window after an arrival's): its
-    /// one token is no suggestion for keys typed after its state.
-    pub warm_up: bool,
+    /// The full window's job after an arrival's smaller one: keys typed after its state are
+    /// covered by it only once its text agrees with them (while it decodes its long prompt, a
+    /// job for the key with the arrival's window answers sooner).
+    pub upgrade: bool,
 }
 
 impl ActiveJob {
@@ -130,6 +131,18 @@ impl JobSlot {
         Some(standby)
     }
 
+    /// Makes `with` (a job on standby) the active job in place of `current`, only while
+    /// `current` is still the active job; whether it did.
+    pub fn replace_active(&self, current: &Arc<ActiveJob>, with: &Arc<ActiveJob>) -> bool {
+        let mut jobs = self.lock();
+        if !jobs.active.as_ref().is_some_and(|active| Arc::ptr_eq(active, current)) {
+            return false;
+        }
+        jobs.standby.retain(|job| !Arc::ptr_eq(job, with));
+        jobs.active = Some(with.clone());
+        true
+    }
+
     /// The active job if it covers this state; else a standby job that does, which becomes the
     /// active job (`promoted` is then true).
     pub fn covering(&self, state: &CursorState, split: &LineSplit, typed_ahead_on: bool) -> Option<(Arc<ActiveJob>, bool)> {
@@ -184,9 +197,6 @@ pub(super) fn typed_ahead<'split>(anchor: &Anchor, uri: &str, split: &'split Lin
 /// Whether a job can serve this state (now or when it finishes).
 fn covers(active: &ActiveJob, state: &CursorState, split: &LineSplit, typed_ahead_on: bool) -> bool {
     let Some(typed) = typed_ahead(&active.anchor, &state.uri, split) else { return false };
-    if active.warm_up && !typed.is_empty() {
-        return false;
-    }
     let progress = active.job.snapshot();
     if progress.is_interrupted_or_failed() {
         return false;
@@ -207,7 +217,7 @@ fn covers(active: &ActiveJob, state: &CursorState, split: &LineSplit, typed_ahea
     // and a token about as long on 2 cores) that left no key of a line with a suggestion.
     let running = matches!(progress.outcome(), JobOutcome::Running);
     if progress.text.is_empty() {
-        return running;
+        return running && !active.upgrade;
     }
     if progress.text.starts_with(typed) {
         // Typed characters agree with the suggestion; something must remain.

@@ -394,3 +394,81 @@ fn surroundings_know_the_languages_brackets() {
     let split = LineSplit::new(&rope, 6, crate::syntax::language_for("python", "")).unwrap();
     assert!(split.surroundings().brackets.contains(&('(', ')')));
 }
+
+/// Until every job has ended and no idle work is pending.
+async fn idle(scheduler: &Scheduler) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = scheduler.stats_json();
+        let ended = counter(scheduler, "jobsEnded") >= counter(scheduler, "jobsStarted") + counter(scheduler, "prefetchJobs");
+        if ended && stats["idleWork"] == 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "still busy: {stats}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A scheduler whose engine measured a slow prompt at load, with arrivals cut to what decodes
+/// in 100 ms (the cursor's line and the 2 lines above), and a file of 30 lines above a function.
+fn arrival_setup() -> (Arc<Scheduler>, Receiver<ScriptedJob>, CursorState) {
+    let mut info = model_info(4096);
+    info.prompt_speed = Some(crate::engine::PromptSpeed { ms_per_token: 100.0, chars_per_token: 4.0 });
+    let config = Config { cold_prompt_ms: 100, prefetch: false, ..Config::default() };
+    let (scheduler, jobs) = scheduler_on(Engine::scripted(info), config);
+    let above: String = (0..30).map(|idx| format!("x{idx} = {idx}\n")).collect();
+    let arrival = state(&format!("{above}\ndef f():\n    |\n    return total\n"), 1);
+    (scheduler, jobs, arrival)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_pause_the_full_window_replaces_an_arrivals_suggestion_and_the_listener_hears_of_it() {
+    let (scheduler, jobs, arrival_state) = arrival_setup();
+    let mut upgrades = scheduler.listen_for_upgrades().expect("the first listener");
+    assert!(scheduler.listen_for_upgrades().is_none(), "one listener");
+    let request = spawn_complete(&scheduler, arrival_state.clone());
+    let arrival = next_job(&jobs);
+    assert!(!arrival.prompt.to_debug_string().contains("x0 = 0"), "the arrival's window is cut: {}", arrival.prompt.to_debug_string());
+    finish(&arrival, "total = 0", &[]);
+    assert_eq!(suggestion(&request.await.unwrap()), "total = 0");
+
+    // No key since (the user arrived by moving): the full window comes at once.
+    let full = next_job(&jobs);
+    assert!(full.prompt.to_debug_string().contains("x0 = 0"), "the full window: {}", full.prompt.to_debug_string());
+    finish(&full, "total = x0 + x1", &[]);
+    let upgraded = tokio::time::timeout(Duration::from_secs(10), upgrades.recv()).await.expect("the listener hears of the upgrade").unwrap();
+    assert_eq!((upgraded.uri.as_str(), upgraded.version, upgraded.cursor_char_idx), (arrival_state.uri.as_str(), 1, arrival_state.cursor_char_idx));
+    let (answer, _) = scheduler.complete(arrival_state.clone(), Waiting::UntilReady).await;
+    assert_eq!(suggestion(&answer), "total = x0 + x1");
+    assert_eq!(counter(&scheduler, "windowUpgrades"), 1);
+    assert_eq!(counter(&scheduler, "jobsStarted"), 1, "the answer after the pause comes from the full window's job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_suggestion_from_the_full_window_is_no_upgrade() {
+    let (scheduler, jobs, arrival_state) = arrival_setup();
+    let mut upgrades = scheduler.listen_for_upgrades().unwrap();
+    let request = spawn_complete(&scheduler, arrival_state.clone());
+    finish(&next_job(&jobs), "total = 0", &[]);
+    request.await.unwrap();
+    finish(&next_job(&jobs), "total = 0", &[]);
+    idle(&scheduler).await;
+    assert!(upgrades.try_recv().is_err(), "nothing new to show");
+    assert_eq!(counter(&scheduler, "windowUpgrades"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_typed_while_the_full_window_decodes_its_prompt_gets_a_job_with_the_arrivals_window() {
+    let (scheduler, jobs, arrival_state) = arrival_setup();
+    let request = spawn_complete(&scheduler, arrival_state.clone());
+    finish(&next_job(&jobs), "total = 0", &[]);
+    request.await.unwrap();
+    let full = next_job(&jobs);
+    // A key the arrival's suggestion does not agree with, while the full window has no text.
+    let typed = state(&arrival_state.rope.to_string().replacen("    \n    return", "    y|\n    return", 1), 2);
+    scheduler.on_change(typed);
+    let for_key = next_job(&jobs);
+    assert!(!for_key.prompt.to_debug_string().contains("x0 = 0"), "the arrival's window: {}", for_key.prompt.to_debug_string());
+    assert!(full.progress.borrow().done.is_none(), "the full window's job has not finished");
+    assert_eq!(counter(&scheduler, "windowUpgrades"), 0);
+}

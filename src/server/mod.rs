@@ -148,7 +148,7 @@ pub struct Backend {
     documents: Arc<DocumentStore>,
     scheduler: Arc<Scheduler>,
     encoding: Mutex<PositionEncoding>,
-    wants_ready_notification: AtomicBool,
+    wants_ready_notification: Arc<AtomicBool>,
     /// The client declared `textDocument.inlineCompletion` (it shows ghost text).
     client_has_inline_completion: AtomicBool,
     client_has_work_done_progress: AtomicBool,
@@ -205,7 +205,7 @@ impl Backend {
             documents: Arc::new(DocumentStore::default()),
             scheduler: Scheduler::new(config),
             encoding: Mutex::new(PositionEncoding::Utf16),
-            wants_ready_notification: AtomicBool::new(false),
+            wants_ready_notification: Arc::new(AtomicBool::new(false)),
             client_has_inline_completion: AtomicBool::new(false),
             client_has_work_done_progress: AtomicBool::new(false),
             pending_messages: Mutex::new(Vec::new()),
@@ -245,6 +245,28 @@ impl Backend {
         } else {
             Waiting::UntilReady
         }
+    }
+
+    /// A suggestion that replaced the one answered at a state (the full window's after an
+    /// arrival's, in a pause) is announced as a ready one: a client that opted in asks again.
+    fn tell_upgrades(&self) {
+        let Some(mut upgrades) = self.scheduler.listen_for_upgrades() else { return };
+        let (client, wants, encoding) = (self.client.clone(), self.wants_ready_notification.clone(), self.encoding());
+        tokio::spawn(async move {
+            while let Some(state) = upgrades.recv().await {
+                if !wants.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let position = documents::position(&state.rope, state.cursor_char_idx, encoding);
+                client
+                    .send_notification::<SuggestionReady>(json!({
+                        "uri": state.uri,
+                        "version": state.version,
+                        "position": {"line": position.line, "character": position.character},
+                    }))
+                    .await;
+            }
+        });
     }
 
     /// After an early empty answer, tells the client when the suggestion is ready.
@@ -470,6 +492,7 @@ impl LanguageServer for Backend {
             return;
         }
         self.load_engine();
+        self.tell_upgrades();
         self.show_pending_messages().await;
     }
 
