@@ -7,7 +7,12 @@ version="${LLAMA_CPP_PYTHON_VERSION:-}"
 cache="${GHOSTLINE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ghostline}/peer"
 mkdir -p "$cache"
 bin="$cache/build/bin"
-if [ -x "$bin/llama-server" ] && [ -x "$bin/llama-bench" ]; then
+# The build's own CPU (GGML_NATIVE) without the AMX kernels: on Xeons with AMX whose kernel or
+# hypervisor does not grant the tile state, llama.cpp's AMX matmul faults while loading a model.
+# A build made with other flags (the stamp) is built again.
+flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+stamp="$cache/build/ghostline-flags"
+if [ -x "$bin/llama-server" ] && [ -x "$bin/llama-bench" ] && [ "$(cat "$stamp" 2>/dev/null)" == "$flags" ]; then
     echo "$bin"
     exit 0
 fi
@@ -21,7 +26,9 @@ rm -rf "$cache/src"
 mkdir -p "$cache/src"
 tar -xzf "$sdist" -C "$cache/src" --strip-components=1
 cmake -S "$cache/src/vendor/llama.cpp" -B "$cache/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
     -DBUILD_SHARED_LIBS=OFF >&2
 cmake --build "$cache/build" --target llama-server llama-bench -j "$(nproc)" >&2
+echo "$flags" > "$stamp"
 echo "$bin"
