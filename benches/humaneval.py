@@ -206,15 +206,18 @@ class GhostlineRow:
     finished suggestion: `maxWaitMs` 60000); then the person pauses there until the server is
     idle and the editor asks again (what is shown after the pause: at a place whose prompt was
     cut for speed, the full window's suggestion replaces the first in that pause). Two rows:
-    `ghostline` (after the pause) and `ghostline first` (the first answer)."""
+    `ghostline` (after the pause) and `ghostline first` (the first answer). On the multi-line
+    set a third, `ghostline expand`: after the pause, `ghostline/expandSuggestion` at the same
+    place (VS Code's Expand Suggestion: a longer, multi-line suggestion for that request)."""
 
-    def __init__(self, server):
+    def __init__(self, server, expand):
         self.server = server
         self.name = server.name
-        self.names = [self.name, f"{self.name} first"]
+        self.expand = expand
+        self.names = [self.name, f"{self.name} first"] + ([f"{self.name} expand"] if expand else [])
 
-    def _ask(self, task, uri):
-        return suggestion_of(self.server.request("textDocument/inlineCompletion", {
+    def _ask(self, task, uri, method="textDocument/inlineCompletion"):
+        return suggestion_of(self.server.request(method, {
             "textDocument": {"uri": uri},
             "position": {"line": task.start, "character": len(task.indent.encode("utf-16-le")) // 2},
             "context": {"triggerKind": 2},
@@ -230,10 +233,15 @@ class GhostlineRow:
         server.wait_idle()
         idle_seconds = time.monotonic() - started
         final = self._ask(task, uri)
+        answers = {self.names[0]: (put_in(task, final, which), final, idle_seconds if final != first else first_seconds),
+                   self.names[1]: (put_in(task, first, which), first, first_seconds)}
+        if self.expand:
+            asked = time.monotonic()
+            expanded = self._ask(task, uri, "ghostline/expandSuggestion")
+            answers[self.names[2]] = (put_in(task, expanded, which), expanded, time.monotonic() - asked)
         server.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
         server.wait_idle()
-        return {self.names[0]: (put_in(task, final, which), final, idle_seconds if final != first else first_seconds),
-                self.names[1]: (put_in(task, first, which), first, first_seconds)}
+        return answers
 
     def close(self):
         self.server.close()
@@ -281,7 +289,8 @@ def rows(options, model):
         # variant turns other settings on) would show the model an earlier task's file of the
         # same problem, with this task's line in it.
         settings = {"crossFileChunks": 0, **options.settings}
-        made.append(GhostlineRow(infill.Ghostline(options.binary, model, options.threads, settings, out / "ghostline-stderr.log")))
+        made.append(GhostlineRow(infill.Ghostline(options.binary, model, options.threads, settings, out / "ghostline-stderr.log"),
+                                 expand=options.which == "multi"))
     if "llama-server" in options.rows or "raw" in options.rows:
         bin_dir = infill.peer_bin_dir()
         if bin_dir is None:
