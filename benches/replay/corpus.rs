@@ -258,23 +258,28 @@ pub fn with_returns(cases: Vec<Case>) -> Vec<Case> {
     out
 }
 
-/// `count` cases spread evenly over the languages found, chosen by `seed`.
+/// `count` cases spread evenly over the languages found, chosen by `seed`, one per file. A
+/// language whose files are all tried drops out of the rotation, so the others fill the count
+/// (a seed whose languages all have files enough picks what it picked before that rule).
 pub fn pick_cases(sources: &[(&'static str, Vec<PathBuf>)], count: usize, seed: u64, placement: Placement) -> Vec<Case> {
     let mut rng = Rng::new(seed);
     let mut cases = Vec::new();
-    if sources.is_empty() {
-        return cases;
-    }
+    let mut tried: Vec<std::collections::HashSet<&PathBuf>> = vec![Default::default(); sources.len()];
+    let mut active: Vec<usize> = (0..sources.len()).filter(|&idx| !sources[idx].1.is_empty()).collect();
     let mut attempts = 0;
-    while cases.len() < count && attempts < count * 200 {
-        let (language, files) = &sources[cases.len() % sources.len()];
+    while cases.len() < count && !active.is_empty() && attempts < count * 200 {
+        let source = active[cases.len() % active.len()];
+        let (language, files) = &sources[source];
         attempts += 1;
         let path = &files[rng.below(files.len())];
-        if cases.iter().any(|case: &Case| &case.path == path) {
-            continue;
+        if !cases.iter().any(|case: &Case| &case.path == path) {
+            tried[source].insert(path);
+            if let Some(case) = pick_from_file(path, language, &mut rng, placement) {
+                cases.push(case);
+            }
         }
-        if let Some(case) = pick_from_file(path, language, &mut rng, placement) {
-            cases.push(case);
+        if tried[source].len() == files.len() {
+            active.retain(|&idx| idx != source);
         }
     }
     cases

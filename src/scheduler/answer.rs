@@ -24,7 +24,14 @@ use crate::postprocess::clean_suggestion;
 pub enum Waiting {
     /// The client handles `ghostline/suggestionReady`: answer within the budget.
     Budget,
-    /// Any other client: wait for the suggestion, up to the maximum wait.
+    /// Any other client, asked while the person types (an automatic trigger): the first line
+    /// of the suggestion as soon as it is complete, or the whole suggestion if that is sooner,
+    /// up to the maximum wait. A multi-line suggestion (48 tokens at 40 ms is two seconds) goes
+    /// on being generated: accepting the line and asking again there gets the next one from it
+    /// as typed-ahead.
+    FirstLine,
+    /// Any other client, asked on purpose (an invoked trigger, a completion list): the whole
+    /// suggestion, up to the maximum wait.
     UntilReady,
 }
 
@@ -189,17 +196,17 @@ impl Scheduler {
         // that comes later is announced with `ghostline/suggestionReady` as usual.
         let deadline = match waiting {
             Waiting::Budget => keystroke + Duration::from_millis(config.budget_ms.saturating_sub(BUDGET_MARGIN_MS).max(config.budget_ms / 2)),
-            Waiting::UntilReady => keystroke + Duration::from_millis(config.max_wait_ms),
+            Waiting::FirstLine | Waiting::UntilReady => keystroke + Duration::from_millis(config.max_wait_ms),
         };
         let request = Request { state, waiting, deadline, keystroke, split: &split, whole_words: !config.partial_tokens };
         let start_or_cover = || self.start_job(state, config).or_else(|| self.covering_job(state, &split, config));
-        let first = if fresh { self.start_job(state, config) } else { self.covering_job(state, &split, config).or_else(start_or_cover) };
+        let first = if fresh { self.start_fresh_job(state, config) } else { self.covering_job(state, &split, config).or_else(start_or_cover) };
         let Some(mut active) = first else {
             return (Answer::Empty(EmptyReason::BadPosition), None);
         };
         let mut restarted = false;
         loop {
-            let typed = typed_ahead(&active.anchor, &state.uri, &split).unwrap_or_default().to_string();
+            let typed = typed_ahead(&active, &state.uri, &split).unwrap_or_default().into_owned();
             let (answer, waiter, finished_elsewhere) = self.wait_on(&active, &request, typed).await;
             // A job that finished with text the user did not type (it was followed while still
             // running), or whose prompt was refused as too long, is replaced once by a job for
@@ -240,8 +247,13 @@ impl Scheduler {
         // A client that is told when the suggestion grows may be shown its first words while
         // the rest is generated; any other client gets the whole suggestion.
         let partial_ok = waiting == Waiting::Budget;
+        let first_line_ok = waiting == Waiting::FirstLine;
         let may_grow = !partial_ok || self.speed.may_grow_before(&progress.borrow(), deadline);
-        let settles = |progress: &Progress| progress.done.is_some() || (partial_ok && partial_suggestion(progress, &typed, split, whole_words).is_some());
+        let settles = |progress: &Progress| {
+            progress.done.is_some()
+                || (partial_ok && partial_suggestion(progress, &typed, split, whole_words).is_some())
+                || (first_line_ok && first_line_suggestion(progress, &typed, split).is_some())
+        };
         // Without a chance of growing in time the answer is what is there now: no timer at all
         // (tokio's timers round up to the next millisecond, so even a zero wait costs one).
         let settled = if may_grow {
@@ -266,6 +278,11 @@ impl Scheduler {
             job: active.clone(),
         };
         match settled {
+            // Its first line is complete; the rest is typed-ahead for the next request.
+            Settled::Yes if snapshot.done.is_none() && first_line_ok => match first_line_suggestion(&snapshot, &typed, split) {
+                Some(suggestion) => (Answer::Ready(suggestion), None, false),
+                None => (Answer::Empty(EmptyReason::NotReadyYet), None, false),
+            },
             Settled::Yes if snapshot.done.is_none() => match partial_suggestion(&snapshot, &typed, split, whole_words) {
                 // The first words are ready; the client hears again when there is more.
                 Some(suggestion) => {
@@ -312,7 +329,7 @@ impl Scheduler {
             }
             followed = true;
             let Some(next) = self.job_for_waiter(&waiter) else { return false };
-            waiter.typed = typed_ahead(&next.anchor, &waiter.state.uri, &waiter.split).unwrap_or_default().to_string();
+            waiter.typed = typed_ahead(&next, &waiter.state.uri, &waiter.split).unwrap_or_default().into_owned();
             waiter.progress = next.job.subscribe();
             waiter.job = next;
         };
@@ -345,7 +362,7 @@ impl Scheduler {
         }
         // Only while the waiter's job is still the active one (`follow_undecided` may replace it
         // at the same time: one of the two starts the job, the other finds it covering).
-        let started = self.split_needing_job(&waiter.state, &config).and_then(|_| self.start_job_replacing(&waiter.state, &config, Some(&waiter.job)));
+        let started = self.split_needing_job(&waiter.state, &config).and_then(|_| self.start_job_replacing(&waiter.state, &config, Some(&waiter.job), false));
         started.or_else(covering)
     }
 }
@@ -373,6 +390,31 @@ pub(super) fn partial_suggestion(progress: &Progress, typed: &str, split: &LineS
     };
     let text = clean_suggestion(&split.head, &remainder[..cut], &split.tail, split.surroundings());
     if text.is_empty() {
+        return None;
+    }
+    Some(Suggestion { text, line_tail: split.tail.clone(), from_typed_ahead: !typed.is_empty() })
+}
+
+/// The first line of a suggestion still being generated, once it is complete (a newline follows
+/// it), for a state `typed` characters ahead of the job's: the text up to the end of its first
+/// line that holds more than white space (a suggestion after a line that opens a block starts
+/// with a line break and the body's first line). None before that line is complete, or when
+/// the typed characters disagree with the text.
+pub(super) fn first_line_suggestion(progress: &Progress, typed: &str, split: &LineSplit) -> Option<Suggestion> {
+    if progress.done.is_some() {
+        return None;
+    }
+    let remainder = progress.text.strip_prefix(typed)?;
+    let mut line_start = 0;
+    let cut = loop {
+        let end = line_start + remainder[line_start..].find('\n')?;
+        if !remainder[line_start..end].trim().is_empty() {
+            break end;
+        }
+        line_start = end + 1;
+    };
+    let text = clean_suggestion(&split.head, &remainder[..cut], &split.tail, split.surroundings());
+    if text.trim().is_empty() {
         return None;
     }
     Some(Suggestion { text, line_tail: split.tail.clone(), from_typed_ahead: !typed.is_empty() })

@@ -322,7 +322,7 @@ impl Scheduler {
     /// without serving the state) and no key came since, a job starts for this state at once,
     /// instead of at the next key.
     fn follow_undecided(self: &Arc<Self>, covering: Arc<ActiveJob>, state: CursorState, split: &LineSplit, change_count: u64) {
-        let Some(typed) = typed_ahead(&covering.anchor, &state.uri, split).filter(|typed| !typed.is_empty()).map(str::to_string) else { return };
+        let Some(typed) = typed_ahead(&covering, &state.uri, split).filter(|typed| !typed.is_empty()).map(|typed| typed.into_owned()) else { return };
         let undecided = move |progress: &Progress| progress.done.is_none() && typed.starts_with(progress.text.as_str());
         let mut progress = covering.job.subscribe();
         if !undecided(&progress.borrow_and_update()) {
@@ -343,7 +343,7 @@ impl Scheduler {
             let config = scheduler.config();
             // Only while the undecided job is still the active one: a request's ready waiter
             // follows it too (`answer.rs`), and between them they start one job.
-            if scheduler.split_needing_job(&state, &config).is_some() && scheduler.start_job_replacing(&state, &config, Some(&covering)).is_some() {
+            if scheduler.split_needing_job(&state, &config).is_some() && scheduler.start_job_replacing(&state, &config, Some(&covering), false).is_some() {
                 scheduler.stats_mut().counters.undecided_restarts += 1;
             }
         });
@@ -366,17 +366,25 @@ impl Scheduler {
     /// plan (a cursor outside the document), or when the active job was a refused one that
     /// someone else has replaced meanwhile.
     fn start_job(&self, state: &CursorState, config: &Config) -> Option<Arc<ActiveJob>> {
-        self.start_job_replacing(state, config, None)
+        self.start_job_replacing(state, config, None, true)
+    }
+
+    /// A new job for this state even when the active one covers it (it was planned with other
+    /// settings).
+    fn start_fresh_job(&self, state: &CursorState, config: &Config) -> Option<Arc<ActiveJob>> {
+        self.start_job_replacing(state, config, None, false)
     }
 
     /// A job for the state of `refused`, whose prompt was refused as too long (its density
     /// learned already), only while `refused` is still the active job (None otherwise: the user
     /// moved on, or someone replaced it already).
     fn replace_refused(&self, refused: &Arc<ActiveJob>) -> Option<Arc<ActiveJob>> {
-        self.start_job_replacing(&refused.state, &self.config(), Some(refused))
+        self.start_job_replacing(&refused.state, &self.config(), Some(refused), false)
     }
 
-    fn start_job_replacing(&self, state: &CursorState, config: &Config, replacing: Option<&Arc<ActiveJob>>) -> Option<Arc<ActiveJob>> {
+    /// `unless_covered`: without `replacing`, the job that covers the state if one does by the
+    /// time the job would start (see `Slot::start`).
+    fn start_job_replacing(&self, state: &CursorState, config: &Config, replacing: Option<&Arc<ActiveJob>>, unless_covered: bool) -> Option<Arc<ActiveJob>> {
         let engine = self.ready_engine()?;
         // A job that follows one whose prompt was refused before anyone saw it (a request that
         // arrives after the refusal) is planned with the density that prompt measured, and
@@ -396,12 +404,17 @@ impl Scheduler {
             }
         };
         let alternatives = if config.prefetch { ALTERNATIVES } else { 0 };
-        let started = self.slot.start(replacing, || {
+        let split = plan.split.clone();
+        let unless = (unless_covered && replacing.is_none()).then_some((state, &split, config.typed_ahead));
+        let started = self.slot.start(replacing, unless, || {
             let params = GenerateParams { alternatives, late_stop: self.plan_stop_rules(&plan, "job"), ..plan.params.clone() };
             let job = engine.submit(plan.prompt.clone(), params.clone());
             self.places.started(&place, arrival);
             ActiveJob { anchor: Anchor::new(&state.uri, &plan.split), job, state: state.clone(), prompt: plan.prompt, params, place, arrival, started: Instant::now(), upgrade: false }
         })?;
+        if started.covered {
+            return Some(started.job);
+        }
         let mut stats = self.stats_mut();
         stats.counters.jobs_started += 1;
         if started.superseded_running {

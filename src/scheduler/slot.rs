@@ -6,6 +6,7 @@
 //! the cursor, and a line head that extends the job's by characters that agree with its
 //! suggestion (typed-ahead).
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -81,6 +82,8 @@ pub(super) struct Started {
     pub job: Arc<ActiveJob>,
     /// The replaced active job was still running (it is superseded).
     pub superseded_running: bool,
+    /// No job was submitted: the active job covers the state after all (see `start`).
+    pub covered: bool,
 }
 
 #[derive(Default)]
@@ -102,19 +105,26 @@ impl JobSlot {
     /// replace the same job start one job between them). Under the lock, a job submitted for
     /// standby (which checks its origin under the same lock) can never supersede this one, and
     /// the stop-rule plans that `submit` queues reach the planning thread in the order their
-    /// jobs reach the engine.
-    pub fn start(&self, previous: Option<&Arc<ActiveJob>>, submit: impl FnOnce() -> ActiveJob) -> Option<Started> {
+    /// jobs reach the engine. With `unless_covered`, an active job that covers that state (one
+    /// that someone started since the caller looked) is returned instead of a new one: two who
+    /// start a job for the same state start one between them.
+    pub fn start(&self, previous: Option<&Arc<ActiveJob>>, unless_covered: Option<(&CursorState, &LineSplit, bool)>, submit: impl FnOnce() -> ActiveJob) -> Option<Started> {
         let mut jobs = self.lock();
         if let Some(previous) = previous {
             if !jobs.active.as_ref().is_some_and(|active| Arc::ptr_eq(active, previous)) {
                 return None;
             }
         }
+        if let Some((state, split, typed_ahead_on)) = unless_covered {
+            if let Some(active) = jobs.active.as_ref().filter(|active| covers(active, state, split, typed_ahead_on)) {
+                return Some(Started { job: active.clone(), superseded_running: false, covered: true });
+            }
+        }
         let active = Arc::new(submit());
         let previous = jobs.active.replace(active.clone());
         jobs.standby.clear();
         let superseded_running = previous.is_some_and(|previous| matches!(previous.job.snapshot().outcome(), JobOutcome::Running));
-        Some(Started { job: active, superseded_running })
+        Some(Started { job: active, superseded_running, covered: false })
     }
 
     /// Runs `submit` and keeps its job on standby, only while `origin` is the active job;
@@ -185,18 +195,36 @@ impl JobSlot {
     }
 }
 
-/// The characters typed since the anchor's state, if this split is that state plus typing: the
-/// same document and line, the same text after the cursor, and a head that extends the anchor's.
-pub(super) fn typed_ahead<'split>(anchor: &Anchor, uri: &str, split: &'split LineSplit) -> Option<&'split str> {
-    if anchor.uri != uri || anchor.line != split.line || anchor.line_tail != split.tail {
+/// The characters typed since the job's state, if this split is that state plus typing: the
+/// same document and line, the same text after the cursor, and a head that extends the
+/// anchor's. Typing may have crossed lines (a line of the suggestion accepted, Enter pressed
+/// where the suggestion starts a new line): then the document must be the job's with the typed
+/// text inserted at its cursor, and nothing else changed.
+pub(super) fn typed_ahead<'split>(job: &ActiveJob, uri: &str, split: &'split LineSplit) -> Option<Cow<'split, str>> {
+    let anchor = &job.anchor;
+    if anchor.uri != uri || anchor.line_tail != split.tail || split.line < anchor.line {
         return None;
     }
-    split.head.strip_prefix(anchor.line_head.as_str())
+    if anchor.line == split.line {
+        return split.head.strip_prefix(anchor.line_head.as_str()).map(Cow::Borrowed);
+    }
+    let (before, after) = (&job.state.rope, split.rope());
+    let at = job.state.cursor_char_idx;
+    let cursor = after.try_line_to_char(split.line).ok()? + split.head.chars().count();
+    let typed_chars = cursor.checked_sub(at)?;
+    if after.len_chars() != before.len_chars() + typed_chars || at > before.len_chars() {
+        return None;
+    }
+    if after.slice(..at) != before.slice(..at) || after.slice(cursor..) != before.slice(at..) {
+        return None;
+    }
+    Some(Cow::Owned(after.slice(at..cursor).to_string()))
 }
 
 /// Whether a job can serve this state (now or when it finishes).
 fn covers(active: &ActiveJob, state: &CursorState, split: &LineSplit, typed_ahead_on: bool) -> bool {
-    let Some(typed) = typed_ahead(&active.anchor, &state.uri, split) else { return false };
+    let Some(typed) = typed_ahead(active, &state.uri, split) else { return false };
+    let typed = typed.as_ref();
     let progress = active.job.snapshot();
     if progress.is_interrupted_or_failed() {
         return false;
@@ -216,6 +244,11 @@ fn covers(active: &ActiveJob, state: &CursorState, split: &LineSplit, typed_ahea
     // and its first token again, and at a human cadence (a key every 120 ms, a prompt step
     // and a token about as long on 2 cores) that left no key of a line with a suggestion.
     let running = matches!(progress.outcome(), JobOutcome::Running);
+    if typed.contains('\n') {
+        // Across lines only what the suggestion said (a line of it accepted): a job with no
+        // text yet does not keep a cursor that moved to another line.
+        return progress.text.starts_with(typed) && (running || progress.text.len() > typed.len());
+    }
     if progress.text.is_empty() {
         return running && !active.upgrade;
     }

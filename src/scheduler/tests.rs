@@ -472,3 +472,62 @@ async fn a_key_typed_while_the_full_window_decodes_its_prompt_gets_a_job_with_th
     assert!(full.progress.borrow().done.is_none(), "the full window's job has not finished");
     assert_eq!(counter(&scheduler, "windowUpgrades"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_waits_while_typing_gets_the_first_line_then_the_next_as_typed_ahead() {
+    let (scheduler, jobs) = scheduler_with(Config::default(), 4096);
+    scheduler.on_change(state("def f(a, b):\n    |\n", 2));
+    let job = next_job(&jobs);
+    let asked = {
+        let scheduler = scheduler.clone();
+        tokio::spawn(async move { scheduler.complete(state("def f(a, b):\n    |\n", 2), Waiting::FirstLine).await })
+    };
+    // The first line is not complete yet: the request keeps waiting.
+    job.progress.send_modify(|progress| {
+        progress.text = "total = a".into();
+        progress.generated_tokens = 3;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!asked.is_finished(), "answered before the first line was complete");
+    // Its line break: the answer is that line, while the job goes on.
+    job.progress.send_modify(|progress| {
+        progress.text = "total = a + b\n    ret".into();
+        progress.generated_tokens = 7;
+    });
+    let (answer, waiter) = asked.await.unwrap();
+    assert_eq!(suggestion(&answer), "total = a + b");
+    assert!(waiter.is_none(), "a client that waits is not told of more");
+    assert!(job.progress.borrow().done.is_none());
+    // Accepting that line and asking on the next: the rest of the same job, no new one.
+    finish(&job, "total = a + b\n    return total", &[]);
+    scheduler.on_change(state("def f(a, b):\n    total = a + b\n    |\n", 3));
+    let (answer, _) = scheduler.complete(state("def f(a, b):\n    total = a + b\n    |\n", 3), Waiting::FirstLine).await;
+    assert_eq!(suggestion(&answer), "return total");
+    assert_eq!(counter(&scheduler, "jobsStarted"), 1, "typed-ahead served the second line");
+    // Asked on purpose, the same client waits for the whole suggestion.
+    scheduler.on_change(state("def g(a, b):\n    y = 1\n    |\n", 4));
+    let job = next_job(&jobs);
+    let asked = {
+        let scheduler = scheduler.clone();
+        tokio::spawn(async move { scheduler.complete(state("def g(a, b):\n    y = 1\n    |\n", 4), Waiting::UntilReady).await.0 })
+    };
+    job.progress.send_modify(|progress| {
+        progress.text = "x = a\n    ".into();
+        progress.generated_tokens = 3;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!asked.is_finished(), "an invoked request answered before the suggestion was whole");
+    finish(&job, "x = a\n    return x", &[]);
+    assert_eq!(suggestion(&asked.await.unwrap()), "x = a\n    return x");
+}
+
+#[test]
+fn the_first_line_after_a_block_opener_is_the_bodys_first_line() {
+    let split = LineSplit::new(&Rope::from_str("def f():\n"), 8, None).unwrap();
+    let progress = |text: &str| Progress { text: text.into(), ..Progress::default() };
+    assert!(super::answer::first_line_suggestion(&progress("\n    "), "", &split).is_none(), "only white space so far");
+    assert!(super::answer::first_line_suggestion(&progress("\n    return 1"), "", &split).is_none(), "the line is not complete");
+    let first = super::answer::first_line_suggestion(&progress("\n    return 1\n"), "", &split).unwrap();
+    assert_eq!(first.text, "\n    return 1");
+    assert!(super::answer::first_line_suggestion(&progress("\n    return 1\n"), "\n    x", &split).is_none(), "typed text that disagrees");
+}

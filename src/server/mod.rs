@@ -239,9 +239,14 @@ impl Backend {
         })
     }
 
-    fn waiting(&self) -> Waiting {
+    /// How an inline completion request waits: within the budget for a client told when the
+    /// suggestion is ready; otherwise for the first line while the person types (an automatic
+    /// trigger), for the whole suggestion when asked on purpose.
+    fn waiting(&self, trigger_kind: InlineCompletionTriggerKind) -> Waiting {
         if self.wants_ready_notification.load(Ordering::SeqCst) {
             Waiting::Budget
+        } else if trigger_kind == InlineCompletionTriggerKind::AUTOMATIC {
+            Waiting::FirstLine
         } else {
             Waiting::UntilReady
         }
@@ -303,7 +308,7 @@ impl Backend {
                 return Ok(Some(InlineCompletionResponse::List(InlineCompletionList { items: Vec::new() })));
             }
             let state = self.cursor_state(&uri, position)?;
-            let (answer, waiter) = self.answer_bounded(state, self.waiting()).await;
+            let (answer, waiter) = self.answer_bounded(state, self.waiting(params.context.trigger_kind)).await;
             if let Some(waiter) = waiter {
                 self.notify_when_ready(waiter);
             }
