@@ -165,21 +165,26 @@ fn the_syntax_tree_shapes_and_ends_suggestions() {
     let _serial = serial();
     let mut client = start(TINY_MODEL, json!({}));
     client.open(TOTAL_URI, "python", TOTAL);
-    // An empty line in a block: several lines, none of them outside the block.
-    let body = client.inline_text(TOTAL_URI, 2, 4).expect("a suggestion in the function body");
+    // Asked while typing, a client that waits gets the first line as soon as it is complete;
+    // asked on purpose, the whole suggestion: at an empty line in a block, several lines, none
+    // of them outside the block.
+    let first = client.inline_text(TOTAL_URI, 2, 4).expect("a first line in the function body");
+    assert!(!first.trim().contains('\n'), "one line: {first:?}");
+    let body = client.inline_text_invoked(TOTAL_URI, 2, 4).expect("a suggestion in the function body");
+    assert!(body.starts_with(&first), "the first line, then the rest: {first:?}, {body:?}");
     assert!(body.trim_end().contains('\n'), "several lines: {body:?}");
     assert_eq!(lines_outside_the_block(&body, 4), Vec::<&str>::new(), "the suggestion runs past its block: {body:?}");
     assert!(!body.contains("def other"), "the suggestion runs past its block: {body:?}");
     // A line that opens a block gets its body on the next lines.
     let character = client.type_text(TOTAL_URI, 2, 4, "for value in values:");
-    let block = client.inline_text(TOTAL_URI, 2, character).expect("a suggestion after a block opener");
+    let block = client.inline_text_invoked(TOTAL_URI, 2, character).expect("a suggestion after a block opener");
     assert!(block.starts_with("\n        "), "the body, one level deeper: {block:?}");
     // Without the syntax tree the same request runs past the block: the model does not stop
     // there by itself, so the block check above can fail.
     client.notify("workspace/didChangeConfiguration", json!({"settings": {"ghostline": {"syntax": false}}}));
     let plain_uri = "file:///project/total_without_tree.py";
     client.open(plain_uri, "python", TOTAL);
-    let plain = client.inline_text(plain_uri, 2, 4).expect("a suggestion without the syntax tree");
+    let plain = client.inline_text_invoked(plain_uri, 2, 4).expect("a suggestion without the syntax tree");
     assert!(!lines_outside_the_block(&plain, 4).is_empty(), "without the syntax tree the model stopped at the block's end by itself: {plain:?}");
     client.shutdown();
 }

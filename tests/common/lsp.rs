@@ -347,6 +347,16 @@ impl LspClient {
         response["result"]["items"].get(0).and_then(|item| item["insertText"].as_str()).map(str::to_string)
     }
 
+    /// The suggestion's text of an inline completion asked on purpose (an invoked trigger: the
+    /// whole suggestion, where an automatic one gets its first line as soon as it is complete).
+    pub fn inline_text_invoked(&mut self, uri: &str, line: u32, character: u32) -> Option<String> {
+        let mut params = Self::inline_params(uri, line, character);
+        params["context"]["triggerKind"] = json!(1);
+        let response = self.request("textDocument/inlineCompletion", params);
+        assert!(response.get("error").is_none(), "inline completion failed: {response}");
+        response["result"]["items"].get(0).and_then(|item| item["insertText"].as_str()).map(str::to_string)
+    }
+
     pub fn shutdown(mut self) {
         let _ = self.request("shutdown", json!(null));
         self.notify("exit", json!(null));
