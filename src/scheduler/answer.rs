@@ -388,7 +388,13 @@ pub(super) fn partial_suggestion(progress: &Progress, typed: &str, split: &LineS
     } else {
         remainder.len()
     };
-    let text = clean_suggestion(&split.head, &remainder[..cut], &split.tail, split.surroundings());
+    cleaned(&remainder[..cut], typed, split)
+}
+
+/// A suggestion's text after the typed characters, cleaned for the cursor; None when nothing is
+/// left.
+fn cleaned(remainder: &str, typed: &str, split: &LineSplit) -> Option<Suggestion> {
+    let text = clean_suggestion(&split.head, remainder, &split.tail, split.surroundings());
     if text.is_empty() {
         return None;
     }
@@ -413,11 +419,7 @@ pub(super) fn first_line_suggestion(progress: &Progress, typed: &str, split: &Li
         }
         line_start = end + 1;
     };
-    let text = clean_suggestion(&split.head, &remainder[..cut], &split.tail, split.surroundings());
-    if text.trim().is_empty() {
-        return None;
-    }
-    Some(Suggestion { text, line_tail: split.tail.clone(), from_typed_ahead: !typed.is_empty() })
+    cleaned(&remainder[..cut], typed, split).filter(|suggestion| !suggestion.text.trim().is_empty())
 }
 
 /// Builds the answer from a finished job's progress for a state `typed` characters ahead.
@@ -431,9 +433,8 @@ pub(super) fn answer_from(progress: &Progress, typed: &str, split: &LineSplit) -
     let Some(remainder) = completion.text.strip_prefix(typed) else {
         return Answer::Empty(EmptyReason::Outdated);
     };
-    let text = clean_suggestion(&split.head, remainder, &split.tail, split.surroundings());
-    if text.is_empty() {
-        return Answer::Empty(EmptyReason::NothingToSuggest);
+    match cleaned(remainder, typed, split) {
+        Some(suggestion) => Answer::Ready(suggestion),
+        None => Answer::Empty(EmptyReason::NothingToSuggest),
     }
-    Answer::Ready(Suggestion { text, line_tail: split.tail.clone(), from_typed_ahead: !typed.is_empty() })
 }

@@ -404,8 +404,9 @@ impl Scheduler {
             }
         };
         let alternatives = if config.prefetch { ALTERNATIVES } else { 0 };
-        let split = plan.split.clone();
-        let unless = (unless_covered && replacing.is_none()).then_some((state, &split, config.typed_ahead));
+        // The split outlives the plan, which the submission takes; cloned only when it is needed.
+        let split = (unless_covered && replacing.is_none()).then(|| plan.split.clone());
+        let unless = split.as_ref().map(|split| (state, split, config.typed_ahead));
         let started = self.slot.start(replacing, unless, || {
             let params = GenerateParams { alternatives, late_stop: self.plan_stop_rules(&plan, "job"), ..plan.params.clone() };
             let job = engine.submit(plan.prompt.clone(), params.clone());
