@@ -315,6 +315,9 @@ pub enum LoadFailure {
     ThisProgram(String),
     #[error("the model loader crashed: {0}")]
     LoaderPanicked(String),
+    /// The engine loaded and ran, then its thread crashed.
+    #[error("the engine crashed: {0}")]
+    Crashed(String),
 }
 
 impl LoadFailure {

@@ -471,3 +471,38 @@ fn on_llama_server_typed_ahead_keys_keep_the_request_and_a_superseding_key_stops
         client.shutdown();
     }
 }
+
+/// A panic in a remote request's thread (a test fault: `GHOSTLINE_TEST_FAULTS=1` and its marker
+/// in the prompt) fails that job alone and gives its streaming slot back: with `maxInFlight` 1
+/// the next job streams and is answered, where before it waited for a slot never freed.
+#[test]
+fn a_remote_request_that_panics_fails_alone_and_frees_its_slot() {
+    let _serial = serial();
+    let (port, bodies) = scripted_server(|stream| {
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+        for (piece, stop) in [(" radius", false), (" ** 2", false), ("", true)] {
+            let _ = stream.write_all(format!("data: {}\n\n", json!({"content": piece, "stop": stop})).as_bytes());
+        }
+    });
+    let backend = json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}"), "maxInFlight": 1});
+    let options = json!({"model": model_path(DEFAULT_MODEL).to_str().unwrap(), "maxWaitMs": 30000, "backend": backend});
+    let (mut client, _) = LspClient::start_with_env("info", &[("GHOSTLINE_TEST_FAULTS", "1")], options, json!({}));
+    assert_eq!(client.wait_engine()["engine"]["state"], "ready");
+    let text = CIRCLE.replace("\"\"\"Return the area of a circle.\"\"\"", "\"\"\"ghostline-test-fault: panic in a request\"\"\"");
+    let uri = "file:///project/panics.py";
+    client.open(uri, "python", &text);
+    let character = client.type_text(uri, 5, 4, "return 3.14159 * ");
+    assert_eq!(client.inline_text_invoked(uri, 5, character), None, "the panicking request has nothing to show");
+    let backend = backend_stats(&mut client);
+    assert!(backend["lastError"].as_str().unwrap().contains("panicked: test fault"), "{backend}");
+    assert!(bodies.try_recv().is_err(), "the panic came before the request was sent");
+
+    // The same document without the marker (another document's prompt could quote this one).
+    let line = text.lines().nth(4).unwrap();
+    client.replace(uri, (4, 0), (4, line.len() as u32), "    \"\"\"Return the area of a circle.\"\"\"");
+    let answer = client.inline_text_invoked(uri, 5, character);
+    assert_eq!(answer.as_deref(), Some("radius ** 2"), "the next job had a slot: {}", client.request_ok("ghostline/stats", json!(null)));
+    bodies.recv_timeout(Duration::from_secs(5)).expect("the next job's request");
+    client.shutdown();
+}
+

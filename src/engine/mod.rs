@@ -16,7 +16,7 @@ mod worker;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::watch;
@@ -171,6 +171,10 @@ pub enum EngineError {
     PromptTooLong { prompt_tokens: usize, limit: usize },
     #[error("the engine thread has stopped")]
     Stopped,
+    /// The engine's thread panicked (running a job, or before any): it has stopped for good,
+    /// and the handle's `crash` says why.
+    #[error("the engine crashed: {0}")]
+    Crashed(String),
     #[error("the remote backend failed: {0}")]
     Remote(String),
 }
@@ -229,6 +233,8 @@ pub struct Engine {
     info: Arc<ModelInfo>,
     /// A remote backend's settings and what it has done (None: the embedded model).
     remote: Option<(Arc<remote::RemoteConfig>, Arc<remote::Status>)>,
+    /// Why the engine's thread stopped, once it has crashed.
+    crash: Arc<OnceLock<String>>,
 }
 
 /// One submitted job: its progress, and a way to cancel it.
@@ -245,15 +251,23 @@ impl Engine {
         let (ready_sender, ready_receiver) = mpsc::channel();
         let latest_job_id = Arc::new(AtomicU64::new(0));
         let worker_latest_job_id = latest_job_id.clone();
+        let crash = Arc::new(OnceLock::new());
+        let worker_crash = crash.clone();
         std::thread::Builder::new()
             .name("ghostline-engine".to_string())
             .spawn(move || {
                 crate::priority::lower_this_thread();
-                worker::run(config, receiver, ready_sender, worker_latest_job_id)
+                // A panic outside a job (a job's own is caught around it) ends the thread too.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    worker::run(config, receiver, ready_sender, worker_latest_job_id, &worker_crash)
+                }));
+                if let Err(payload) = ran {
+                    let _ = worker_crash.set(panic_message(payload.as_ref()));
+                }
             })
             .map_err(|err| EngineError::Backend(format!("cannot start the engine thread: {err}")))?;
-        let info = ready_receiver.recv().map_err(|_| EngineError::Stopped)??;
-        Ok(Engine { sender, latest_job_id, info: Arc::new(info), remote: None })
+        let info = ready_receiver.recv().map_err(|_| crash.get().map_or(EngineError::Stopped, |why| EngineError::Crashed(why.clone())))??;
+        Ok(Engine { sender, latest_job_id, info: Arc::new(info), remote: None, crash })
     }
 
     /// A handle whose jobs go to a remote server (see `remote.rs`), answered by `fallback`
@@ -280,6 +294,16 @@ impl Engine {
         &self.info
     }
 
+    /// Why the engine stopped for good, once its thread has crashed (None while it runs).
+    pub fn crash(&self) -> Option<&str> {
+        self.crash.get().map(String::as_str)
+    }
+
+    /// Whether two handles talk to the same engine.
+    pub fn same_as(&self, other: &Engine) -> bool {
+        Arc::ptr_eq(&self.latest_job_id, &other.latest_job_id)
+    }
+
     /// Queues a job, superseding every job submitted before it.
     pub fn submit(&self, prompt: Prompt, params: GenerateParams) -> Job {
         let id = self.latest_job_id.fetch_add(1, Ordering::SeqCst) + 1;
@@ -287,9 +311,14 @@ impl Engine {
         let (progress_sender, progress) = watch::channel(Progress::default());
         let job = worker::JobRequest { id, prompt, params, cancel: cancel.clone(), progress: progress_sender };
         if let Err(mpsc::SendError(worker::Command::Run(job))) = self.sender.send(worker::Command::Run(job)) {
-            job.progress.send_modify(|progress| progress.done = Some(Err(EngineError::Stopped)));
+            job.progress.send_modify(|progress| progress.done = Some(Err(self.stopped())));
         }
         Job { id, cancel, progress }
+    }
+
+    /// What a job gets from an engine whose thread is gone.
+    fn stopped(&self) -> EngineError {
+        self.crash().map_or(EngineError::Stopped, |why| EngineError::Crashed(why.to_string()))
     }
 
     /// Submits a job and blocks this (non-async) thread until it finishes.
@@ -342,7 +371,7 @@ impl Engine {
                 }
             }
         });
-        (Engine { sender, latest_job_id: Arc::new(AtomicU64::new(0)), info: Arc::new(info), remote: None }, jobs)
+        (Engine { sender, latest_job_id: Arc::new(AtomicU64::new(0)), info: Arc::new(info), remote: None, crash: Arc::new(OnceLock::new()) }, jobs)
     }
 
     /// `scripted`, taken for a remote backend by the code around it (`is_remote`); nothing is
@@ -396,6 +425,27 @@ impl Job {
             .build()
             .map_err(|err| EngineError::Backend(err.to_string()))?;
         runtime.block_on(self.wait())
+    }
+}
+
+/// A panic's message, as `std` prints it.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| String::from("a panic without a message"))
+}
+
+/// A fault for tests to provoke, where `GHOSTLINE_TEST_FAULTS=1` is in the environment (never
+/// otherwise): code that runs a prompt containing `marker` panics there, so a test can check
+/// what a real panic in that place does to the server.
+pub fn test_fault(marker: &str, prompt: &Prompt) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if *ON.get_or_init(|| std::env::var("GHOSTLINE_TEST_FAULTS").is_ok_and(|value| value == "1"))
+        && prompt.pieces.iter().any(|piece| matches!(piece, Piece::Text(text) if text.contains(marker)))
+    {
+        panic!("test fault: {marker}");
     }
 }
 

@@ -316,6 +316,8 @@ pub enum RemoteError {
     TimedOut { url: String, timeout_ms: u64 },
     #[error("the environment variable {0} (the API key) is not set")]
     MissingKey(String),
+    #[error("the request's thread panicked: {0}")]
+    Panicked(String),
 }
 
 impl RemoteError {
@@ -364,7 +366,7 @@ pub(super) fn start(config: RemoteConfig, fallback: Option<Engine>) -> Engine {
     if let Err(err) = spawned {
         tracing::error!(%err, "cannot start the remote backend's thread");
     }
-    Engine { sender, latest_job_id, info: Arc::new(info), remote: Some((Arc::new(config), status)) }
+    Engine { sender, latest_job_id, info: Arc::new(info), remote: Some((Arc::new(config), status)), crash: Default::default() }
 }
 
 struct Dispatcher {
@@ -417,15 +419,13 @@ impl Dispatcher {
                 agent: self.agent.clone(),
                 latest_job_id: self.latest_job_id.clone(),
                 status: self.status.clone(),
-                in_flight: self.in_flight.clone(),
+                slot: Some(InFlightSlot(self.in_flight.clone())),
                 fallback: self.fallback.clone(),
             };
+            // A thread that cannot start drops its request, and the slot with it.
             let spawned = std::thread::Builder::new().name("ghostline-request".to_string()).spawn(move || request.run(job));
             if let Err(err) = spawned {
                 tracing::error!(%err, "cannot start a request thread");
-                let (count, freed) = &*self.in_flight;
-                *count.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) -= 1;
-                freed.notify_all();
             }
         } else if let Some(fallback) = &self.fallback {
             self.status.fallback_jobs.fetch_add(1, Ordering::Relaxed);
@@ -434,24 +434,46 @@ impl Dispatcher {
     }
 }
 
+/// One request's place among the `maxInFlight` that may stream at once: given back when the
+/// request ends, however it ends (a panic included).
+struct InFlightSlot(Arc<(Mutex<usize>, Condvar)>);
+
+impl Drop for InFlightSlot {
+    fn drop(&mut self) {
+        let (count, freed) = &*self.0;
+        let mut count = count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *count = count.saturating_sub(1);
+        freed.notify_all();
+    }
+}
+
+/// The test fault (`super::test_fault`) that makes a remote request's thread panic.
+pub const PANIC_MARKER: &str = "ghostline-test-fault: panic in a request";
+
 /// One request's thread: streams the answer into the job's progress.
 struct Request {
     config: Arc<RemoteConfig>,
     agent: ureq::Agent,
     latest_job_id: Arc<AtomicU64>,
     status: Arc<Status>,
-    in_flight: Arc<(Mutex<usize>, Condvar)>,
+    slot: Option<InFlightSlot>,
     fallback: Option<Fallback>,
 }
 
 impl Request {
-    fn run(self, job: JobRequest) {
-        let result = self.stream(&job);
-        {
-            let (count, freed) = &*self.in_flight;
-            *count.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) -= 1;
-            freed.notify_all();
-        }
+    fn run(mut self, job: JobRequest) {
+        // A panic while streaming fails this job with its message; the slot is given back below.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            super::test_fault(PANIC_MARKER, &job.prompt);
+            self.stream(&job)
+        }))
+        .unwrap_or_else(|payload| {
+            let why = super::panic_message(payload.as_ref());
+            tracing::error!(%why, "a remote request panicked");
+            Err(RemoteError::Panicked(why))
+        });
+        // The next request may stream while this one's fallback runs.
+        drop(self.slot.take());
         match result {
             Ok(completion) => {
                 self.status.succeeded();

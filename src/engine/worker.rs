@@ -27,6 +27,9 @@ use super::{
     Special, SpecialSupport, StopReason,
 };
 
+/// The test fault (`super::test_fault`) that makes the engine thread panic in a job.
+pub const PANIC_MARKER: &str = "ghostline-test-fault: panic in the engine";
+
 pub(super) enum Command {
     Run(JobRequest),
     Tokenize(String, mpsc::Sender<(Vec<i32>, std::time::Duration)>),
@@ -196,6 +199,7 @@ pub(super) fn run(
     commands: mpsc::Receiver<Command>,
     ready: mpsc::Sender<Result<ModelInfo, EngineError>>,
     latest_job_id: Arc<AtomicU64>,
+    crash: &OnceLock<String>,
 ) {
     let load_start = Instant::now();
     let backend = match backend() {
@@ -290,7 +294,23 @@ pub(super) fn run(
                         latest_job_id: &latest_job_id,
                         job: &job,
                     };
-                    runner.run()
+                    // A panic leaves the context and the cache's mirror in no known state: the
+                    // job fails with its message and the thread stops, for the server to say so
+                    // and start a new engine.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        super::test_fault(PANIC_MARKER, &job.prompt);
+                        runner.run()
+                    }));
+                    match ran {
+                        Ok(res) => res,
+                        Err(payload) => {
+                            let why = super::panic_message(payload.as_ref());
+                            tracing::error!(%why, "the engine thread panicked; it stops");
+                            let _ = crash.set(why.clone());
+                            job.progress.send_modify(|progress| progress.done = Some(Err(EngineError::Crashed(why))));
+                            return;
+                        }
+                    }
                 };
                 if let Err(err) = &res {
                     tracing::error!(%err, "job failed; clearing the KV cache");

@@ -55,8 +55,12 @@ impl Scheduler {
         let mut progress = active.job.subscribe();
         let origin = active.clone();
         runtime.spawn(async move {
-            let Ok(progress) = progress.wait_for(|progress| progress.done.is_some()).await else { return };
-            let progress = progress.clone();
+            let ended = progress.wait_for(|progress| progress.done.is_some()).await.map(|progress| progress.clone());
+            // A job whose engine crashed fails (or loses its sender, queued behind the crash).
+            if !matches!(&ended, Ok(progress) if matches!(progress.outcome(), JobOutcome::Finished(_) | JobOutcome::Interrupted(_))) {
+                scheduler.notice_crash();
+            }
+            let Ok(progress) = ended else { return };
             // A prompt refused as too long is planned again with the density it measured, if
             // the user is still there; the replacement counts as started before this job ends.
             if scheduler.densities.learn(&origin) {
@@ -92,12 +96,15 @@ impl Scheduler {
         let (Some(scheduler), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else { return };
         self.idle_work.fetch_add(1, Ordering::SeqCst);
         runtime.spawn(async move {
+            // Counted down however the work ends: a panic in it must not leave the server
+            // looking busy for ever.
+            let _counted = IdleWorkCount(scheduler.clone());
             scheduler.idle_work_after(origin).await;
-            scheduler.idle_work.fetch_sub(1, Ordering::SeqCst);
         });
     }
 
     async fn idle_work_after(&self, origin: Arc<ActiveJob>) {
+        crate::engine::test_fault(IDLE_PANIC_MARKER, &origin.prompt);
         let Some(engine) = self.ready_engine() else { return };
         let config = self.config();
         let mut origin = origin;
@@ -302,4 +309,16 @@ pub(super) fn accepted_state(state: &CursorState, raw: &str) -> Option<CursorSta
         tree.reparse(&rope);
     }
     Some(CursorState { rope, syntax, cursor_char_idx: state.cursor_char_idx + inserted.chars().count(), ..state.clone() })
+}
+
+/// The test fault (`crate::engine::test_fault`) that makes idle work panic.
+pub(super) const IDLE_PANIC_MARKER: &str = "ghostline-test-fault: panic in idle work";
+
+/// One round of idle work in `idle_work`, counted down when dropped.
+struct IdleWorkCount(Arc<Scheduler>);
+
+impl Drop for IdleWorkCount {
+    fn drop(&mut self) {
+        self.0.idle_work.fetch_sub(1, Ordering::SeqCst);
+    }
 }

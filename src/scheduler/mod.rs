@@ -149,6 +149,8 @@ pub struct Scheduler {
     /// Told the state of each suggestion that replaced the one shown (a full window's after an
     /// arrival's), so the client can ask again; set once by the server.
     upgrades: OnceLock<UnboundedSender<CursorState>>,
+    /// Told why the engine crashed, when a job finds it so; set once by the server.
+    crashes: OnceLock<UnboundedSender<String>>,
     me: Weak<Scheduler>,
 }
 
@@ -167,6 +169,7 @@ impl Scheduler {
             places: Places::default(),
             planner: LatestWins::start("ghostline-plan"),
             upgrades: OnceLock::new(),
+            crashes: OnceLock::new(),
             me: me.clone(),
         })
     }
@@ -178,6 +181,30 @@ impl Scheduler {
         let (sender, receiver) = unbounded_channel();
         self.upgrades.set(sender).ok()?;
         Some(receiver)
+    }
+
+    /// Why the engine crashed, each time a crash is noticed, for a server that reports it and
+    /// starts a new engine; None after the first call (there is one listener).
+    pub fn listen_for_crashes(&self) -> Option<UnboundedReceiver<String>> {
+        let (sender, receiver) = unbounded_channel();
+        self.crashes.set(sender).ok()?;
+        Some(receiver)
+    }
+
+    /// After a job ended: a ready engine whose thread has crashed is `Failed` from now on (its
+    /// jobs could only fail), and the listener hears why. Once per engine.
+    fn notice_crash(&self) {
+        let why = {
+            let mut engine = self.engine.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let EngineState::Ready(ready) = &*engine else { return };
+            let Some(why) = ready.crash().map(str::to_string) else { return };
+            *engine = EngineState::Failed(Arc::new(LoadFailure::Crashed(why.clone())));
+            why
+        };
+        self.slot.clear();
+        if let Some(listener) = self.crashes.get() {
+            let _ = listener.send(why);
+        }
     }
 
     fn notify_upgrade(&self, state: &CursorState) {

@@ -151,19 +151,14 @@ pub struct Backend {
     wants_ready_notification: Arc<AtomicBool>,
     /// The client declared `textDocument.inlineCompletion` (it shows ghost text).
     client_has_inline_completion: AtomicBool,
-    client_has_work_done_progress: AtomicBool,
     /// Settings errors found in `initialize`, shown once the client can receive messages.
     pending_messages: Mutex<Vec<String>>,
-    /// Incremented on every engine (re)load, so a slow load cannot overwrite a newer one.
-    engine_generation: Arc<AtomicU64>,
+    /// Starts the engine the settings name, and again after a crash.
+    loader: loading::Loader,
     /// Set by `shutdown`: the exit code says whether the client shut the server down first.
     shutdown_requested: Arc<AtomicBool>,
     /// Set by the first `initialized`; a second one is ignored.
     initialized: AtomicBool,
-    /// The settings the running engine was loaded with, to go back to when a new model fails.
-    loaded_config: Arc<Mutex<Option<Arc<Config>>>>,
-    /// Engine loads started (for `ghostline/stats`).
-    engine_loads: AtomicU64,
     /// Changes rejected (their documents may differ from the editor's; for `ghostline/stats`).
     rejected_changes: AtomicU64,
     /// Parses documents' trees again after opens and edits, off the LSP loop: one thread, at
@@ -200,20 +195,18 @@ fn inline_list(uri: &Uri, position: Position, answer: Answer) -> InlineCompletio
 
 impl Backend {
     fn new(client: Client, config: Config, shutdown_requested: Arc<AtomicBool>) -> Backend {
+        let scheduler = Scheduler::new(config);
         Backend {
+            loader: loading::Loader::new(scheduler.clone(), client.clone()),
             client,
             documents: Arc::new(DocumentStore::default()),
-            scheduler: Scheduler::new(config),
+            scheduler,
             encoding: Mutex::new(PositionEncoding::Utf16),
             wants_ready_notification: Arc::new(AtomicBool::new(false)),
             client_has_inline_completion: AtomicBool::new(false),
-            client_has_work_done_progress: AtomicBool::new(false),
             pending_messages: Mutex::new(Vec::new()),
-            engine_generation: Arc::new(AtomicU64::new(0)),
             shutdown_requested,
             initialized: AtomicBool::new(false),
-            loaded_config: Arc::new(Mutex::new(None)),
-            engine_loads: AtomicU64::new(0),
             rejected_changes: AtomicU64::new(0),
             parser: crate::background::LatestWins::start("ghostline-parse"),
             waiting_requests: WaitingRequests::default(),
@@ -350,7 +343,7 @@ impl Backend {
             };
             stats["engine"] = engine;
             stats["config"] = json!({"model": self.scheduler.config().model});
-            stats["engineLoads"] = json!(self.engine_loads.load(Ordering::SeqCst));
+            stats["engineLoads"] = json!(self.loader.loads.load(Ordering::SeqCst));
             stats["rejectedChanges"] = json!(self.rejected_changes.load(Ordering::SeqCst));
             stats["divergedDocuments"] = json!(self.documents.diverged_count());
             Ok(stats)
@@ -429,7 +422,7 @@ impl LanguageServer for Backend {
                 .as_ref()
                 .and_then(|window| window.work_done_progress)
                 .unwrap_or(false);
-            self.client_has_work_done_progress.store(has_progress, Ordering::SeqCst);
+            self.loader.with_progress.store(has_progress, Ordering::SeqCst);
             let has_inline = params.capabilities.text_document.as_ref().is_some_and(|text| text.inline_completion.is_some());
             self.client_has_inline_completion.store(has_inline, Ordering::SeqCst);
             let experimental_ready = params
@@ -496,7 +489,8 @@ impl LanguageServer for Backend {
             tracing::warn!("a second `initialized` notification was ignored");
             return;
         }
-        self.load_engine();
+        self.loader.load_configured();
+        self.loader.restart_after_crashes();
         self.tell_upgrades();
         self.show_pending_messages().await;
     }
@@ -588,7 +582,7 @@ impl LanguageServer for Backend {
             let applied = config.apply(&raw);
             self.scheduler.set_config(config);
             if applied.engine_changed {
-                self.load_engine();
+                self.loader.load_configured();
             }
             for error in applied.errors {
                 self.client.show_message(MessageType::WARNING, format!("Ghostline: {error}")).await;
