@@ -20,6 +20,7 @@ use ghostline::context::{build_prompt, CursorPosition, WindowConfig};
 use ghostline::documents::{Change, DocumentStore, Position, PositionEncoding, Range};
 use ghostline::engine::{Engine, EngineConfig};
 use ghostline::scheduler::{Answer, CursorState, EngineState, Scheduler, Waiting};
+use ghostline::server::keystroke::{apply_change, cursor_state, Applied};
 
 const URI: &str = "file:///bench/big.rs";
 const LINES: usize = 10_000;
@@ -167,18 +168,19 @@ fn main() {
     // answer from the suggestion), then keys that each start a job (a character that disagrees
     // with the suggestion, a different one each time, so no job covers the next).
     let iterations = if quick { 200 } else { 10_000 };
-    let typed_ahead_durations = time_keystrokes(iterations, |_| first_char, &store, &runtime, &scheduler, &typed_state, line, column, &mut version);
+    let typed_ahead_durations = time_keystrokes(iterations, |_| first_char, &store, &runtime, &scheduler, line, column, &mut version);
     report("typed-ahead (the suggestion covers the key)", &typed_ahead_durations);
     let jobs_before = scheduler.stats_json()["counters"]["jobsStarted"].as_u64().unwrap();
     let others: Vec<char> = "ZQJXKV".chars().filter(|ch| *ch != first_char).collect();
-    let job_start_durations = time_keystrokes(iterations, |idx| others[idx % others.len()], &store, &runtime, &scheduler, &typed_state, line, column, &mut version);
+    let job_start_durations = time_keystrokes(iterations, |idx| others[idx % others.len()], &store, &runtime, &scheduler, line, column, &mut version);
     let jobs_started = scheduler.stats_json()["counters"]["jobsStarted"].as_u64().unwrap() - jobs_before;
     assert_eq!(jobs_started as usize, iterations, "every key of the second branch starts a job");
     report("job start (plan, submit, stop rules queued for the planning thread)", &job_start_durations);
 }
 
-/// Times `iterations` keystrokes at the cursor: insert the character `typed(idx)`, tell the
-/// scheduler, answer within the budget; the character is deleted again untimed.
+/// Times `iterations` keystrokes at the cursor: insert the character `typed(idx)` through the
+/// server's own didChange path (`server::keystroke`), answer within the budget; the character is
+/// deleted again untimed.
 #[allow(clippy::too_many_arguments)]
 fn time_keystrokes(
     iterations: usize,
@@ -186,7 +188,6 @@ fn time_keystrokes(
     store: &DocumentStore,
     runtime: &tokio::runtime::Runtime,
     scheduler: &std::sync::Arc<Scheduler>,
-    typed_state: &CursorState,
     line: usize,
     column: usize,
     version: &mut i32,
@@ -195,10 +196,11 @@ fn time_keystrokes(
     for idx in 0..iterations {
         *version += 2;
         let start = Instant::now();
-        let outcome = store.apply_changes(URI, *version, &[insert(line, column, &typed(idx).to_string())], PositionEncoding::Utf16).unwrap();
-        let state = CursorState { version: *version, rope: outcome.document.rope.clone(), syntax: outcome.document.syntax.clone(), ..typed_state.clone() };
         runtime.block_on(async {
-            scheduler.on_change(state.clone());
+            // The server's own didChange path (divergence check included), then the request's.
+            let applied = apply_change(store, scheduler, URI, *version, &[insert(line, column, &typed(idx).to_string())], PositionEncoding::Utf16).unwrap();
+            assert_eq!(applied, Applied::Scheduled(*version));
+            let state = cursor_state(store, URI, Position { line: line as u32, character: column as u32 + 1 }, PositionEncoding::Utf16).unwrap();
             black_box(scheduler.complete(state, Waiting::Budget).await);
         });
         durations.push(start.elapsed().as_secs_f64() * 1e6);

@@ -66,7 +66,7 @@ pub struct Config {
     /// Runs of at least this many cached tokens that moved in the prompt are shifted instead of
     /// decoded again (0: never).
     pub reuse_min_tokens: usize,
-    /// Where jobs go: `None` for the embedded model, else a server (see `engine/remote.rs`).
+    /// Where jobs go: `None` for the embedded model, else a server (see `engine/remote/`).
     pub backend: Option<RemoteConfig>,
     /// Whether the model's suggestion is an item of the completion list too.
     pub completion_item: CompletionItemMode,
@@ -206,6 +206,20 @@ fn boolean(name: &str, value: &serde_json::Value, errors: &mut Vec<String>) -> O
 }
 
 impl Config {
+    /// The engine these settings describe, for the model at `model_path` (resolved by the
+    /// caller): the one way the server, the CLI and the benches size an engine from settings.
+    pub fn engine_config(&self, model_path: std::path::PathBuf) -> crate::engine::EngineConfig {
+        let mut engine = crate::engine::EngineConfig::new(model_path);
+        engine.context_tokens = self.context_tokens;
+        engine.gpu_layers = self.gpu_layers;
+        engine.saved_kv_bytes = self.saved_kv_mib << 20;
+        engine.reuse_min_tokens = self.reuse_min_tokens;
+        if let Some(threads) = self.threads {
+            engine.threads = threads.max(1);
+        }
+        engine
+    }
+
     pub fn apply(&mut self, raw: &RawSettings) -> Applied {
         let mut applied = Applied::default();
         let errors = &mut applied.errors;

@@ -284,13 +284,9 @@ fn complete(args: CompleteArgs) -> Result<(), CliError> {
         .map_err(|err| CliError::Usage(format!("{}:{}:{}: {err}", path.display(), line + 1, column + 1)))?;
 
     let model_path = models::resolve(&args.model)?;
-    let mut engine_config = EngineConfig::new(model_path);
-    engine_config.gpu_layers = args.gpu_layers;
-    engine_config.context_tokens = config.context_tokens;
-    if let Some(threads) = args.threads {
-        engine_config.threads = threads.max(1);
-    }
-    let engine = Engine::start(engine_config)?;
+    config.gpu_layers = args.gpu_layers.or(config.gpu_layers);
+    config.threads = args.threads.or(config.threads);
+    let engine = Engine::start(config.engine_config(model_path))?;
     let load_ms = engine.info().load_ms;
 
     let mut rounds = vec![None];

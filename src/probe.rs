@@ -353,15 +353,7 @@ fn load_checked_local_engine(config: &crate::config::Config) -> Result<Engine, L
         Err(err @ (ProbeError::Crashed { .. } | ProbeError::TimedOut(_))) => return Err(LoadFailure::EngineCheck(err)),
         Err(err) => return Err(LoadFailure::ChildLoad(err)),
     }
-    let mut engine_config = EngineConfig::new(path);
-    engine_config.context_tokens = config.context_tokens;
-    engine_config.gpu_layers = config.gpu_layers;
-    engine_config.saved_kv_bytes = config.saved_kv_mib << 20;
-    engine_config.reuse_min_tokens = config.reuse_min_tokens;
-    if let Some(threads) = config.threads {
-        engine_config.threads = threads;
-    }
-    let engine = Engine::start(engine_config)?;
+    let engine = Engine::start(config.engine_config(path))?;
     match check.wait() {
         Ok(report) => {
             tracing::info!(decode_ms = report.decode_ms, generated = report.generated_tokens, "engine check passed");

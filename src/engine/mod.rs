@@ -2,7 +2,7 @@
 //! handle that the rest of the program uses to talk to it.
 //!
 //! Invariants:
-//! - Nothing outside `worker.rs` touches llama.cpp; the handle only sends jobs and reads results.
+//! - Nothing outside `worker/` touches llama.cpp; the handle only sends jobs and reads results.
 //! - Submitting a job supersedes every earlier job: the decode loop checks one atomic between
 //!   every two decode steps and stops at once.
 //! - The KV cache always mirrors `worker::KvState::tokens`; a job only decodes the tokens after
@@ -270,7 +270,7 @@ impl Engine {
         Ok(Engine { sender, latest_job_id, info: Arc::new(info), remote: None, crash })
     }
 
-    /// A handle whose jobs go to a remote server (see `remote.rs`), answered by `fallback`
+    /// A handle whose jobs go to a remote server (see `remote/`), answered by `fallback`
     /// (an embedded engine) while the server fails or is slow, when one is given.
     pub fn start_remote(config: remote::RemoteConfig, fallback: Option<Engine>) -> Engine {
         remote::start(config, fallback)

@@ -34,6 +34,10 @@ pub enum ExpandError {
     DocumentChanged,
     #[error("the model had nothing to write here")]
     NothingWritten,
+    /// The lines are in the document but no prompt could be built there (a position the
+    /// document's text cannot hold, as an editor out of step with the server sends).
+    #[error("cannot build a prompt at these lines: {0}")]
+    Plan(#[from] crate::plan::PlanError),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -70,7 +74,7 @@ impl Scheduler {
         };
         let config = self.config();
         let config = Config { max_tokens: EXPANSION_MAX_TOKENS, ..(*config).clone() };
-        let plan = JobPlan::new(&state, &config, engine.info(), &PlanHints { chars_per_token: self.densities.get(uri), ..PlanHints::default() }).map_err(|_| ExpandError::LinesOutOfRange { first_line, last_line, n_lines: rope.len_lines() })?;
+        let plan = JobPlan::new(&state, &config, engine.info(), &PlanHints { chars_per_token: self.densities.get(uri), ..PlanHints::default() })?;
         let params = GenerateParams { max_tokens: EXPANSION_MAX_TOKENS, stop: StopRules::multi_line(config.max_lines.max(EXPANSION_MIN_LINES)), ..GenerateParams::default() };
         // The expansion replaces the active job and whatever runs on standby (under the slot's
         // lock, so idle-time work cannot supersede it).

@@ -57,7 +57,7 @@ pub(super) async fn guarded<T>(method: &str, body: impl Future<Output = Result<T
 pub(super) fn expand_error(err: ExpandError) -> Error {
     let code = match &err {
         ExpandError::DocumentChanged => ErrorCode::ContentModified,
-        ExpandError::LinesOutOfRange { .. } | ExpandError::NothingToExpand => ErrorCode::InvalidParams,
+        ExpandError::LinesOutOfRange { .. } | ExpandError::NothingToExpand | ExpandError::Plan(_) => ErrorCode::InvalidParams,
         ExpandError::ModelNotReady | ExpandError::NothingWritten | ExpandError::Engine(_) => ErrorCode::ServerError(REQUEST_FAILED),
     };
     Error { code, message: err.to_string().into(), data: None }

@@ -13,6 +13,7 @@
 mod commands;
 mod framing;
 mod guard;
+pub mod keystroke;
 mod loading;
 mod proto;
 mod waiting;
@@ -218,18 +219,7 @@ impl Backend {
     }
 
     fn cursor_state(&self, uri: &Uri, position: Position) -> Result<CursorState> {
-        let key = uri.as_str();
-        let document = self.documents.get(key).ok_or_else(|| invalid_params(format!("document {key} is not open")))?;
-        let cursor_char_idx = documents::char_idx(&document.rope, proto::position(position), self.encoding())
-            .map_err(|err| invalid_params(format!("{key}: {err}")))?;
-        Ok(CursorState {
-            uri: key.to_string(),
-            version: document.version,
-            rope: document.rope,
-            cursor_char_idx,
-            language_id: document.language_id,
-            syntax: document.syntax,
-        })
+        keystroke::cursor_state(&self.documents, uri.as_str(), proto::position(position), self.encoding()).map_err(invalid_params)
     }
 
     /// How an inline completion request waits: within the budget for a client told when the
@@ -518,28 +508,12 @@ impl LanguageServer for Backend {
             // No `.await` before the store is updated: edits must land in arrival order.
             let uri = params.text_document.uri.as_str().to_string();
             let changes: Vec<documents::Change> = params.content_changes.into_iter().map(proto::change).collect();
-            match self.documents.apply_changes(&uri, params.text_document.version, &changes, self.encoding()) {
-                Ok(outcome) => {
-                    let version = outcome.document.version;
-                    if outcome.repaired {
-                        tracing::info!(%uri, version, "the whole text was sent: the document agrees with the editor again");
-                    }
-                    if outcome.document.diverged.is_some() {
-                        // Built from text the editor may not have: no job.
-                        return;
-                    }
-                    self.scheduler.on_change(CursorState {
-                        uri: uri.clone(),
-                        version,
-                        rope: outcome.document.rope,
-                        cursor_char_idx: outcome.cursor_char_idx,
-                        language_id: outcome.document.language_id,
-                        syntax: outcome.document.syntax,
-                    });
-                    // The tree is parsed again off the keystroke path (a quote that turns the rest
-                    // of a large file into a string costs milliseconds).
-                    self.refresh_syntax_later(uri, version);
-                }
+            match keystroke::apply_change(&self.documents, &self.scheduler, &uri, params.text_document.version, &changes, self.encoding()) {
+                // The tree is parsed again off the keystroke path (a quote that turns the rest
+                // of a large file into a string costs milliseconds).
+                Ok(keystroke::Applied::Scheduled(version)) => self.refresh_syntax_later(uri, version),
+                // Built from text the editor may not have: no job.
+                Ok(keystroke::Applied::Diverged) => {}
                 Err(err) => {
                     self.rejected_changes.fetch_add(1, Ordering::SeqCst);
                     let current = self.documents.get(&uri).map(|document| document.version);
@@ -547,10 +521,8 @@ impl LanguageServer for Backend {
                         %uri, %err, editor_version = params.text_document.version, ?current,
                         "rejected a change: the document may now differ from the editor's, and its requests are answered empty until the whole text is sent again"
                     );
-                    self.scheduler.cancel_for(&uri);
                 }
             }
-
         })
         .await
     }
