@@ -506,3 +506,100 @@ fn a_remote_request_that_panics_fails_alone_and_frees_its_slot() {
     client.shutdown();
 }
 
+
+/// A server that streams `x` every 20 ms for as long as the client reads; each stream's end
+/// (the client closed it) is told on the returned channel, with the request bodies.
+fn endless_server() -> (u16, mpsc::Receiver<String>, mpsc::Receiver<()>) {
+    let (closed_sender, closed) = mpsc::channel::<()>();
+    let closed_sender = Mutex::new(closed_sender);
+    let (port, bodies) = scripted_server(move |stream| {
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+        for _ in 0..1500 {
+            let piece = format!("data: {}\n\n", json!({"content": "x", "stop": false}));
+            if stream.write_all(piece.as_bytes()).and_then(|()| stream.flush()).is_err() {
+                let _ = closed_sender.lock().unwrap().send(());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    (port, bodies, closed)
+}
+
+/// Closing a document cancels its job: the request streaming for it is closed at once (1,000
+/// tokens at 20 ms would stream for 20 s).
+#[test]
+fn closing_a_document_closes_the_stream_of_its_request() {
+    let _serial = serial();
+    let (port, bodies, closed) = endless_server();
+    let mut client = start_with(json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}")}), DEFAULT_MODEL, json!({"maxTokens": 1000}));
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    client.type_text(CIRCLE_URI, 5, 4, "r");
+    bodies.recv_timeout(Duration::from_secs(30)).expect("the keystroke's request");
+    client.wait_stats("the request streaming", Duration::from_secs(30), |stats| stats["currentJob"]["generatedTokens"].as_u64().unwrap_or(0) >= 5);
+    client.notify("textDocument/didClose", json!({"textDocument": {"uri": CIRCLE_URI}}));
+    closed.recv_timeout(Duration::from_secs(5)).expect("the closed document's stream was closed");
+    client.shutdown();
+}
+
+/// `maxInFlight` 2: a job for another document goes out while the first request still waits
+/// for the server's first piece; with 1 it waits until that request has given its slot back.
+#[test]
+fn max_in_flight_says_how_many_requests_wait_on_the_server_at_once() {
+    let _serial = serial();
+    for (max_in_flight, second_before_first_answer) in [(2, true), (1, false)] {
+        // Every request: its body is told, then 1.5 s of "prompt", then the answer is told.
+        let (events_sender, events) = mpsc::channel::<&'static str>();
+        let events_sender = Mutex::new(events_sender);
+        let (port, _bodies) = scripted_server(move |stream| {
+            let _ = events_sender.lock().unwrap().send("request");
+            std::thread::sleep(Duration::from_millis(1500));
+            let _ = events_sender.lock().unwrap().send("answer");
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+            for (piece, stop) in [(" radius", false), ("", true)] {
+                let _ = stream.write_all(format!("data: {}\n\n", json!({"content": piece, "stop": stop})).as_bytes());
+            }
+        });
+        let backend = json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}"), "maxInFlight": max_in_flight});
+        let mut client = start(backend, DEFAULT_MODEL);
+        client.open(CIRCLE_URI, "python", CIRCLE);
+        client.type_text(CIRCLE_URI, 5, 4, "r");
+        assert_eq!(events.recv_timeout(Duration::from_secs(30)), Ok("request"));
+        let other = "file:///project/other.py";
+        client.open(other, "python", "def double(value):\n    return \n");
+        client.type_text(other, 1, 11, "v");
+        let order: Vec<&str> = (0..3).map(|_| events.recv_timeout(Duration::from_secs(30)).expect("the server's next event")).collect();
+        let expected = if second_before_first_answer { ["request", "answer", "answer"] } else { ["answer", "request", "answer"] };
+        assert_eq!(order, expected, "maxInFlight {max_in_flight}");
+        client.shutdown();
+    }
+}
+
+/// `slowMs`: a server slower than it to its first piece is left alone for a while when the
+/// embedded model can answer; the next job goes to the fallback and `usingFallback` says so.
+#[test]
+fn a_server_slower_than_slow_ms_hands_the_next_jobs_to_the_embedded_model() {
+    let _serial = serial();
+    let (port, bodies) = scripted_server(|stream| {
+        std::thread::sleep(Duration::from_millis(800));
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+        for (piece, stop) in [(" radius", false), (" ** 2", false), ("", true)] {
+            let _ = stream.write_all(format!("data: {}\n\n", json!({"content": piece, "stop": stop})).as_bytes());
+        }
+    });
+    let backend = json!({"kind": "llama-server", "url": format!("http://127.0.0.1:{port}"), "fallback": "local", "slowMs": 300});
+    let mut client = start(backend, DEFAULT_MODEL);
+    client.open(CIRCLE_URI, "python", CIRCLE);
+    let character = client.type_text(CIRCLE_URI, 5, 4, "return 3.14159 * ");
+    assert_eq!(client.inline_text_invoked(CIRCLE_URI, 5, character).as_deref(), Some("radius ** 2"), "the server's answer, slow");
+    bodies.recv_timeout(Duration::from_secs(5)).expect("the first job's request");
+    let before = backend_stats(&mut client);
+    assert!(before["firstPieceMs"].as_f64().unwrap() > 300.0, "{before}");
+    let character = client.type_text(CIRCLE_URI, 5, character, "(");
+    let suggestion = client.inline_text_invoked(CIRCLE_URI, 5, character);
+    let after = backend_stats(&mut client);
+    assert!(after["fallbackJobs"].as_u64().unwrap() >= 1 && after["usingFallback"] == true, "{after}");
+    assert!(bodies.try_recv().is_err(), "no request to the slow server meanwhile: {after}");
+    assert!(suggestion.is_some_and(|text| text.contains("radius")), "the embedded model answers: {after}");
+    client.shutdown();
+}

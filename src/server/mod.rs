@@ -11,8 +11,10 @@
 //!   so cancellations and changes never queue behind them.
 
 mod commands;
+mod custom;
 mod framing;
 mod guard;
+mod inline;
 pub mod keystroke;
 mod loading;
 mod proto;
@@ -168,32 +170,6 @@ pub struct Backend {
     waiting_requests: WaitingRequests,
 }
 
-/// `ghostline/suggestionReady`: the suggestion for a cursor state is ready; ask again.
-enum SuggestionReady {}
-
-impl notification::Notification for SuggestionReady {
-    type Params = Value;
-    const METHOD: &'static str = "ghostline/suggestionReady";
-}
-
-/// An answer as an inline completion list at `position`.
-fn inline_list(uri: &Uri, position: Position, answer: Answer) -> InlineCompletionList {
-    let items = match answer {
-        Answer::Ready(suggestion) => vec![InlineCompletionItem {
-            insert_text: suggestion.text.clone(),
-            filter_text: None,
-            range: Some(Range { start: position, end: position }),
-            command: Some(accept_command(uri, &suggestion.text)),
-            insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
-        }],
-        Answer::Empty(reason) => {
-            tracing::debug!(?reason, "no inline suggestion");
-            Vec::new()
-        }
-    };
-    InlineCompletionList { items }
-}
-
 impl Backend {
     fn new(client: Client, config: Config, shutdown_requested: Arc<AtomicBool>) -> Backend {
         let scheduler = Scheduler::new(config);
@@ -220,164 +196,6 @@ impl Backend {
 
     fn cursor_state(&self, uri: &Uri, position: Position) -> Result<CursorState> {
         keystroke::cursor_state(&self.documents, uri.as_str(), proto::position(position), self.encoding()).map_err(invalid_params)
-    }
-
-    /// How an inline completion request waits: within the budget for a client told when the
-    /// suggestion is ready; otherwise for the first line while the person types (an automatic
-    /// trigger), for the whole suggestion when asked on purpose.
-    fn waiting(&self, trigger_kind: InlineCompletionTriggerKind) -> Waiting {
-        if self.wants_ready_notification.load(Ordering::SeqCst) {
-            Waiting::Budget
-        } else if trigger_kind == InlineCompletionTriggerKind::AUTOMATIC {
-            Waiting::FirstLine
-        } else {
-            Waiting::UntilReady
-        }
-    }
-
-    /// A suggestion that replaced the one answered at a state (the full window's after an
-    /// arrival's, in a pause) is announced as a ready one: a client that opted in asks again.
-    fn tell_upgrades(&self) {
-        let Some(mut upgrades) = self.scheduler.listen_for_upgrades() else { return };
-        let (client, wants, encoding) = (self.client.clone(), self.wants_ready_notification.clone(), self.encoding());
-        tokio::spawn(async move {
-            while let Some(state) = upgrades.recv().await {
-                if !wants.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let position = documents::position(&state.rope, state.cursor_char_idx, encoding);
-                client
-                    .send_notification::<SuggestionReady>(json!({
-                        "uri": state.uri,
-                        "version": state.version,
-                        "position": {"line": position.line, "character": position.character},
-                    }))
-                    .await;
-            }
-        });
-    }
-
-    /// After an early empty answer, tells the client when the suggestion is ready.
-    fn notify_when_ready(&self, waiter: crate::scheduler::ReadyWaiter) {
-        let scheduler = self.scheduler.clone();
-        let client = self.client.clone();
-        // Every job ends (its tokens are bounded, and a newer job supersedes it), so wait for it
-        // however slow the machine is: a client showing a partial suggestion is only updated
-        // by this notification. The bound is a backstop against a stuck engine.
-        let max_wait = Duration::from_secs(600);
-        let encoding = self.encoding();
-        tokio::spawn(async move {
-            let uri = waiter.state.uri.clone();
-            let version = waiter.state.version;
-            let position = documents::position(waiter.rope(), waiter.state.cursor_char_idx, encoding);
-            if scheduler.wait_ready(waiter, max_wait).await {
-                client
-                    .send_notification::<SuggestionReady>(json!({
-                        "uri": uri,
-                        "version": version,
-                        "position": {"line": position.line, "character": position.character},
-                    }))
-                    .await;
-            }
-        });
-    }
-
-    async fn inline_completion(&self, params: InlineCompletionParams) -> Result<Option<InlineCompletionResponse>> {
-        guarded("textDocument/inlineCompletion", async {
-            let position = params.text_document_position.position;
-            let uri = params.text_document_position.text_document.uri;
-            if let Some(reason) = self.documents.diverged(uri.as_str()) {
-                tracing::debug!(uri = uri.as_str(), %reason, "no suggestion: the document may differ from the editor's");
-                return Ok(Some(InlineCompletionResponse::List(InlineCompletionList { items: Vec::new() })));
-            }
-            let state = self.cursor_state(&uri, position)?;
-            let (answer, waiter) = self.answer_bounded(state, self.waiting(params.context.trigger_kind)).await;
-            if let Some(waiter) = waiter {
-                self.notify_when_ready(waiter);
-            }
-            Ok(Some(InlineCompletionResponse::List(inline_list(&uri, position, answer))))
-        })
-        .await
-    }
-
-    /// `ghostline/expandSuggestion` (`{textDocument: {uri}, position}`): a longer, multi-line
-    /// suggestion at the cursor for this request alone (an inline completion list); the
-    /// settings stay as they are for every other request.
-    async fn expand_suggestion(&self, params: Value) -> Result<Value> {
-        guarded("ghostline/expandSuggestion", async {
-            let params: TextDocumentPositionParams = serde_json::from_value(params)
-                .map_err(|err| invalid_params(format!("ghostline/expandSuggestion takes {{textDocument: {{uri}}, position: {{line, character}}}}: {err}")))?;
-            let position = params.position;
-            let uri = params.text_document.uri;
-            if let Some(reason) = self.documents.diverged(uri.as_str()) {
-                tracing::debug!(uri = uri.as_str(), %reason, "no expanded suggestion: the document may differ from the editor's");
-                return Ok(json!({"items": []}));
-            }
-            let state = self.cursor_state(&uri, position)?;
-            let answer = self.scheduler.complete_expanded(state).await;
-            Ok(serde_json::to_value(inline_list(&uri, position, answer)).unwrap_or_else(|_| json!({"items": []})))
-        })
-        .await
-    }
-
-    /// `ghostline/stats`; its params (null or an object such as `{}`) are ignored. The field
-    /// must be present: tower-lsp-server's router tells a method with params from one without.
-    async fn stats(&self, _params: Option<Value>) -> Result<Value> {
-        guarded("ghostline/stats", async {
-            let mut stats = self.scheduler.stats_json();
-            let engine = match self.scheduler.engine_state() {
-                EngineState::NotStarted => json!({"state": "not started"}),
-                EngineState::Loading => json!({"state": "loading"}),
-                EngineState::Failed(err) => json!({"state": "failed", "error": err.to_string()}),
-                EngineState::Ready(engine) => json!({"state": "ready", "model": engine.info(), "backend": engine.backend_json()}),
-            };
-            stats["engine"] = engine;
-            stats["config"] = json!({"model": self.scheduler.config().model});
-            stats["engineLoads"] = json!(self.loader.loads.load(Ordering::SeqCst));
-            stats["rejectedChanges"] = json!(self.rejected_changes.load(Ordering::SeqCst));
-            stats["divergedDocuments"] = json!(self.documents.diverged_count());
-            Ok(stats)
-        })
-        .await
-    }
-
-    /// `ghostline/document` (`{uri}`): the server's copy of a document, its version and why it may
-    /// differ from the editor's, so a client (or a bug report) can check that both agree.
-    async fn document(&self, params: Value) -> Result<Value> {
-        guarded("ghostline/document", async {
-            let uri: Uri = params
-                .get("uri")
-                .and_then(Value::as_str)
-                .and_then(|text| text.parse().ok())
-                .ok_or_else(|| invalid_params("ghostline/document takes {\"uri\": \"<a document's URI>\"}".to_string()))?;
-            let uri = uri.as_str();
-            let document = self.documents.get(uri).ok_or_else(|| invalid_params(format!("document {uri} is not open")))?;
-            Ok(json!({"uri": uri, "version": document.version, "text": document.rope.to_string(), "diverged": document.diverged}))
-        })
-        .await
-    }
-
-    /// `ghostline/cursorRest` (`{textDocument: {uri}, position}`), a notification: the cursor
-    /// rests there without typing (a client sends it after a short pause of the cursor), so the
-    /// engine starts there unless a job serves that state. Bad params are logged and ignored.
-    async fn cursor_rest(&self, params: Value) {
-        guarded_notification("ghostline/cursorRest", async {
-            let params: TextDocumentPositionParams = match serde_json::from_value(params) {
-                Ok(params) => params,
-                Err(err) => {
-                    tracing::warn!(%err, "ghostline/cursorRest takes {{textDocument: {{uri}}, position: {{line, character}}}}; ignored");
-                    return;
-                }
-            };
-            if self.documents.diverged(params.text_document.uri.as_str()).is_some() {
-                return;
-            }
-            match self.cursor_state(&params.text_document.uri, params.position) {
-                Ok(state) => self.scheduler.cursor_rests(state),
-                Err(err) => tracing::debug!(%err, "ghostline/cursorRest ignored"),
-            }
-        })
-        .await
     }
 
     /// Queues a parse of the document's tree at `version` on the parse thread (replacing a
