@@ -220,7 +220,9 @@ class GhostlineRow:
         return suggestion_of(self.server.request(method, {
             "textDocument": {"uri": uri},
             "position": {"line": task.start, "character": len(task.indent.encode("utf-16-le")) // 2},
-            "context": {"triggerKind": 2},
+            # Asked on purpose (invoked): the whole finished suggestion, where an automatic
+            # request from a client that waits gets its first line as soon as it is complete.
+            "context": {"triggerKind": 1},
         }))
 
     def answers(self, task, which):

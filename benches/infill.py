@@ -531,7 +531,9 @@ class Ghostline:
         answer = self.request("textDocument/inlineCompletion", {
             "textDocument": {"uri": uri},
             "position": {"line": task.start, "character": len(task.indent.encode("utf-16-le")) // 2},
-            "context": {"triggerKind": 2},
+            # Asked on purpose (invoked): the whole finished suggestion (an automatic request
+            # from a client that waits gets the first line as soon as it is complete).
+            "context": {"triggerKind": 1},
         })
         seconds = time.monotonic() - started
         self.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
