@@ -148,7 +148,8 @@ local function check_client()
     check_backend(engine.backend)
     check_current_job(response.result.currentJob)
   elseif engine.state == 'failed' then
-    health.error('model failed to load: ' .. tostring(engine.error), { 'set `settings = { model = ... }` to a registry name or a .gguf path' })
+    -- The error says which: a model that did not load, or an engine that crashed twice.
+    health.error('engine failed: ' .. tostring(engine.error), { 'set `settings = { model = ... }` to a registry name or a .gguf path', 'after a crash: change the settings or restart Neovim' })
   else
     health.info('model state: ' .. tostring(engine.state))
   end
