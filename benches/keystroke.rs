@@ -181,7 +181,6 @@ fn main() {
 /// Times `iterations` keystrokes at the cursor: insert the character `typed(idx)` through the
 /// server's own didChange path (`server::keystroke`), answer within the budget; the character is
 /// deleted again untimed.
-#[allow(clippy::too_many_arguments)]
 fn time_keystrokes(
     iterations: usize,
     typed: impl Fn(usize) -> char,
@@ -211,7 +210,7 @@ fn time_keystrokes(
 }
 
 fn report(branch: &str, sorted_us: &[f64]) {
-    let at = |fraction: f64| sorted_us[((fraction * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len()) - 1];
+    let at = |fraction: f64| ghostline::stats::percentile(sorted_us, fraction);
     println!(
         "whole non-model keystroke path, {branch}, {} keystrokes: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, max {:.1} µs (target p99 < 1000 µs)",
         sorted_us.len(),

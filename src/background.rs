@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Condvar, Mutex};
+use crate::sync::MutexExt;
 
 type Task = Box<dyn FnOnce() + Send>;
 
@@ -32,7 +33,7 @@ impl<K: Eq + Hash + Clone + Send + 'static> LatestWins<K> {
             let (queue, ready) = &*worker;
             loop {
                 let task = {
-                    let mut queue = queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let mut queue = queue.locked();
                     loop {
                         if queue.stopped {
                             return;
@@ -61,7 +62,7 @@ impl<K: Eq + Hash + Clone + Send + 'static> LatestWins<K> {
     /// Queues `task` under `key`, replacing a task of the same key that has not started.
     pub fn submit(&self, key: K, task: impl FnOnce() + Send + 'static) {
         let (queue, ready) = &*self.shared;
-        let mut queue = queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut queue = queue.locked();
         if queue.tasks.insert(key.clone(), Box::new(task)).is_none() {
             queue.order.push_back(key);
         }
@@ -71,14 +72,14 @@ impl<K: Eq + Hash + Clone + Send + 'static> LatestWins<K> {
     /// Tasks queued and not started.
     #[cfg(test)]
     fn queued(&self) -> usize {
-        self.shared.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).tasks.len()
+        self.shared.0.locked().tasks.len()
     }
 }
 
 impl<K> Drop for LatestWins<K> {
     fn drop(&mut self) {
         let (queue, ready) = &*self.shared;
-        queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).stopped = true;
+        queue.locked().stopped = true;
         ready.notify_all();
     }
 }

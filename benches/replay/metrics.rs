@@ -50,8 +50,7 @@ pub fn percentile(values: &[Option<f64>], fraction: f64) -> Option<f64> {
     }
     let mut sorted: Vec<f64> = values.iter().map(|value| value.unwrap_or(f64::INFINITY)).collect();
     sorted.sort_by(f64::total_cmp);
-    let rank = ((fraction * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    let value = sorted[rank - 1];
+    let value = ghostline::stats::percentile(&sorted, fraction);
     value.is_finite().then_some(value)
 }
 

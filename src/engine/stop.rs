@@ -3,6 +3,8 @@
 //! Pure functions on strings, so they are tested without a model. A rule returns where to cut
 //! the text; the decode loop stops as soon as any rule fires.
 
+use crate::sync::MutexExt;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopRules {
     /// Stop at the end of the first line.
@@ -237,19 +239,19 @@ pub const LATE_RULES_WAIT: std::time::Duration = std::time::Duration::from_secs(
 impl LateStopRules {
     pub fn set(&self, rules: StopRules) {
         let (slot, ready) = &*self.0;
-        *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(rules);
+        *slot.locked() = Some(rules);
         ready.notify_all();
     }
 
     /// The rules if they are there.
     pub fn get(&self) -> Option<StopRules> {
-        self.0 .0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.0 .0.locked().clone()
     }
 
     /// Waits up to `timeout` for the rules.
     pub fn wait_timeout(&self, timeout: std::time::Duration) -> Option<StopRules> {
         let (slot, ready) = &*self.0;
-        let guard = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = slot.locked();
         let (guard, _) = ready.wait_timeout_while(guard, timeout, |rules| rules.is_none()).unwrap_or_else(|poisoned| poisoned.into_inner());
         guard.clone()
     }

@@ -10,6 +10,7 @@ use ropey::Rope;
 use crate::context::CrossFile;
 use crate::plan::CursorState;
 use crate::ring::{self, Ring};
+use crate::sync::MutexExt;
 
 /// The most characters of one cross-file chunk.
 const MAX_CHUNK_CHARS: usize = 2000;
@@ -38,7 +39,7 @@ pub(super) struct CrossFiles {
 
 impl CrossFiles {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.locked()
     }
 
     pub fn set_workspace(&self, root_uri: Option<String>) {

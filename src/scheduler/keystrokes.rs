@@ -2,6 +2,7 @@
 //! from it), and per document the text density a refused prompt measured.
 
 use super::*;
+use crate::sync::MutexExt;
 
 /// The latest change: its document, version and instant, and a count of changes (debouncing
 /// compares it).
@@ -14,7 +15,7 @@ pub(super) struct Keystrokes {
 impl Keystrokes {
     /// Records a change; returns the previous one's instant and this change's number.
     pub(super) fn record(&self, uri: &str, version: i32, at: Instant) -> (Option<Instant>, u64) {
-        let previous = self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).replace((uri.to_string(), version, at));
+        let previous = self.latest.locked().replace((uri.to_string(), version, at));
         (previous.map(|(_, _, at)| at), self.count.fetch_add(1, Ordering::SeqCst) + 1)
     }
 
@@ -24,7 +25,7 @@ impl Keystrokes {
 
     /// The instant of the change that made this version, or now for one not seen.
     pub(super) fn instant_of(&self, uri: &str, version: i32) -> Instant {
-        match &*self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+        match &*self.latest.locked() {
             Some((latest_uri, latest_version, at)) if latest_uri == uri && *latest_version == version => *at,
             _ => Instant::now(),
         }
@@ -32,11 +33,11 @@ impl Keystrokes {
 
     /// Whether this version of this document is the latest change.
     pub(super) fn is_latest(&self, uri: &str, version: i32) -> bool {
-        matches!(&*self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), Some((latest_uri, latest_version, _)) if latest_uri == uri && *latest_version == version)
+        matches!(&*self.latest.locked(), Some((latest_uri, latest_version, _)) if latest_uri == uri && *latest_version == version)
     }
 
     pub(super) fn since_latest(&self) -> Duration {
-        match &*self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+        match &*self.latest.locked() {
             Some((_, _, at)) => at.elapsed(),
             None => Duration::MAX,
         }
@@ -52,7 +53,7 @@ pub(super) struct Densities {
 
 impl Densities {
     pub(super) fn get(&self, uri: &str) -> Option<f64> {
-        self.by_uri.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(uri).copied()
+        self.by_uri.locked().get(uri).copied()
     }
 
     /// Learns from a job that ended; whether its prompt was refused as too long (so the job is
@@ -62,7 +63,7 @@ impl Densities {
         let progress = receiver.borrow();
         let crate::engine::JobOutcome::Failed(err) = progress.outcome() else { return false };
         let Some(density) = crate::plan::density_after(err, &job.prompt) else { return false };
-        let mut by_uri = self.by_uri.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut by_uri = self.by_uri.locked();
         let known = by_uri.entry(job.state.uri.clone()).or_insert(f64::MAX);
         if density < *known {
             *known = density;

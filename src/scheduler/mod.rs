@@ -58,6 +58,7 @@ use idle::JobKind;
 use keystrokes::{Densities, Keystrokes};
 use places::Places;
 use slot::{typed_ahead, ActiveJob, Anchor, JobSlot};
+use crate::sync::{MutexExt, RwLockExt};
 
 /// Where the model is.
 #[derive(Clone)]
@@ -136,7 +137,7 @@ impl Scheduler {
     /// jobs could only fail), and the listener hears why. Once per engine.
     fn notice_crash(&self) {
         let why = {
-            let mut engine = self.engine.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut engine = self.engine.writing();
             let EngineState::Ready(ready) = &*engine else { return };
             let Some(why) = ready.crash().map(str::to_string) else { return };
             *engine = EngineState::Failed(Arc::new(LoadFailure::Crashed(why.clone())));
@@ -156,15 +157,15 @@ impl Scheduler {
     }
 
     pub fn config(&self) -> Arc<Config> {
-        self.config.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.config.reading().clone()
     }
 
     pub fn set_config(&self, config: Config) {
-        *self.config.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(config);
+        *self.config.writing() = Arc::new(config);
     }
 
     pub fn engine_state(&self) -> EngineState {
-        self.engine.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.engine.reading().clone()
     }
 
     pub fn set_engine_state(&self, state: EngineState) {
@@ -173,7 +174,7 @@ impl Scheduler {
             self.places.reset(engine.info().kv_places, engine.info().prompt_speed);
         }
         self.slot.clear();
-        *self.engine.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
+        *self.engine.writing() = state;
     }
 
     pub fn stats_json(&self) -> serde_json::Value {
@@ -196,11 +197,11 @@ impl Scheduler {
     }
 
     fn stats_mut(&self) -> MutexGuard<'_, Stats> {
-        self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.stats.locked()
     }
 
     fn ready_engine(&self) -> Option<Engine> {
-        match &*self.engine.read().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+        match &*self.engine.reading() {
             EngineState::Ready(engine) => Some(engine.clone()),
             _ => None,
         }
@@ -262,7 +263,7 @@ impl Scheduler {
     /// Whether jobs go to a server, None while no engine is ready (read under the lock: no
     /// clone of the engine per key).
     fn ready_remote(&self) -> Option<bool> {
-        match &*self.engine.read().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+        match &*self.engine.reading() {
             EngineState::Ready(engine) => Some(engine.is_remote()),
             _ => None,
         }

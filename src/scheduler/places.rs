@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::context;
 use crate::engine::{Completion, Prompt, PromptSpeed};
 use crate::plan::ArrivalWindow;
+use crate::sync::MutexExt;
 
 /// A document and the first line of its full window at a cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +57,7 @@ const MIN_DECODED_FOR_SPEED: usize = 32;
 
 impl Places {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.locked()
     }
 
     /// A new engine: nothing is warm, it keeps this many places, and its prompt speed is the

@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::engine::{GenerateParams, Job, JobOutcome, Prompt};
 use super::places::Place;
 use crate::plan::{ArrivalWindow, CursorState, LineSplit};
+use crate::sync::MutexExt;
 
 /// The cursor state a job was started for, as far as covering is concerned.
 #[derive(Debug, Clone)]
@@ -93,7 +94,7 @@ pub(super) struct JobSlot {
 
 impl JobSlot {
     fn lock(&self) -> MutexGuard<'_, Jobs> {
-        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.jobs.locked()
     }
 
     pub fn active(&self) -> Option<Arc<ActiveJob>> {

@@ -13,6 +13,7 @@ use super::slot::ActiveJob;
 use crate::engine::{Completion, JobOutcome, Progress};
 use crate::plan::{CursorState, LineSplit};
 use crate::postprocess::clean_suggestion;
+use crate::sync::MutexExt;
 
 /// How a request wants to be answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +97,7 @@ impl TokenSpeed {
             return;
         }
         let measured = completion.generation_ms / completion.generated_tokens as f64;
-        let mut average = self.ms_per_token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut average = self.ms_per_token.locked();
         *average = if *average == 0.0 { measured } else { 0.8 * *average + 0.2 * measured };
     }
 
@@ -107,7 +108,7 @@ impl TokenSpeed {
         if progress.done.is_some() {
             return true;
         }
-        let ms_per_token = *self.ms_per_token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let ms_per_token = *self.ms_per_token.locked();
         match progress.updated_at {
             _ if ms_per_token == 0.0 => true,
             None => false,

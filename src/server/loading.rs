@@ -13,6 +13,7 @@ use tower_lsp_server::Client;
 use crate::config::Config;
 use crate::probe::{self, LoadFailure};
 use crate::scheduler::{EngineState, Scheduler};
+use crate::sync::MutexExt;
 
 /// Starts engines for the server; cloned into the task that hears of crashes.
 #[derive(Clone)]
@@ -113,7 +114,7 @@ impl Loader {
                     let message = format!("model {} ready ({:.0} ms)", engine.info().name, engine.info().load_ms);
                     tracing::info!("{message}");
                     scheduler.set_engine_state(EngineState::Ready(engine));
-                    *loaded_config.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(config);
+                    *loaded_config.locked() = Some(config);
                     if let Some(progress) = progress {
                         progress.finish_with_message(message).await;
                     }
@@ -123,7 +124,7 @@ impl Loader {
                     let failure = Arc::new(failure);
                     // State and settings change before any `.await`, so a newer load that
                     // starts meanwhile is never overwritten by this one.
-                    let previous = loaded_config.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+                    let previous = loaded_config.locked().clone();
                     let kept = match (&previous, scheduler.engine_state()) {
                         (Some(previous), EngineState::Ready(_)) if previous_ready => {
                             // Back to the settings of the engine that keeps running.

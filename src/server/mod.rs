@@ -35,6 +35,7 @@ use crate::scheduler::{Answer, CursorState, EngineState, Scheduler, Waiting};
 use commands::{accept_command, cap_chars, word_before_cursor};
 use guard::{guarded, guarded_notification, invalid_params};
 use waiting::WaitingRequests;
+use crate::sync::MutexExt;
 
 /// How many requests may be in flight at once. Completion requests wait for the model, so this
 /// is far above what an editor sends, keeping `$/cancelRequest` and `didChange` from queueing.
@@ -191,7 +192,7 @@ impl Backend {
     }
 
     fn encoding(&self) -> PositionEncoding {
-        *self.encoding.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self.encoding.locked()
     }
 
     fn cursor_state(&self, uri: &Uri, position: Position) -> Result<CursorState> {
@@ -206,7 +207,7 @@ impl Backend {
     }
 
     async fn show_pending_messages(&self) {
-        let messages: Vec<String> = std::mem::take(&mut *self.pending_messages.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let messages: Vec<String> = std::mem::take(&mut *self.pending_messages.locked());
         for message in messages {
             self.client.show_message(MessageType::WARNING, format!("Ghostline: {message}")).await;
         }
@@ -223,7 +224,7 @@ impl LanguageServer for Backend {
                 .and_then(|general| general.position_encodings.as_ref())
                 .is_some_and(|encodings| encodings.contains(&PositionEncodingKind::UTF8));
             let encoding = if offers_utf8 { PositionEncoding::Utf8 } else { PositionEncoding::Utf16 };
-            *self.encoding.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = encoding;
+            *self.encoding.locked() = encoding;
             let has_progress = params
                 .capabilities
                 .window
@@ -248,9 +249,9 @@ impl LanguageServer for Backend {
                     Ok(raw) => {
                         wants_ready |= raw.suggestion_ready_notification.unwrap_or(false);
                         let applied = config.apply(&raw);
-                        self.pending_messages.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(applied.errors);
+                        self.pending_messages.locked().extend(applied.errors);
                     }
-                    Err(err) => self.pending_messages.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(err),
+                    Err(err) => self.pending_messages.locked().push(err),
                 }
             }
             self.wants_ready_notification.store(wants_ready, Ordering::SeqCst);

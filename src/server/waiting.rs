@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::Backend;
 use crate::scheduler::{Answer, CursorState, EmptyReason, ReadyWaiter, Waiting};
+use crate::sync::MutexExt;
 
 /// Completion requests that may wait for a suggestion at once (each holds one of the protocol
 /// layer's `MAX_CONCURRENCY` slots).
@@ -32,7 +33,7 @@ impl WaitingRequests {
     fn enter(&self) -> WaitTicket<'_> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let preempted = Arc::new(tokio::sync::Notify::new());
-        let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut queue = self.queue.locked();
         queue.push_back((id, preempted.clone()));
         while queue.len() > MAX_WAITING_REQUESTS {
             if let Some((_, oldest)) = queue.pop_front() {
@@ -45,7 +46,7 @@ impl WaitingRequests {
 
 impl Drop for WaitTicket<'_> {
     fn drop(&mut self) {
-        self.requests.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|(id, _)| *id != self.id);
+        self.requests.queue.locked().retain(|(id, _)| *id != self.id);
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::*;
 use super::wire::*;
+use crate::sync::MutexExt;
 
 pub(super) struct Dispatcher {
     pub(super) config: Arc<RemoteConfig>,
@@ -40,7 +41,7 @@ impl Dispatcher {
         if self.status.remote_usable(&self.config) || self.fallback.is_none() {
             // Wait for a streaming slot; a superseded job gives up its place at once.
             let (count, freed) = &*self.in_flight;
-            let mut in_flight = count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut in_flight = count.locked();
             while *in_flight >= self.config.max_in_flight {
                 if let Some(reason) = interrupted(&job) {
                     job.progress.send_modify(|progress| progress.done = Some(Ok(ended_early(reason))));
@@ -77,7 +78,7 @@ pub(super) struct InFlightSlot(Arc<(Mutex<usize>, Condvar)>);
 impl Drop for InFlightSlot {
     fn drop(&mut self) {
         let (count, freed) = &*self.0;
-        let mut count = count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut count = count.locked();
         *count = count.saturating_sub(1);
         freed.notify_all();
     }
@@ -312,7 +313,7 @@ pub(super) struct Fallback {
 impl Fallback {
     /// A newer job arrived: the job the embedded engine runs for an older one is over.
     pub(super) fn cancel_running(&self) {
-        if let Some(cancel) = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+        if let Some(cancel) = self.running.locked().take() {
             cancel.store(true, Ordering::SeqCst);
         }
     }
@@ -321,7 +322,7 @@ impl Fallback {
     /// when the job is cancelled or superseded.
     pub(super) fn run(&self, job: JobRequest, latest_job_id: Arc<AtomicU64>) {
         let inner = self.local.submit(job.prompt.clone(), job.params.clone());
-        *self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(inner.cancel.clone());
+        *self.running.locked() = Some(inner.cancel.clone());
         let spawned = std::thread::Builder::new().name("ghostline-fallback".to_string()).spawn(move || {
             let mut progress = inner.subscribe();
             loop {

@@ -2,6 +2,7 @@
 //! that end them, and the counts `ghostline/stats` shows.
 
 use super::*;
+use crate::sync::MutexExt;
 
 /// What the remote backend has done, for `ghostline/stats`.
 #[derive(Default)]
@@ -24,8 +25,8 @@ impl Status {
     pub(super) fn failed(&self, err: &RemoteError) {
         self.remote_failures.fetch_add(1, Ordering::Relaxed);
         let message = err.to_string();
-        let repeated = self.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).replace(message.clone()) == Some(message);
-        let mut down_until = self.down_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let repeated = self.last_error.locked().replace(message.clone()) == Some(message);
+        let mut down_until = self.down_until.locked();
         if repeated && down_until.is_some() {
             tracing::debug!(%err, "the remote backend failed again");
         } else {
@@ -37,7 +38,7 @@ impl Status {
     /// A request streamed to its end: the outage, if any, is over.
     pub(super) fn succeeded(&self) {
         self.remote_jobs.fetch_add(1, Ordering::Relaxed);
-        *self.down_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        *self.down_until.locked() = None;
     }
 
     /// While the server is down after a failure, checks its health every `HEALTH_EVERY` on a
@@ -53,7 +54,7 @@ impl Status {
             std::thread::sleep(HEALTH_EVERY);
             // The engine is gone, or a job found the server back: nothing to watch.
             let Some(status) = watched.upgrade() else { return };
-            if status.down_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_none() {
+            if status.down_until.locked().is_none() {
                 status.probing.store(false, Ordering::SeqCst);
                 return;
             }
@@ -62,7 +63,7 @@ impl Status {
                 request = request.set("Authorization", &format!("Bearer {key}"));
             }
             if request.call().is_ok_and(|response| response.status() == 200) {
-                *status.down_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+                *status.down_until.locked() = None;
                 status.recoveries.fetch_add(1, Ordering::Relaxed);
                 status.probing.store(false, Ordering::SeqCst);
                 tracing::info!(url = %config.url, "the remote backend answers its health check again");
@@ -85,7 +86,7 @@ impl Status {
     /// Whether a job should go to the server now: it has not failed recently, and (when a
     /// fallback can answer) it has not been slower than `slow_ms` of late.
     pub(super) fn remote_usable(&self, config: &RemoteConfig) -> bool {
-        let mut down_until = self.down_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut down_until = self.down_until.locked();
         if let Some(until) = *down_until {
             if Instant::now() < until {
                 return false;
@@ -116,10 +117,10 @@ impl Status {
             "remoteJobs": self.remote_jobs.load(Ordering::Relaxed),
             "fallbackJobs": self.fallback_jobs.load(Ordering::Relaxed),
             "remoteFailures": self.remote_failures.load(Ordering::Relaxed),
-            "lastError": *self.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            "lastError": *self.last_error.locked(),
             "firstPieceMs": (first_piece_us > 0).then(|| first_piece_us as f64 / 1000.0),
             "healthRecoveries": self.recoveries.load(Ordering::Relaxed),
-            "usingFallback": config.fallback_local && self.down_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some_and(|until| Instant::now() < until),
+            "usingFallback": config.fallback_local && self.down_until.locked().is_some_and(|until| Instant::now() < until),
         })
     }
 }
