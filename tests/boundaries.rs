@@ -37,6 +37,7 @@ fn only_the_server_knows_lsp_types() {
 #[test]
 fn only_the_engine_worker_calls_llama_cpp() {
     for needle in ["llama_cpp_2", "llama_cpp_sys_2"] {
-        assert_eq!(files_mentioning(needle), vec!["engine/worker.rs".to_string()], "{needle}");
+        let files = files_mentioning(needle);
+        assert!(!files.is_empty() && files.iter().all(|file| file.starts_with("engine/worker/")), "{needle}: {files:?}");
     }
 }
